@@ -1,0 +1,268 @@
+//! The group-chat client: a socket connected to the server, one thread that receives and sends
+//! the heartbeat every `interval` seconds, and `send` callable from any thread.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use socket2::Socket;
+
+use crate::error::{ChatError, Result};
+use crate::events::{self, Event, EventSender};
+use crate::net::{self, RecvBatch, SocketOptions, Waiter};
+use crate::protocol::{self, HEARTBEAT, MAX_DATAGRAM};
+use crate::server::{validate_bufsize, validate_interval, validate_queue_size, RECV_BATCH};
+use crate::stats::{Counters, Stats};
+use crate::worker::{Control, Worker};
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub host: String,
+    pub port: u16,
+    /// Seconds between heartbeats; the first is sent `interval` seconds after start.
+    pub interval: f64,
+    /// Bytes read per datagram, as the original's `recvfrom(1024)`.
+    pub bufsize: usize,
+    pub queue_size: usize,
+    pub socket: SocketOptions,
+}
+
+impl ClientConfig {
+    pub fn new(host: impl Into<String>, port: u16, interval: f64) -> ClientConfig {
+        ClientConfig {
+            host: host.into(),
+            port,
+            interval,
+            bufsize: protocol::DEFAULT_BUFSIZE,
+            queue_size: 65_536,
+            socket: SocketOptions::default(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        validate_interval(self.interval)?;
+        validate_bufsize(self.bufsize)?;
+        validate_queue_size(self.queue_size)
+    }
+}
+
+struct Shared {
+    socket: Arc<Socket>,
+    counters: Counters,
+}
+
+/// A running chat client. Dropping it stops it.
+pub struct Client {
+    shared: Arc<Shared>,
+    local: SocketAddr,
+    remote: SocketAddr,
+    events: Receiver<Event>,
+    worker: Worker,
+}
+
+impl Client {
+    /// Connects to the server and starts the receive and heartbeat thread.
+    pub fn start(config: ClientConfig) -> Result<Client> {
+        config.validate()?;
+        let remote = net::resolve(&config.host, config.port)?;
+        let unspecified: SocketAddr =
+            if remote.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+        let socket = net::udp_socket(unspecified, false, config.socket)?;
+        socket.connect(&remote.into())?;
+        let socket = Arc::new(socket);
+        let local = net::local_addr(&socket)?;
+        let (waiter, waker) = Waiter::new(&socket)?;
+        let (sender, events) = events::channel(config.queue_size);
+        let shared = Arc::new(Shared { socket, counters: Counters::default() });
+        let mut client_loop = ClientLoop {
+            shared: Arc::clone(&shared),
+            waiter,
+            events: sender,
+            recv: RecvBatch::new(RECV_BATCH, config.bufsize),
+            interval: Duration::from_secs_f64(config.interval),
+        };
+        let worker = Worker::spawn("chatudp-client", waker, move |control| client_loop.run(control))?;
+        Ok(Client { shared, local, remote, events, worker })
+    }
+
+    /// Sends one datagram to the server. An unreachable server is counted, not raised, as UDP
+    /// gives no promise of delivery anyway.
+    pub fn send(&self, data: &[u8]) -> Result<()> {
+        if !self.worker.is_running() {
+            return Err(ChatError::Closed("this ChatUdpClient"));
+        }
+        if data.len() > MAX_DATAGRAM {
+            return Err(ChatError::TooLong { len: data.len(), max: MAX_DATAGRAM });
+        }
+        send_counted(&self.shared, data).map_err(ChatError::Io)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.remote
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.snapshot()
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.shared.counters
+    }
+
+    /// Received datagrams, as [`Event::Message`].
+    pub fn events(&self) -> &Receiver<Event> {
+        &self.events
+    }
+
+    pub fn stop(&self) {
+        self.worker.stop();
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.worker.is_running()
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        self.worker.failure()
+    }
+}
+
+/// True for the errors a connected UDP socket reports after an ICMP message: the peer is not
+/// there (yet), which says nothing about our own socket.
+fn is_peer_unreachable(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionReset | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+    )
+}
+
+fn send_counted(shared: &Shared, data: &[u8]) -> io::Result<()> {
+    match net::send_one(&shared.socket, data, None) {
+        Ok(_) => {
+            Counters::add(&shared.counters.sent, 1);
+            Ok(())
+        }
+        Err(e) if is_peer_unreachable(&e) || e.kind() == io::ErrorKind::WouldBlock => {
+            if is_peer_unreachable(&e) {
+                Counters::add(&shared.counters.unreachable, 1);
+            }
+            shared.counters.send_failed(e.raw_os_error().unwrap_or(0));
+            Ok(())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+struct ClientLoop {
+    shared: Arc<Shared>,
+    waiter: Waiter,
+    events: EventSender,
+    recv: RecvBatch,
+    interval: Duration,
+}
+
+impl ClientLoop {
+    fn run(&mut self, control: &Control) {
+        let mut next_heartbeat = Instant::now() + self.interval;
+        while !control.is_stopping() {
+            let wait = next_heartbeat.saturating_duration_since(Instant::now());
+            match self.waiter.wait(wait) {
+                Ok(true) => self.drain(control),
+                Ok(false) => {}
+                Err(_) => break,
+            }
+            if Instant::now() >= next_heartbeat && !control.is_stopping() {
+                // Errors other than an absent server are counted too: the loop must go on.
+                if let Err(e) = send_counted(&self.shared, HEARTBEAT) {
+                    self.shared.counters.send_failed(e.raw_os_error().unwrap_or(0));
+                }
+                next_heartbeat += self.interval;
+                // After a long stall, do not fire a burst of late heartbeats.
+                next_heartbeat = next_heartbeat.max(Instant::now());
+            }
+        }
+    }
+
+    fn drain(&mut self, control: &Control) {
+        let counters = &self.shared.counters;
+        while !control.is_stopping() {
+            match self.recv.recv(&self.shared.socket) {
+                Ok(0) => return,
+                Ok(count) => {
+                    Counters::add(&counters.received, count as u64);
+                    for index in 0..count {
+                        let datagram = self.recv.get(index);
+                        if datagram.truncated {
+                            Counters::add(&counters.truncated, 1);
+                        }
+                        Counters::add(&counters.relayed, 1);
+                        self.events.emit(Event::Message { data: datagram.data.to_vec(), from: datagram.from }, counters);
+                    }
+                }
+                Err(e) => {
+                    // The server's port is closed: count it and keep listening.
+                    if is_peer_unreachable(&e) {
+                        Counters::add(&counters.unreachable, 1);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+
+    fn fake_server() -> UdpSocket {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        socket
+    }
+
+    fn start(server: &UdpSocket, interval: f64) -> Client {
+        let port = server.local_addr().unwrap().port();
+        Client::start(ClientConfig::new("127.0.0.1", port, interval)).unwrap()
+    }
+
+    #[test]
+    fn sends_messages_and_heartbeats_and_receives() {
+        let server = fake_server();
+        let client = start(&server, 0.05);
+        client.send(b"hello").unwrap();
+        let mut buf = [0u8; 64];
+        let (n, from) = server.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], from), (&b"hello"[..], client.local_addr()));
+        let (n, _) = server.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"^hb^");
+        server.send_to(b"Ack", from).unwrap();
+        let event = client.events().recv_timeout(Duration::from_secs(3)).unwrap();
+        assert_eq!(event, Event::Message { data: b"Ack".to_vec(), from: server.local_addr().unwrap() });
+        client.stop();
+        assert!(matches!(client.send(b"late"), Err(ChatError::Closed(_))));
+    }
+
+    #[test]
+    fn survives_a_closed_server_port() {
+        let server = fake_server();
+        let client = start(&server, 0.02);
+        drop(server);
+        for _ in 0..20 {
+            client.send(b"anyone?").unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert!(client.is_running());
+        // The ICMP reports reach either a send or the receive loop, whichever asks first.
+        assert!(client.stats().unreachable > 0);
+        assert!(matches!(client.send(&vec![0; MAX_DATAGRAM + 1]), Err(ChatError::TooLong { .. })));
+    }
+}

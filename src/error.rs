@@ -1,0 +1,46 @@
+//! The core's one error type; the binding layer maps each variant to a Python exception.
+
+use std::fmt;
+use std::io;
+
+#[derive(Debug)]
+pub enum ChatError {
+    /// A system call failed (bind, connect, send); becomes `OSError` in Python.
+    Io(io::Error),
+    /// An argument is out of range; becomes `ValueError`.
+    InvalidArgument(String),
+    /// A datagram longer than UDP allows; becomes `OSError(EMSGSIZE)`.
+    TooLong { len: usize, max: usize },
+    /// The object was stopped; becomes `chatudp.ClosedError`.
+    Closed(&'static str),
+}
+
+impl fmt::Display for ChatError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ChatError::Io(e) => write!(f, "{e}"),
+            ChatError::InvalidArgument(msg) => f.write_str(msg),
+            ChatError::TooLong { len, max } => {
+                write!(f, "a message of {len} bytes does not fit in one UDP datagram (at most {max} bytes); split it")
+            }
+            ChatError::Closed(what) => write!(f, "{what} is stopped; create a new one to talk again"),
+        }
+    }
+}
+
+impl std::error::Error for ChatError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ChatError::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for ChatError {
+    fn from(e: io::Error) -> Self {
+        ChatError::Io(e)
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ChatError>;

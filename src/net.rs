@@ -1,0 +1,501 @@
+//! Sockets, readiness and batched datagram I/O.
+//!
+//! On Linux a batch is one `recvmmsg`/`sendmmsg` system call; elsewhere it is a loop of
+//! `recv_from`/`send_to`. Buffers are allocated once per socket thread and reused.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use polling::{Event, Events, PollMode, Poller};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+/// Resolves `(host, port)` the way Python's `socket.bind`/`connect` on an AF_INET socket
+/// would: `""` is every address, and a name that resolves to both families picks IPv4.
+pub fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
+    if host.is_empty() {
+        return Ok(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), port));
+    }
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    let candidates: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
+    candidates
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| candidates.first())
+        .copied()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no address found for host {host:?}")))
+}
+
+/// Socket options a server or client may set before it binds.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SocketOptions {
+    pub rcvbuf: Option<usize>,
+    pub sndbuf: Option<usize>,
+}
+
+/// A non-blocking UDP socket for `local`, bound when `bind` is true.
+pub fn udp_socket(local: SocketAddr, bind: bool, options: SocketOptions) -> io::Result<Socket> {
+    let socket = Socket::new(Domain::for_address(local), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Some(size) = options.rcvbuf {
+        socket.set_recv_buffer_size(size)?;
+    }
+    if let Some(size) = options.sndbuf {
+        socket.set_send_buffer_size(size)?;
+    }
+    if bind {
+        socket.bind(&local.into())?;
+    }
+    socket.set_nonblocking(true)?;
+    Ok(socket)
+}
+
+/// The address a socket is bound to.
+pub fn local_addr(socket: &Socket) -> io::Result<SocketAddr> {
+    socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "socket has no IP address"))
+}
+
+const SOCKET_KEY: usize = 1;
+
+/// Waits for a socket to become readable, or for a wake-up from [`Waker`].
+pub struct Waiter {
+    poller: Arc<Poller>,
+    events: Events,
+}
+
+/// Wakes the thread blocked in [`Waiter::wait`]; cheap to clone, usable from any thread.
+#[derive(Clone)]
+pub struct Waker(Arc<Poller>);
+
+impl Waker {
+    pub fn wake(&self) {
+        // A failed notify means the poller is gone, and with it the thread to wake.
+        let _ = self.0.notify();
+    }
+}
+
+impl Waiter {
+    /// Registers `socket`; the socket must stay open for as long as the waiter lives.
+    pub fn new(socket: &Arc<Socket>) -> io::Result<(Waiter, Waker)> {
+        let poller = Arc::new(Poller::new()?);
+        // SAFETY: every caller keeps the socket open (an `Arc` held by the same thread state)
+        // until after the waiter is dropped, and the poller never outlives that state.
+        unsafe { poller.add_with_mode(&**socket, Event::readable(SOCKET_KEY), PollMode::Level)? };
+        Ok((Waiter { poller: Arc::clone(&poller), events: Events::new() }, Waker(poller)))
+    }
+
+    /// Blocks up to `timeout`; true when the socket is readable.
+    pub fn wait(&mut self, timeout: Duration) -> io::Result<bool> {
+        self.events.clear();
+        match self.poller.wait(&mut self.events, Some(timeout)) {
+            Ok(_) => Ok(self.events.iter().any(|e| e.key == SOCKET_KEY)),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// One received datagram inside a [`RecvBatch`].
+pub struct Datagram<'a> {
+    pub data: &'a [u8],
+    pub from: SocketAddr,
+    /// The datagram was longer than the buffer and was cut, as `recvfrom(bufsize)` cuts it.
+    pub truncated: bool,
+}
+
+/// Reusable buffers for reading up to `slots` datagrams of up to `bufsize` bytes each.
+pub struct RecvBatch {
+    bufsize: usize,
+    storage: Vec<u8>,
+    lens: Vec<usize>,
+    addrs: Vec<SocketAddr>,
+    truncated: Vec<bool>,
+    count: usize,
+    #[cfg(target_os = "linux")]
+    sys: linux::RecvArrays,
+}
+
+impl RecvBatch {
+    pub fn new(slots: usize, bufsize: usize) -> RecvBatch {
+        let slots = slots.max(1);
+        RecvBatch {
+            bufsize,
+            storage: vec![0; slots * bufsize],
+            lens: vec![0; slots],
+            addrs: vec![SocketAddr::from(([0, 0, 0, 0], 0)); slots],
+            truncated: vec![false; slots],
+            count: 0,
+            #[cfg(target_os = "linux")]
+            sys: linux::RecvArrays::new(slots),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    pub fn get(&self, index: usize) -> Datagram<'_> {
+        let start = index * self.bufsize;
+        Datagram {
+            data: &self.storage[start..start + self.lens[index]],
+            from: self.addrs[index],
+            truncated: self.truncated[index],
+        }
+    }
+
+    /// Reads what is queued without blocking; `Ok(0)` when nothing is.
+    pub fn recv(&mut self, socket: &Socket) -> io::Result<usize> {
+        self.count = 0;
+        let received = self.recv_inner(socket);
+        match received {
+            Ok(n) => {
+                self.count = n;
+                Ok(n)
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => Ok(0),
+            Err(e) => Err(e),
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    fn recv_inner(&mut self, socket: &Socket) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        let n = self.sys.recvmmsg(socket.as_raw_fd(), &mut self.storage, self.bufsize)?;
+        for i in 0..n {
+            let (len, addr, truncated) = self.sys.result(i, self.bufsize);
+            self.lens[i] = len;
+            self.addrs[i] = addr;
+            self.truncated[i] = truncated;
+        }
+        Ok(n)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn recv_inner(&mut self, socket: &Socket) -> io::Result<usize> {
+        let mut n = 0;
+        while n < self.lens.len() {
+            let start = n * self.bufsize;
+            let slot = &mut self.storage[start..start + self.bufsize];
+            // SAFETY: u8 and MaybeUninit<u8> have the same layout, and the slot is initialised.
+            let uninit = unsafe { &mut *(slot as *mut [u8] as *mut [std::mem::MaybeUninit<u8>]) };
+            match socket.recv_from_with_flags(uninit, 0) {
+                Ok((len, addr)) => {
+                    self.lens[n] = len.min(self.bufsize);
+                    self.truncated[n] = false;
+                    self.addrs[n] = addr.as_socket().unwrap_or(self.addrs[n]);
+                    n += 1;
+                }
+                Err(e) if n > 0 && e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => return if n > 0 { Ok(n) } else { Err(e) },
+            }
+        }
+        Ok(n)
+    }
+}
+
+/// The outcome of sending one payload to many addresses.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SendReport {
+    pub sent: usize,
+    pub failed: usize,
+}
+
+/// Reusable state for sending one payload to many destinations.
+#[derive(Default)]
+pub struct SendBatch {
+    #[cfg(target_os = "linux")]
+    sys: linux::SendArrays,
+}
+
+impl SendBatch {
+    /// Sends `payload` to every address in `to`; `on_error(addr, errno)` hears about each failure.
+    /// When the send buffer is full it waits for room (bounded), so nothing is dropped that the
+    /// kernel would take a moment later.
+    pub fn send_to_all(
+        &mut self,
+        socket: &Socket,
+        payload: &[u8],
+        to: &[SocketAddr],
+        mut on_error: impl FnMut(SocketAddr, i32),
+    ) -> SendReport {
+        let mut report = SendReport::default();
+        let mut next = 0;
+        let mut stalls = 0;
+        while next < to.len() {
+            match self.send_some(socket, payload, &to[next..]) {
+                Ok(n) => {
+                    report.sent += n;
+                    next += n;
+                    stalls = 0;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock && stalls < MAX_SEND_STALLS => {
+                    stalls += 1;
+                    wait_writable(socket, SEND_STALL_WAIT);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    on_error(to[next], e.raw_os_error().unwrap_or(0));
+                    report.failed += 1;
+                    next += 1;
+                    stalls = 0;
+                }
+            }
+        }
+        report
+    }
+
+    #[cfg(target_os = "linux")]
+    fn send_some(&mut self, socket: &Socket, payload: &[u8], to: &[SocketAddr]) -> io::Result<usize> {
+        use std::os::fd::AsRawFd;
+        self.sys.sendmmsg(socket.as_raw_fd(), payload, to)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    fn send_some(&mut self, socket: &Socket, payload: &[u8], to: &[SocketAddr]) -> io::Result<usize> {
+        let mut n = 0;
+        for addr in to {
+            match socket.send_to(payload, &SockAddr::from(*addr)) {
+                Ok(_) => n += 1,
+                Err(e) => return if n > 0 { Ok(n) } else { Err(e) },
+            }
+        }
+        Ok(n)
+    }
+}
+
+const MAX_SEND_STALLS: u32 = 50;
+const SEND_STALL_WAIT: Duration = Duration::from_millis(20);
+
+/// Waits until `socket` can take another datagram, or `timeout` passes.
+pub fn wait_writable(socket: &Socket, timeout: Duration) {
+    #[cfg(unix)]
+    {
+        use std::os::fd::AsRawFd;
+        let mut fd = libc::pollfd { fd: socket.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+        let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: one valid pollfd for the duration of the call.
+        unsafe { libc::poll(&mut fd, 1, millis) };
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = socket;
+        std::thread::sleep(timeout.min(Duration::from_millis(1)));
+    }
+}
+
+/// Sends one datagram on a socket, to `to` or, when `None`, to its connected peer.
+pub fn send_one(socket: &Socket, payload: &[u8], to: Option<SocketAddr>) -> io::Result<usize> {
+    let mut stalls = 0;
+    loop {
+        let result = match to {
+            Some(addr) => socket.send_to(payload, &SockAddr::from(addr)),
+            None => socket.send(payload),
+        };
+        match result {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && stalls < MAX_SEND_STALLS => {
+                stalls += 1;
+                wait_writable(socket, SEND_STALL_WAIT);
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            other => return other,
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+mod linux {
+    //! `recvmmsg`/`sendmmsg`; socket2 does not wrap them yet.
+
+    use std::io;
+    use std::mem::{size_of, zeroed};
+    use std::net::SocketAddr;
+    use std::os::fd::RawFd;
+
+    use socket2::SockAddr;
+
+    pub(super) struct RecvArrays {
+        headers: Vec<libc::mmsghdr>,
+        iovecs: Vec<libc::iovec>,
+        names: Vec<libc::sockaddr_storage>,
+    }
+
+    // SAFETY: the raw pointers inside are rebuilt before every call and only point into
+    // buffers owned by the same batch; nothing is shared between threads.
+    unsafe impl Send for RecvArrays {}
+
+    impl RecvArrays {
+        pub(super) fn new(slots: usize) -> RecvArrays {
+            // SAFETY: all-zero is a valid value for these plain C structs.
+            unsafe {
+                RecvArrays {
+                    headers: vec![zeroed(); slots],
+                    iovecs: vec![zeroed(); slots],
+                    names: vec![zeroed(); slots],
+                }
+            }
+        }
+
+        pub(super) fn recvmmsg(&mut self, fd: RawFd, storage: &mut [u8], bufsize: usize) -> io::Result<usize> {
+            let slots = self.headers.len();
+            for i in 0..slots {
+                self.iovecs[i] = libc::iovec {
+                    iov_base: storage[i * bufsize..].as_mut_ptr().cast(),
+                    iov_len: bufsize,
+                };
+                let header = &mut self.headers[i];
+                header.msg_hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+                header.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+                header.msg_hdr.msg_iov = &mut self.iovecs[i];
+                header.msg_hdr.msg_iovlen = 1;
+                header.msg_hdr.msg_control = std::ptr::null_mut();
+                header.msg_hdr.msg_controllen = 0;
+                header.msg_hdr.msg_flags = 0;
+                header.msg_len = 0;
+            }
+            // SAFETY: every header points at live buffers of the stated sizes.
+            let n = unsafe {
+                libc::recvmmsg(fd, self.headers.as_mut_ptr(), slots as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
+            };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(n as usize)
+        }
+
+        pub(super) fn result(&self, index: usize, bufsize: usize) -> (usize, SocketAddr, bool) {
+            let header = &self.headers[index];
+            let len = (header.msg_len as usize).min(bufsize);
+            let truncated = header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            let addr = socket_addr(&self.names[index]).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+            (len, addr, truncated)
+        }
+    }
+
+    fn socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+        match libc::c_int::from(storage.ss_family) {
+            libc::AF_INET => {
+                // SAFETY: the family says the storage holds a sockaddr_in.
+                let sin = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+                let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
+                Some(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
+            }
+            libc::AF_INET6 => {
+                // SAFETY: the family says the storage holds a sockaddr_in6.
+                let sin6 = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+                let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+                Some(SocketAddr::V6(std::net::SocketAddrV6::new(
+                    ip,
+                    u16::from_be(sin6.sin6_port),
+                    sin6.sin6_flowinfo,
+                    sin6.sin6_scope_id,
+                )))
+            }
+            _ => None,
+        }
+    }
+
+    /// Enough for one `sendmmsg` call; longer lists go out in several calls.
+    const SEND_SLOTS: usize = 64;
+
+    #[derive(Default)]
+    pub(super) struct SendArrays {
+        headers: Vec<libc::mmsghdr>,
+        names: Vec<SockAddr>,
+    }
+
+    // SAFETY: as for `RecvArrays`.
+    unsafe impl Send for SendArrays {}
+
+    impl SendArrays {
+        pub(super) fn sendmmsg(&mut self, fd: RawFd, payload: &[u8], to: &[SocketAddr]) -> io::Result<usize> {
+            let count = to.len().min(SEND_SLOTS);
+            self.names.clear();
+            self.names.extend(to[..count].iter().map(|&a| SockAddr::from(a)));
+            let mut iovec = libc::iovec { iov_base: payload.as_ptr() as *mut libc::c_void, iov_len: payload.len() };
+            // SAFETY: all-zero is a valid mmsghdr.
+            self.headers.resize(count, unsafe { zeroed() });
+            for (header, name) in self.headers.iter_mut().zip(&self.names) {
+                header.msg_hdr.msg_name = name.as_ptr() as *mut libc::c_void;
+                header.msg_hdr.msg_namelen = name.len();
+                header.msg_hdr.msg_iov = &mut iovec;
+                header.msg_hdr.msg_iovlen = 1;
+                header.msg_hdr.msg_control = std::ptr::null_mut();
+                header.msg_hdr.msg_controllen = 0;
+                header.msg_hdr.msg_flags = 0;
+                header.msg_len = 0;
+            }
+            // SAFETY: headers, names and the payload outlive the call; the kernel only reads them.
+            let n = unsafe { libc::sendmmsg(fd, self.headers.as_mut_ptr(), count as libc::c_uint, libc::MSG_DONTWAIT) };
+            if n < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(n as usize)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn loopback_socket() -> Arc<Socket> {
+        Arc::new(udp_socket("127.0.0.1:0".parse().unwrap(), true, SocketOptions::default()).unwrap())
+    }
+
+    #[test]
+    fn resolve_prefers_ipv4_and_empty_means_any() {
+        assert_eq!(resolve("", 5).unwrap(), "0.0.0.0:5".parse().unwrap());
+        assert_eq!(resolve("127.0.0.1", 7).unwrap(), "127.0.0.1:7".parse().unwrap());
+        assert_eq!(resolve("::1", 7).unwrap(), "[::1]:7".parse().unwrap());
+        assert!(resolve("localhost", 7).unwrap().is_ipv4());
+        assert!(resolve("no such host.invalid", 7).is_err());
+    }
+
+    #[test]
+    fn batch_round_trip_reports_truncation() {
+        let receiver = loopback_socket();
+        let sender = loopback_socket();
+        let to = local_addr(&receiver).unwrap();
+        let mut send = SendBatch::default();
+        for payload in [&b"one"[..], b"", &[7u8; 20]] {
+            let report = send.send_to_all(&sender, payload, &[to], |_, _| panic!("send failed"));
+            assert_eq!(report, SendReport { sent: 1, failed: 0 });
+        }
+        let (mut waiter, _waker) = Waiter::new(&receiver).unwrap();
+        let mut batch = RecvBatch::new(8, 10);
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            assert!(waiter.wait(Duration::from_secs(2)).unwrap(), "datagrams did not arrive");
+            batch.recv(&receiver).unwrap();
+            seen.extend((0..batch.len()).map(|i| {
+                let d = batch.get(i);
+                (d.data.to_vec(), d.truncated, d.from)
+            }));
+        }
+        let from = local_addr(&sender).unwrap();
+        assert_eq!(seen[0], (b"one".to_vec(), false, from));
+        assert_eq!(seen[1], (Vec::new(), false, from));
+        assert_eq!(seen[2], (vec![7u8; 10], cfg!(target_os = "linux"), from));
+    }
+
+    #[test]
+    fn waker_interrupts_a_wait() {
+        let socket = loopback_socket();
+        let (mut waiter, waker) = Waiter::new(&socket).unwrap();
+        let started = std::time::Instant::now();
+        let thread = std::thread::spawn(move || waiter.wait(Duration::from_secs(10)).unwrap());
+        std::thread::sleep(Duration::from_millis(50));
+        waker.wake();
+        assert!(!thread.join().unwrap());
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}

@@ -1,0 +1,191 @@
+//! The server's clients table and its rules, without sockets or clocks.
+//!
+//! Times are wall-clock seconds (`time.time()` in the original), passed in by the caller so that
+//! tests need no sleeps.
+
+use std::net::SocketAddr;
+
+use indexmap::IndexMap;
+
+use crate::protocol::{classify, Kind};
+
+/// What one datagram did to the table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A heartbeat; `joined` when the source was not in the table.
+    Heartbeat { joined: bool },
+    /// A `quit`; `left` when the source was in the table.
+    Quit { left: bool },
+    /// A chat message to Ack; `joined` when the source was not in the table.
+    Chat { joined: bool },
+}
+
+/// The `clients` dict of the original server: address -> last time heard from.
+#[derive(Debug, Default)]
+pub struct Relay {
+    clients: IndexMap<SocketAddr, f64>,
+    interval: f64,
+}
+
+impl Relay {
+    pub fn new(interval: f64) -> Relay {
+        Relay { clients: IndexMap::new(), interval }
+    }
+
+    pub fn interval(&self) -> f64 {
+        self.interval
+    }
+
+    pub fn len(&self) -> usize {
+        self.clients.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.clients.is_empty()
+    }
+
+    pub fn contains(&self, addr: &SocketAddr) -> bool {
+        self.clients.contains_key(addr)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&SocketAddr, &f64)> {
+        self.clients.iter()
+    }
+
+    pub fn addresses(&self) -> impl Iterator<Item = &SocketAddr> {
+        self.clients.keys()
+    }
+
+    /// Applies one datagram as the original receive loop does. For a chat message, `recipients`
+    /// receives every client heard from within `interval` (the sender included) and `expired`
+    /// every client that was not, which is removed.
+    pub fn on_datagram(
+        &mut self,
+        data: &[u8],
+        from: SocketAddr,
+        now: f64,
+        recipients: &mut Vec<SocketAddr>,
+        expired: &mut Vec<SocketAddr>,
+    ) -> Outcome {
+        match classify(data) {
+            Kind::Heartbeat => Outcome::Heartbeat { joined: self.refresh(from, now) },
+            Kind::Quit => Outcome::Quit { left: self.remove(&from) },
+            Kind::Chat => {
+                let joined = self.refresh(from, now);
+                self.split_live(now, self.interval, recipients, expired);
+                Outcome::Chat { joined }
+            }
+        }
+    }
+
+    /// Records `addr` as heard from at `now`; true when it is new to the table.
+    pub fn refresh(&mut self, addr: SocketAddr, now: f64) -> bool {
+        self.clients.insert(addr, now).is_none()
+    }
+
+    /// Removes `addr`; true when it was in the table.
+    pub fn remove(&mut self, addr: &SocketAddr) -> bool {
+        self.clients.swap_remove(addr).is_some()
+    }
+
+    /// Removes clients silent for more than `max_age` seconds into `expired`, and returns when
+    /// the next one would expire if nothing is heard.
+    pub fn sweep(&mut self, now: f64, max_age: f64, expired: &mut Vec<SocketAddr>) -> Option<f64> {
+        let mut oldest = f64::INFINITY;
+        self.clients.retain(|addr, stamp| {
+            if now - *stamp > max_age {
+                expired.push(*addr);
+                false
+            } else {
+                oldest = oldest.min(*stamp);
+                true
+            }
+        });
+        oldest.is_finite().then_some(oldest + max_age)
+    }
+
+    fn split_live(&mut self, now: f64, max_age: f64, live: &mut Vec<SocketAddr>, expired: &mut Vec<SocketAddr>) {
+        live.clear();
+        let first_expired = expired.len();
+        for (addr, stamp) in &self.clients {
+            if now - *stamp > max_age {
+                expired.push(*addr);
+            } else {
+                live.push(*addr);
+            }
+        }
+        for addr in &expired[first_expired..] {
+            self.clients.swap_remove(addr);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn run(relay: &mut Relay, data: &[u8], from: u16, now: f64) -> (Outcome, Vec<SocketAddr>, Vec<SocketAddr>) {
+        let (mut live, mut expired) = (Vec::new(), Vec::new());
+        let outcome = relay.on_datagram(data, addr(from), now, &mut live, &mut expired);
+        (outcome, live, expired)
+    }
+
+    #[test]
+    fn heartbeat_joins_once_and_refreshes() {
+        let mut relay = Relay::new(10.0);
+        assert_eq!(run(&mut relay, b"^hb^", 1, 0.0).0, Outcome::Heartbeat { joined: true });
+        assert_eq!(run(&mut relay, b" ^hb^\n", 1, 5.0).0, Outcome::Heartbeat { joined: false });
+        assert_eq!(relay.iter().collect::<Vec<_>>(), vec![(&addr(1), &5.0)]);
+    }
+
+    #[test]
+    fn quit_leaves_only_when_present() {
+        let mut relay = Relay::new(10.0);
+        assert_eq!(run(&mut relay, b"quit", 1, 0.0).0, Outcome::Quit { left: false });
+        run(&mut relay, b"^hb^", 1, 0.0);
+        assert_eq!(run(&mut relay, b"quit\n", 1, 1.0).0, Outcome::Quit { left: true });
+        assert!(relay.is_empty());
+    }
+
+    #[test]
+    fn chat_reaches_live_clients_and_expires_the_rest() {
+        let mut relay = Relay::new(10.0);
+        run(&mut relay, b"^hb^", 1, 0.0);
+        run(&mut relay, b"^hb^", 2, 5.0);
+        run(&mut relay, b"^hb^", 3, 10.0);
+        // At 15.0: client 1 is 15 s old (> 10: expired), client 2 exactly 10 s old (kept).
+        let (outcome, live, expired) = run(&mut relay, b"hi", 4, 15.0);
+        assert_eq!(outcome, Outcome::Chat { joined: true });
+        assert_eq!(expired, vec![addr(1)]);
+        let mut live = live;
+        live.sort();
+        assert_eq!(live, vec![addr(2), addr(3), addr(4)]);
+        assert!(!relay.contains(&addr(1)));
+    }
+
+    #[test]
+    fn sender_always_gets_its_own_ack() {
+        let mut relay = Relay::new(0.5);
+        run(&mut relay, b"^hb^", 1, 0.0);
+        let (_, live, expired) = run(&mut relay, b"late", 1, 100.0);
+        assert_eq!((live, expired), (vec![addr(1)], vec![]));
+    }
+
+    #[test]
+    fn sweep_expires_and_reports_next_deadline() {
+        let mut relay = Relay::new(10.0);
+        run(&mut relay, b"^hb^", 1, 0.0);
+        run(&mut relay, b"^hb^", 2, 4.0);
+        let mut expired = Vec::new();
+        assert_eq!(relay.sweep(10.0, 10.0, &mut expired), Some(10.0));
+        assert!(expired.is_empty());
+        assert_eq!(relay.sweep(10.5, 10.0, &mut expired), Some(14.0));
+        assert_eq!(expired, vec![addr(1)]);
+        assert_eq!(relay.sweep(20.0, 10.0, &mut expired), None);
+        assert_eq!(relay.len(), 0);
+    }
+}

@@ -1,0 +1,368 @@
+//! The group-chat server: one socket thread that reads in batches, keeps the clients table,
+//! answers each chat message with one Ack sent to every live client, and expires silent
+//! clients on a timer.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crossbeam_channel::Receiver;
+use parking_lot::Mutex;
+use socket2::Socket;
+
+use crate::error::{ChatError, Result};
+use crate::events::{self, Event, EventSender, LeaveReason};
+use crate::net::{self, RecvBatch, SendBatch, SocketOptions, Waiter};
+use crate::protocol::{self, BYE, MAX_DATAGRAM};
+use crate::relay::{Outcome, Relay};
+use crate::stats::{Counters, Stats};
+use crate::worker::{wall_clock, Control, Worker};
+
+/// Datagrams read per system call.
+pub const RECV_BATCH: usize = 32;
+/// Batches handled per wake-up before the timer gets a look in.
+const BATCHES_PER_WAKE: usize = 64;
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub host: String,
+    pub port: u16,
+    /// Seconds a client may stay silent (the original `interval`).
+    pub interval: f64,
+    /// Extra seconds the expiry timer waits beyond `interval` before it removes a silent client,
+    /// so that a heartbeat sent every `interval` seconds is not raced by the timer. The check the
+    /// original makes when a chat message arrives still uses `interval` alone.
+    pub expiry_grace: f64,
+    /// Bytes read per datagram; longer datagrams are cut, as `recvfrom(bufsize)` cuts them.
+    pub bufsize: usize,
+    /// Events that may wait for the consumer before new ones are dropped (and counted).
+    pub queue_size: usize,
+    pub socket: SocketOptions,
+}
+
+impl ServerConfig {
+    pub fn new(host: impl Into<String>, port: u16, interval: f64) -> ServerConfig {
+        ServerConfig {
+            host: host.into(),
+            port,
+            interval,
+            expiry_grace: interval / 2.0,
+            bufsize: protocol::DEFAULT_BUFSIZE,
+            queue_size: 65_536,
+            socket: SocketOptions::default(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        validate_interval(self.interval)?;
+        if !(self.expiry_grace.is_finite() && self.expiry_grace >= 0.0) {
+            return Err(ChatError::InvalidArgument(format!(
+                "expiry_grace must be a number of seconds >= 0, not {}",
+                self.expiry_grace
+            )));
+        }
+        validate_bufsize(self.bufsize)?;
+        validate_queue_size(self.queue_size)
+    }
+}
+
+pub(crate) fn validate_interval(interval: f64) -> Result<()> {
+    if interval.is_finite() && interval > 0.0 && interval <= 1e9 {
+        Ok(())
+    } else {
+        Err(ChatError::InvalidArgument(format!("interval must be a number of seconds > 0, not {interval}")))
+    }
+}
+
+pub(crate) fn validate_bufsize(bufsize: usize) -> Result<()> {
+    if (1..=MAX_DATAGRAM).contains(&bufsize) {
+        Ok(())
+    } else {
+        Err(ChatError::InvalidArgument(format!("bufsize must be between 1 and {MAX_DATAGRAM} bytes, not {bufsize}")))
+    }
+}
+
+pub(crate) fn validate_queue_size(size: usize) -> Result<()> {
+    if size >= 1 {
+        Ok(())
+    } else {
+        Err(ChatError::InvalidArgument("queue_size must be at least 1".to_owned()))
+    }
+}
+
+/// State shared between the socket thread and the owner.
+struct Shared {
+    relay: Mutex<Relay>,
+    counters: Counters,
+}
+
+/// A running group-chat server. Dropping it stops it.
+pub struct Server {
+    shared: Arc<Shared>,
+    local: SocketAddr,
+    events: Receiver<Event>,
+    worker: Worker,
+}
+
+impl Server {
+    /// Binds and starts the socket thread.
+    pub fn start(config: ServerConfig) -> Result<Server> {
+        config.validate()?;
+        let bind = net::resolve(&config.host, config.port)?;
+        let socket = Arc::new(net::udp_socket(bind, true, config.socket)?);
+        let local = net::local_addr(&socket)?;
+        let (waiter, waker) = Waiter::new(&socket)?;
+        let (sender, events) = events::channel(config.queue_size);
+        let shared = Arc::new(Shared { relay: Mutex::new(Relay::new(config.interval)), counters: Counters::default() });
+        let mut relay_loop = RelayLoop {
+            socket,
+            waiter,
+            shared: Arc::clone(&shared),
+            events: sender,
+            recv: RecvBatch::new(RECV_BATCH, config.bufsize),
+            send: SendBatch::default(),
+            ack: Vec::with_capacity(config.bufsize * 4 + 64),
+            live: Vec::new(),
+            gone: Vec::new(),
+            max_age: config.interval + config.expiry_grace,
+        };
+        let worker = Worker::spawn("chatudp-server", waker, move |control| relay_loop.run(control))?;
+        Ok(Server { shared, local, events, worker })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// A snapshot of the clients table: address and wall-clock time last heard from.
+    pub fn clients(&self) -> Vec<(SocketAddr, f64)> {
+        self.shared.relay.lock().iter().map(|(a, t)| (*a, *t)).collect()
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.shared.counters.snapshot()
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.shared.counters
+    }
+
+    /// Joins, leaves and chat messages, in the order the socket thread saw them.
+    pub fn events(&self) -> &Receiver<Event> {
+        &self.events
+    }
+
+    /// Sends `Bye!` to every client in the table, then ends the socket thread. Idempotent.
+    pub fn stop(&self) {
+        self.worker.stop();
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.worker.is_running()
+    }
+
+    pub fn failure(&self) -> Option<String> {
+        self.worker.failure()
+    }
+}
+
+struct RelayLoop {
+    socket: Arc<Socket>,
+    waiter: Waiter,
+    shared: Arc<Shared>,
+    events: EventSender,
+    recv: RecvBatch,
+    send: SendBatch,
+    ack: Vec<u8>,
+    live: Vec<SocketAddr>,
+    gone: Vec<SocketAddr>,
+    max_age: f64,
+}
+
+impl RelayLoop {
+    fn run(&mut self, control: &Control) {
+        let mut next_sweep = wall_clock() + self.max_age;
+        while !control.is_stopping() {
+            let wait = Duration::from_secs_f64((next_sweep - wall_clock()).clamp(0.0, self.max_age));
+            match self.waiter.wait(wait) {
+                Ok(true) => self.drain(control),
+                Ok(false) => {}
+                // A poller that cannot wait any more leaves nothing to do but stop.
+                Err(_) => break,
+            }
+            let now = wall_clock();
+            if now >= next_sweep {
+                next_sweep = self.sweep(now);
+            }
+        }
+        self.say_goodbye();
+    }
+
+    fn drain(&mut self, control: &Control) {
+        for _ in 0..BATCHES_PER_WAKE {
+            if control.is_stopping() {
+                return;
+            }
+            match self.recv.recv(&self.socket) {
+                Ok(0) => return,
+                Ok(n) => self.handle_batch(n),
+                // ICMP errors and the like: the socket itself is fine, carry on.
+                Err(_) => return,
+            }
+        }
+    }
+
+    fn handle_batch(&mut self, count: usize) {
+        let counters = &self.shared.counters;
+        Counters::add(&counters.received, count as u64);
+        let now = wall_clock();
+        let mut relay = self.shared.relay.lock();
+        for index in 0..count {
+            let datagram = self.recv.get(index);
+            if datagram.truncated {
+                Counters::add(&counters.truncated, 1);
+            }
+            self.gone.clear();
+            let outcome = relay.on_datagram(datagram.data, datagram.from, now, &mut self.live, &mut self.gone);
+            match outcome {
+                Outcome::Heartbeat { joined } => {
+                    Counters::add(&counters.heartbeats, 1);
+                    if joined {
+                        Counters::add(&counters.joins, 1);
+                        self.events.emit(Event::Join(datagram.from), counters);
+                    }
+                }
+                Outcome::Quit { left } => {
+                    if left {
+                        Counters::add(&counters.leaves, 1);
+                        self.events.emit(Event::Leave(datagram.from, LeaveReason::Quit), counters);
+                    }
+                }
+                Outcome::Chat { joined } => {
+                    if joined {
+                        Counters::add(&counters.joins, 1);
+                        self.events.emit(Event::Join(datagram.from), counters);
+                    }
+                    self.events.emit(Event::Message { data: datagram.data.to_vec(), from: datagram.from }, counters);
+                    protocol::write_ack(datagram.data, &datagram.from, &mut self.ack);
+                    let report = self.send.send_to_all(&self.socket, &self.ack, &self.live, |_, errno| {
+                        counters.send_failed(errno);
+                    });
+                    Counters::add(&counters.sent, report.sent as u64);
+                    Counters::add(&counters.relayed, 1);
+                    for addr in &self.gone {
+                        Counters::add(&counters.expired, 1);
+                        Counters::add(&counters.leaves, 1);
+                        self.events.emit(Event::Leave(*addr, LeaveReason::Expired), counters);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Expires silent clients; returns when to look again.
+    fn sweep(&mut self, now: f64) -> f64 {
+        self.gone.clear();
+        let next = self.shared.relay.lock().sweep(now, self.max_age, &mut self.gone);
+        let counters = &self.shared.counters;
+        for addr in &self.gone {
+            Counters::add(&counters.expired, 1);
+            Counters::add(&counters.leaves, 1);
+            self.events.emit(Event::Leave(*addr, LeaveReason::Expired), counters);
+        }
+        // Never sooner than a small slice of the interval, so a table of many clients with
+        // spread-out deadlines is not rescanned continuously.
+        let min_gap = (self.max_age / 50.0).clamp(0.001, 0.1);
+        next.map_or(now + self.max_age, |deadline| deadline.max(now + min_gap))
+    }
+
+    fn say_goodbye(&mut self) {
+        self.live.clear();
+        self.live.extend(self.shared.relay.lock().addresses().copied());
+        let counters = &self.shared.counters;
+        let report = self.send.send_to_all(&self.socket, BYE, &self.live, |_, errno| counters.send_failed(errno));
+        Counters::add(&counters.sent, report.sent as u64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+    use std::time::Instant;
+
+    fn start(interval: f64) -> Server {
+        Server::start(ServerConfig::new("127.0.0.1", 0, interval)).unwrap()
+    }
+
+    fn peer() -> UdpSocket {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        socket
+    }
+
+    fn recv(socket: &UdpSocket) -> Vec<u8> {
+        let mut buf = [0u8; 65_536];
+        let n = socket.recv(&mut buf).expect("expected a datagram");
+        buf[..n].to_vec()
+    }
+
+    fn wait_for(what: &str, mut condition: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !condition() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn relays_acks_to_all_clients_and_says_bye() {
+        let server = start(10.0);
+        let (a, b) = (peer(), peer());
+        a.send_to(b"^hb^", server.local_addr()).unwrap();
+        wait_for("a to join", || server.clients().len() == 1);
+        b.send_to(b"hello", server.local_addr()).unwrap();
+        let expected = format!("Ack b'HELLO'. from 127.0.0.1:{}", b.local_addr().unwrap().port()).into_bytes();
+        assert_eq!(recv(&a), expected);
+        assert_eq!(recv(&b), expected);
+        server.stop();
+        assert_eq!(recv(&a), b"Bye!");
+        assert_eq!(recv(&b), b"Bye!");
+        assert!(!server.is_running());
+        server.stop();
+        let stats = server.stats();
+        assert_eq!((stats.received, stats.relayed, stats.sent, stats.joins), (2, 1, 4, 2));
+    }
+
+    #[test]
+    fn timer_expires_silent_clients() {
+        let server = start(0.1);
+        let a = peer();
+        a.send_to(b"^hb^", server.local_addr()).unwrap();
+        wait_for("a to join", || server.clients().len() == 1);
+        wait_for("a to expire", || server.clients().is_empty());
+        let events: Vec<Event> = server.events().try_iter().collect();
+        let a_addr = a.local_addr().unwrap();
+        assert_eq!(events, vec![Event::Join(a_addr), Event::Leave(a_addr, LeaveReason::Expired)]);
+        assert_eq!(server.stats().expired, 1);
+    }
+
+    #[test]
+    fn stop_is_prompt_while_idle() {
+        let server = start(10.0);
+        let started = Instant::now();
+        server.stop();
+        assert!(started.elapsed() < Duration::from_millis(500));
+    }
+
+    #[test]
+    fn rejects_bad_arguments_and_busy_ports() {
+        assert!(matches!(Server::start(ServerConfig::new("127.0.0.1", 0, 0.0)), Err(ChatError::InvalidArgument(_))));
+        let mut config = ServerConfig::new("127.0.0.1", 0, 1.0);
+        config.bufsize = MAX_DATAGRAM + 1;
+        assert!(matches!(Server::start(config), Err(ChatError::InvalidArgument(_))));
+        let first = start(1.0);
+        let busy = Server::start(ServerConfig::new("127.0.0.1", first.local_addr().port(), 1.0));
+        assert!(matches!(busy, Err(ChatError::Io(e)) if e.kind() == std::io::ErrorKind::AddrInUse));
+    }
+}

@@ -1,0 +1,91 @@
+//! A socket thread with a prompt, idempotent stop, shared by every server and client.
+
+use std::any::Any;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+
+use crate::net::Waker;
+
+/// Wall-clock seconds, as the original's `datetime.now().timestamp()`.
+pub fn wall_clock() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// What the socket thread and its owner share.
+#[derive(Default)]
+pub struct Control {
+    stopping: AtomicBool,
+    failure: Mutex<Option<String>>,
+}
+
+impl Control {
+    pub fn is_stopping(&self) -> bool {
+        self.stopping.load(Ordering::Acquire)
+    }
+}
+
+pub struct Worker {
+    control: Arc<Control>,
+    waker: Waker,
+    thread: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Worker {
+    /// Runs `body` on a new thread named `name`. A panic in `body` is caught and kept as the
+    /// worker's failure instead of tearing down the process.
+    pub fn spawn(
+        name: &str,
+        waker: Waker,
+        body: impl FnOnce(&Control) + Send + 'static,
+    ) -> std::io::Result<Worker> {
+        let control = Arc::new(Control::default());
+        let thread_control = Arc::clone(&control);
+        let thread = std::thread::Builder::new().name(name.to_owned()).spawn(move || {
+            let outcome = catch_unwind(AssertUnwindSafe(|| body(&thread_control)));
+            if let Err(payload) = outcome {
+                *thread_control.failure.lock() = Some(panic_message(&*payload));
+            }
+        })?;
+        Ok(Worker { control, waker, thread: Mutex::new(Some(thread)) })
+    }
+
+    /// Asks the thread to finish and waits for it. Safe to call any number of times from any
+    /// thread; a second caller waits until the first has finished.
+    pub fn stop(&self) {
+        let mut thread = self.thread.lock();
+        self.control.stopping.store(true, Ordering::Release);
+        self.waker.wake();
+        if let Some(handle) = thread.take() {
+            // The body catches its own panics, so join cannot fail.
+            let _ = handle.join();
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        !self.control.is_stopping() && self.thread.lock().as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// The panic message, when the thread died of one.
+    pub fn failure(&self) -> Option<String> {
+        self.control.failure.lock().clone()
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}
