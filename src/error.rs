@@ -23,7 +23,9 @@ impl fmt::Display for ChatError {
             ChatError::TooLong { len, max } => {
                 write!(f, "a message of {len} bytes does not fit in one UDP datagram (at most {max} bytes); split it")
             }
-            ChatError::Closed(what) => write!(f, "{what} is stopped; create a new one to talk again"),
+            ChatError::Closed(what) => {
+                write!(f, "{what} is stopped; create a new one to talk again")
+            }
         }
     }
 }

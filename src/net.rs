@@ -26,7 +26,12 @@ pub fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
         .find(|a| a.is_ipv4())
         .or_else(|| candidates.first())
         .copied()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no address found for host {host:?}")))
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no address found for host {host:?}"),
+            )
+        })
 }
 
 /// Socket options a server or client may set before it binds.
@@ -86,7 +91,13 @@ impl Waiter {
         // SAFETY: every caller keeps the socket open (an `Arc` held by the same thread state)
         // until after the waiter is dropped, and the poller never outlives that state.
         unsafe { poller.add_with_mode(&**socket, Event::readable(SOCKET_KEY), PollMode::Level)? };
-        Ok((Waiter { poller: Arc::clone(&poller), events: Events::new() }, Waker(poller)))
+        Ok((
+            Waiter {
+                poller: Arc::clone(&poller),
+                events: Events::new(),
+            },
+            Waker(poller),
+        ))
     }
 
     /// Blocks up to `timeout`; true when the socket is readable.
@@ -161,7 +172,12 @@ impl RecvBatch {
                 self.count = n;
                 Ok(n)
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => Ok(0),
+            Err(e)
+                if e.kind() == io::ErrorKind::WouldBlock
+                    || e.kind() == io::ErrorKind::Interrupted =>
+            {
+                Ok(0)
+            }
             Err(e) => Err(e),
         }
     }
@@ -169,7 +185,9 @@ impl RecvBatch {
     #[cfg(target_os = "linux")]
     fn recv_inner(&mut self, socket: &Socket) -> io::Result<usize> {
         use std::os::fd::AsRawFd;
-        let n = self.sys.recvmmsg(socket.as_raw_fd(), &mut self.storage, self.bufsize)?;
+        let n = self
+            .sys
+            .recvmmsg(socket.as_raw_fd(), &mut self.storage, self.bufsize)?;
         for i in 0..n {
             let (len, addr, truncated) = self.sys.result(i, self.bufsize);
             self.lens[i] = len;
@@ -254,13 +272,23 @@ impl SendBatch {
     }
 
     #[cfg(target_os = "linux")]
-    fn send_some(&mut self, socket: &Socket, payload: &[u8], to: &[SocketAddr]) -> io::Result<usize> {
+    fn send_some(
+        &mut self,
+        socket: &Socket,
+        payload: &[u8],
+        to: &[SocketAddr],
+    ) -> io::Result<usize> {
         use std::os::fd::AsRawFd;
         self.sys.sendmmsg(socket.as_raw_fd(), payload, to)
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn send_some(&mut self, socket: &Socket, payload: &[u8], to: &[SocketAddr]) -> io::Result<usize> {
+    fn send_some(
+        &mut self,
+        socket: &Socket,
+        payload: &[u8],
+        to: &[SocketAddr],
+    ) -> io::Result<usize> {
         let mut n = 0;
         for addr in to {
             match socket.send_to(payload, &SockAddr::from(*addr)) {
@@ -280,7 +308,11 @@ pub fn wait_writable(socket: &Socket, timeout: Duration) {
     #[cfg(unix)]
     {
         use std::os::fd::AsRawFd;
-        let mut fd = libc::pollfd { fd: socket.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+        let mut fd = libc::pollfd {
+            fd: socket.as_raw_fd(),
+            events: libc::POLLOUT,
+            revents: 0,
+        };
         let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
         // SAFETY: one valid pollfd for the duration of the call.
         unsafe { libc::poll(&mut fd, 1, millis) };
@@ -344,7 +376,12 @@ mod linux {
             }
         }
 
-        pub(super) fn recvmmsg(&mut self, fd: RawFd, storage: &mut [u8], bufsize: usize) -> io::Result<usize> {
+        pub(super) fn recvmmsg(
+            &mut self,
+            fd: RawFd,
+            storage: &mut [u8],
+            bufsize: usize,
+        ) -> io::Result<usize> {
             let slots = self.headers.len();
             for i in 0..slots {
                 self.iovecs[i] = libc::iovec {
@@ -352,7 +389,8 @@ mod linux {
                     iov_len: bufsize,
                 };
                 let header = &mut self.headers[i];
-                header.msg_hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+                header.msg_hdr.msg_name =
+                    (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
                 header.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
                 header.msg_hdr.msg_iov = &mut self.iovecs[i];
                 header.msg_hdr.msg_iovlen = 1;
@@ -363,7 +401,13 @@ mod linux {
             }
             // SAFETY: every header points at live buffers of the stated sizes.
             let n = unsafe {
-                libc::recvmmsg(fd, self.headers.as_mut_ptr(), slots as libc::c_uint, libc::MSG_DONTWAIT, std::ptr::null_mut())
+                libc::recvmmsg(
+                    fd,
+                    self.headers.as_mut_ptr(),
+                    slots as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                    std::ptr::null_mut(),
+                )
             };
             if n < 0 {
                 return Err(io::Error::last_os_error());
@@ -375,7 +419,8 @@ mod linux {
             let header = &self.headers[index];
             let len = (header.msg_len as usize).min(bufsize);
             let truncated = header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-            let addr = socket_addr(&self.names[index]).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+            let addr = socket_addr(&self.names[index])
+                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
             (len, addr, truncated)
         }
     }
@@ -384,13 +429,17 @@ mod linux {
         match libc::c_int::from(storage.ss_family) {
             libc::AF_INET => {
                 // SAFETY: the family says the storage holds a sockaddr_in.
-                let sin = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+                let sin = unsafe {
+                    &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>()
+                };
                 let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
                 Some(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
             }
             libc::AF_INET6 => {
                 // SAFETY: the family says the storage holds a sockaddr_in6.
-                let sin6 = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+                let sin6 = unsafe {
+                    &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
+                };
                 let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
                 Some(SocketAddr::V6(std::net::SocketAddrV6::new(
                     ip,
@@ -416,11 +465,20 @@ mod linux {
     unsafe impl Send for SendArrays {}
 
     impl SendArrays {
-        pub(super) fn sendmmsg(&mut self, fd: RawFd, payload: &[u8], to: &[SocketAddr]) -> io::Result<usize> {
+        pub(super) fn sendmmsg(
+            &mut self,
+            fd: RawFd,
+            payload: &[u8],
+            to: &[SocketAddr],
+        ) -> io::Result<usize> {
             let count = to.len().min(SEND_SLOTS);
             self.names.clear();
-            self.names.extend(to[..count].iter().map(|&a| SockAddr::from(a)));
-            let mut iovec = libc::iovec { iov_base: payload.as_ptr() as *mut libc::c_void, iov_len: payload.len() };
+            self.names
+                .extend(to[..count].iter().map(|&a| SockAddr::from(a)));
+            let mut iovec = libc::iovec {
+                iov_base: payload.as_ptr() as *mut libc::c_void,
+                iov_len: payload.len(),
+            };
             // SAFETY: all-zero is a valid mmsghdr.
             self.headers.resize(count, unsafe { zeroed() });
             for (header, name) in self.headers.iter_mut().zip(&self.names) {
@@ -434,7 +492,14 @@ mod linux {
                 header.msg_len = 0;
             }
             // SAFETY: headers, names and the payload outlive the call; the kernel only reads them.
-            let n = unsafe { libc::sendmmsg(fd, self.headers.as_mut_ptr(), count as libc::c_uint, libc::MSG_DONTWAIT) };
+            let n = unsafe {
+                libc::sendmmsg(
+                    fd,
+                    self.headers.as_mut_ptr(),
+                    count as libc::c_uint,
+                    libc::MSG_DONTWAIT,
+                )
+            };
             if n < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -448,13 +513,23 @@ mod tests {
     use super::*;
 
     fn loopback_socket() -> Arc<Socket> {
-        Arc::new(udp_socket("127.0.0.1:0".parse().unwrap(), true, SocketOptions::default()).unwrap())
+        Arc::new(
+            udp_socket(
+                "127.0.0.1:0".parse().unwrap(),
+                true,
+                SocketOptions::default(),
+            )
+            .unwrap(),
+        )
     }
 
     #[test]
     fn resolve_prefers_ipv4_and_empty_means_any() {
         assert_eq!(resolve("", 5).unwrap(), "0.0.0.0:5".parse().unwrap());
-        assert_eq!(resolve("127.0.0.1", 7).unwrap(), "127.0.0.1:7".parse().unwrap());
+        assert_eq!(
+            resolve("127.0.0.1", 7).unwrap(),
+            "127.0.0.1:7".parse().unwrap()
+        );
         assert_eq!(resolve("::1", 7).unwrap(), "[::1]:7".parse().unwrap());
         assert!(resolve("localhost", 7).unwrap().is_ipv4());
         assert!(resolve("no such host.invalid", 7).is_err());
@@ -474,7 +549,10 @@ mod tests {
         let mut batch = RecvBatch::new(8, 10);
         let mut seen = Vec::new();
         while seen.len() < 3 {
-            assert!(waiter.wait(Duration::from_secs(2)).unwrap(), "datagrams did not arrive");
+            assert!(
+                waiter.wait(Duration::from_secs(2)).unwrap(),
+                "datagrams did not arrive"
+            );
             batch.recv(&receiver).unwrap();
             seen.extend((0..batch.len()).map(|i| {
                 let d = batch.get(i);

@@ -29,7 +29,10 @@ pub struct Relay {
 
 impl Relay {
     pub fn new(interval: f64) -> Relay {
-        Relay { clients: IndexMap::new(), interval }
+        Relay {
+            clients: IndexMap::new(),
+            interval,
+        }
     }
 
     pub fn interval(&self) -> f64 {
@@ -68,8 +71,12 @@ impl Relay {
         expired: &mut Vec<SocketAddr>,
     ) -> Outcome {
         match classify(data) {
-            Kind::Heartbeat => Outcome::Heartbeat { joined: self.refresh(from, now) },
-            Kind::Quit => Outcome::Quit { left: self.remove(&from) },
+            Kind::Heartbeat => Outcome::Heartbeat {
+                joined: self.refresh(from, now),
+            },
+            Kind::Quit => Outcome::Quit {
+                left: self.remove(&from),
+            },
             Kind::Chat => {
                 let joined = self.refresh(from, now);
                 self.split_live(now, self.interval, recipients, expired);
@@ -104,7 +111,13 @@ impl Relay {
         oldest.is_finite().then_some(oldest + max_age)
     }
 
-    fn split_live(&mut self, now: f64, max_age: f64, live: &mut Vec<SocketAddr>, expired: &mut Vec<SocketAddr>) {
+    fn split_live(
+        &mut self,
+        now: f64,
+        max_age: f64,
+        live: &mut Vec<SocketAddr>,
+        expired: &mut Vec<SocketAddr>,
+    ) {
         live.clear();
         let first_expired = expired.len();
         for (addr, stamp) in &self.clients {
@@ -128,7 +141,12 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
-    fn run(relay: &mut Relay, data: &[u8], from: u16, now: f64) -> (Outcome, Vec<SocketAddr>, Vec<SocketAddr>) {
+    fn run(
+        relay: &mut Relay,
+        data: &[u8],
+        from: u16,
+        now: f64,
+    ) -> (Outcome, Vec<SocketAddr>, Vec<SocketAddr>) {
         let (mut live, mut expired) = (Vec::new(), Vec::new());
         let outcome = relay.on_datagram(data, addr(from), now, &mut live, &mut expired);
         (outcome, live, expired)
@@ -137,17 +155,29 @@ mod tests {
     #[test]
     fn heartbeat_joins_once_and_refreshes() {
         let mut relay = Relay::new(10.0);
-        assert_eq!(run(&mut relay, b"^hb^", 1, 0.0).0, Outcome::Heartbeat { joined: true });
-        assert_eq!(run(&mut relay, b" ^hb^\n", 1, 5.0).0, Outcome::Heartbeat { joined: false });
+        assert_eq!(
+            run(&mut relay, b"^hb^", 1, 0.0).0,
+            Outcome::Heartbeat { joined: true }
+        );
+        assert_eq!(
+            run(&mut relay, b" ^hb^\n", 1, 5.0).0,
+            Outcome::Heartbeat { joined: false }
+        );
         assert_eq!(relay.iter().collect::<Vec<_>>(), vec![(&addr(1), &5.0)]);
     }
 
     #[test]
     fn quit_leaves_only_when_present() {
         let mut relay = Relay::new(10.0);
-        assert_eq!(run(&mut relay, b"quit", 1, 0.0).0, Outcome::Quit { left: false });
+        assert_eq!(
+            run(&mut relay, b"quit", 1, 0.0).0,
+            Outcome::Quit { left: false }
+        );
         run(&mut relay, b"^hb^", 1, 0.0);
-        assert_eq!(run(&mut relay, b"quit\n", 1, 1.0).0, Outcome::Quit { left: true });
+        assert_eq!(
+            run(&mut relay, b"quit\n", 1, 1.0).0,
+            Outcome::Quit { left: true }
+        );
         assert!(relay.is_empty());
     }
 

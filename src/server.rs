@@ -70,7 +70,9 @@ pub(crate) fn validate_interval(interval: f64) -> Result<()> {
     if interval.is_finite() && interval > 0.0 && interval <= 1e9 {
         Ok(())
     } else {
-        Err(ChatError::InvalidArgument(format!("interval must be a number of seconds > 0, not {interval}")))
+        Err(ChatError::InvalidArgument(format!(
+            "interval must be a number of seconds > 0, not {interval}"
+        )))
     }
 }
 
@@ -78,7 +80,9 @@ pub(crate) fn validate_bufsize(bufsize: usize) -> Result<()> {
     if (1..=MAX_DATAGRAM).contains(&bufsize) {
         Ok(())
     } else {
-        Err(ChatError::InvalidArgument(format!("bufsize must be between 1 and {MAX_DATAGRAM} bytes, not {bufsize}")))
+        Err(ChatError::InvalidArgument(format!(
+            "bufsize must be between 1 and {MAX_DATAGRAM} bytes, not {bufsize}"
+        )))
     }
 }
 
@@ -86,7 +90,9 @@ pub(crate) fn validate_queue_size(size: usize) -> Result<()> {
     if size >= 1 {
         Ok(())
     } else {
-        Err(ChatError::InvalidArgument("queue_size must be at least 1".to_owned()))
+        Err(ChatError::InvalidArgument(
+            "queue_size must be at least 1".to_owned(),
+        ))
     }
 }
 
@@ -113,7 +119,10 @@ impl Server {
         let local = net::local_addr(&socket)?;
         let (waiter, waker) = Waiter::new(&socket)?;
         let (sender, events) = events::channel(config.queue_size);
-        let shared = Arc::new(Shared { relay: Mutex::new(Relay::new(config.interval)), counters: Counters::default() });
+        let shared = Arc::new(Shared {
+            relay: Mutex::new(Relay::new(config.interval)),
+            counters: Counters::default(),
+        });
         let mut relay_loop = RelayLoop {
             socket,
             waiter,
@@ -126,8 +135,15 @@ impl Server {
             gone: Vec::new(),
             max_age: config.interval + config.expiry_grace,
         };
-        let worker = Worker::spawn("chatudp-server", waker, move |control| relay_loop.run(control))?;
-        Ok(Server { shared, local, events, worker })
+        let worker = Worker::spawn("chatudp-server", waker, move |control| {
+            relay_loop.run(control)
+        })?;
+        Ok(Server {
+            shared,
+            local,
+            events,
+            worker,
+        })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -136,7 +152,12 @@ impl Server {
 
     /// A snapshot of the clients table: address and wall-clock time last heard from.
     pub fn clients(&self) -> Vec<(SocketAddr, f64)> {
-        self.shared.relay.lock().iter().map(|(a, t)| (*a, *t)).collect()
+        self.shared
+            .relay
+            .lock()
+            .iter()
+            .map(|(a, t)| (*a, *t))
+            .collect()
     }
 
     pub fn stats(&self) -> Stats {
@@ -183,7 +204,8 @@ impl RelayLoop {
     fn run(&mut self, control: &Control) {
         let mut next_sweep = wall_clock() + self.max_age;
         while !control.is_stopping() {
-            let wait = Duration::from_secs_f64((next_sweep - wall_clock()).clamp(0.0, self.max_age));
+            let wait =
+                Duration::from_secs_f64((next_sweep - wall_clock()).clamp(0.0, self.max_age));
             match self.waiter.wait(wait) {
                 Ok(true) => self.drain(control),
                 Ok(false) => {}
@@ -223,7 +245,13 @@ impl RelayLoop {
                 Counters::add(&counters.truncated, 1);
             }
             self.gone.clear();
-            let outcome = relay.on_datagram(datagram.data, datagram.from, now, &mut self.live, &mut self.gone);
+            let outcome = relay.on_datagram(
+                datagram.data,
+                datagram.from,
+                now,
+                &mut self.live,
+                &mut self.gone,
+            );
             match outcome {
                 Outcome::Heartbeat { joined } => {
                     Counters::add(&counters.heartbeats, 1);
@@ -235,7 +263,8 @@ impl RelayLoop {
                 Outcome::Quit { left } => {
                     if left {
                         Counters::add(&counters.leaves, 1);
-                        self.events.emit(Event::Leave(datagram.from, LeaveReason::Quit), counters);
+                        self.events
+                            .emit(Event::Leave(datagram.from, LeaveReason::Quit), counters);
                     }
                 }
                 Outcome::Chat { joined } => {
@@ -243,17 +272,26 @@ impl RelayLoop {
                         Counters::add(&counters.joins, 1);
                         self.events.emit(Event::Join(datagram.from), counters);
                     }
-                    self.events.emit(Event::Message { data: datagram.data.to_vec(), from: datagram.from }, counters);
+                    self.events.emit(
+                        Event::Message {
+                            data: datagram.data.to_vec(),
+                            from: datagram.from,
+                        },
+                        counters,
+                    );
                     protocol::write_ack(datagram.data, &datagram.from, &mut self.ack);
-                    let report = self.send.send_to_all(&self.socket, &self.ack, &self.live, |_, errno| {
-                        counters.send_failed(errno);
-                    });
+                    let report =
+                        self.send
+                            .send_to_all(&self.socket, &self.ack, &self.live, |_, errno| {
+                                counters.send_failed(errno);
+                            });
                     Counters::add(&counters.sent, report.sent as u64);
                     Counters::add(&counters.relayed, 1);
                     for addr in &self.gone {
                         Counters::add(&counters.expired, 1);
                         Counters::add(&counters.leaves, 1);
-                        self.events.emit(Event::Leave(*addr, LeaveReason::Expired), counters);
+                        self.events
+                            .emit(Event::Leave(*addr, LeaveReason::Expired), counters);
                     }
                 }
             }
@@ -263,12 +301,17 @@ impl RelayLoop {
     /// Expires silent clients; returns when to look again.
     fn sweep(&mut self, now: f64) -> f64 {
         self.gone.clear();
-        let next = self.shared.relay.lock().sweep(now, self.max_age, &mut self.gone);
+        let next = self
+            .shared
+            .relay
+            .lock()
+            .sweep(now, self.max_age, &mut self.gone);
         let counters = &self.shared.counters;
         for addr in &self.gone {
             Counters::add(&counters.expired, 1);
             Counters::add(&counters.leaves, 1);
-            self.events.emit(Event::Leave(*addr, LeaveReason::Expired), counters);
+            self.events
+                .emit(Event::Leave(*addr, LeaveReason::Expired), counters);
         }
         // Never sooner than a small slice of the interval, so a table of many clients with
         // spread-out deadlines is not rescanned continuously.
@@ -278,9 +321,14 @@ impl RelayLoop {
 
     fn say_goodbye(&mut self) {
         self.live.clear();
-        self.live.extend(self.shared.relay.lock().addresses().copied());
+        self.live
+            .extend(self.shared.relay.lock().addresses().copied());
         let counters = &self.shared.counters;
-        let report = self.send.send_to_all(&self.socket, BYE, &self.live, |_, errno| counters.send_failed(errno));
+        let report = self
+            .send
+            .send_to_all(&self.socket, BYE, &self.live, |_, errno| {
+                counters.send_failed(errno)
+            });
         Counters::add(&counters.sent, report.sent as u64);
     }
 }
@@ -297,7 +345,9 @@ mod tests {
 
     fn peer() -> UdpSocket {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
         socket
     }
 
@@ -322,7 +372,11 @@ mod tests {
         a.send_to(b"^hb^", server.local_addr()).unwrap();
         wait_for("a to join", || server.clients().len() == 1);
         b.send_to(b"hello", server.local_addr()).unwrap();
-        let expected = format!("Ack b'HELLO'. from 127.0.0.1:{}", b.local_addr().unwrap().port()).into_bytes();
+        let expected = format!(
+            "Ack b'HELLO'. from 127.0.0.1:{}",
+            b.local_addr().unwrap().port()
+        )
+        .into_bytes();
         assert_eq!(recv(&a), expected);
         assert_eq!(recv(&b), expected);
         server.stop();
@@ -331,7 +385,10 @@ mod tests {
         assert!(!server.is_running());
         server.stop();
         let stats = server.stats();
-        assert_eq!((stats.received, stats.relayed, stats.sent, stats.joins), (2, 1, 4, 2));
+        assert_eq!(
+            (stats.received, stats.relayed, stats.sent, stats.joins),
+            (2, 1, 4, 2)
+        );
     }
 
     #[test]
@@ -343,7 +400,13 @@ mod tests {
         wait_for("a to expire", || server.clients().is_empty());
         let events: Vec<Event> = server.events().try_iter().collect();
         let a_addr = a.local_addr().unwrap();
-        assert_eq!(events, vec![Event::Join(a_addr), Event::Leave(a_addr, LeaveReason::Expired)]);
+        assert_eq!(
+            events,
+            vec![
+                Event::Join(a_addr),
+                Event::Leave(a_addr, LeaveReason::Expired)
+            ]
+        );
         assert_eq!(server.stats().expired, 1);
     }
 
@@ -357,12 +420,22 @@ mod tests {
 
     #[test]
     fn rejects_bad_arguments_and_busy_ports() {
-        assert!(matches!(Server::start(ServerConfig::new("127.0.0.1", 0, 0.0)), Err(ChatError::InvalidArgument(_))));
+        assert!(matches!(
+            Server::start(ServerConfig::new("127.0.0.1", 0, 0.0)),
+            Err(ChatError::InvalidArgument(_))
+        ));
         let mut config = ServerConfig::new("127.0.0.1", 0, 1.0);
         config.bufsize = MAX_DATAGRAM + 1;
-        assert!(matches!(Server::start(config), Err(ChatError::InvalidArgument(_))));
+        assert!(matches!(
+            Server::start(config),
+            Err(ChatError::InvalidArgument(_))
+        ));
         let first = start(1.0);
-        let busy = Server::start(ServerConfig::new("127.0.0.1", first.local_addr().port(), 1.0));
+        let busy = Server::start(ServerConfig::new(
+            "127.0.0.1",
+            first.local_addr().port(),
+            1.0,
+        ));
         assert!(matches!(busy, Err(ChatError::Io(e)) if e.kind() == std::io::ErrorKind::AddrInUse));
     }
 }

@@ -13,7 +13,9 @@ use crate::net::Waker;
 
 /// Wall-clock seconds, as the original's `datetime.now().timestamp()`.
 pub fn wall_clock() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// What the socket thread and its owner share.
@@ -45,13 +47,19 @@ impl Worker {
     ) -> std::io::Result<Worker> {
         let control = Arc::new(Control::default());
         let thread_control = Arc::clone(&control);
-        let thread = std::thread::Builder::new().name(name.to_owned()).spawn(move || {
-            let outcome = catch_unwind(AssertUnwindSafe(|| body(&thread_control)));
-            if let Err(payload) = outcome {
-                *thread_control.failure.lock() = Some(panic_message(&*payload));
-            }
-        })?;
-        Ok(Worker { control, waker, thread: Mutex::new(Some(thread)) })
+        let thread = std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let outcome = catch_unwind(AssertUnwindSafe(|| body(&thread_control)));
+                if let Err(payload) = outcome {
+                    *thread_control.failure.lock() = Some(panic_message(&*payload));
+                }
+            })?;
+        Ok(Worker {
+            control,
+            waker,
+            thread: Mutex::new(Some(thread)),
+        })
     }
 
     /// Asks the thread to finish and waits for it. Safe to call any number of times from any
@@ -67,7 +75,12 @@ impl Worker {
     }
 
     pub fn is_running(&self) -> bool {
-        !self.control.is_stopping() && self.thread.lock().as_ref().is_some_and(|t| !t.is_finished())
+        !self.control.is_stopping()
+            && self
+                .thread
+                .lock()
+                .as_ref()
+                .is_some_and(|t| !t.is_finished())
     }
 
     /// The panic message, when the thread died of one.

@@ -1,0 +1,23 @@
+"""chatudp: the tutorial's UDP group chat as a drop-in, GIL-free library with a Rust core.
+
+Replace ``from chat import ChatUdpServer, ChatUdpClient`` (the tutorial's classes) by::
+
+    from chatudp import ChatUdpServer, ChatUdpClient
+
+Same constructors, same methods, same bytes on the wire.
+"""
+
+from __future__ import annotations
+
+from ._chat import ChatUdpClient, ChatUdpServer
+from ._core import MAX_DATAGRAM, __version__
+from .errors import ChatUdpError, ClosedError
+
+__all__ = [
+    "MAX_DATAGRAM",
+    "ChatUdpClient",
+    "ChatUdpError",
+    "ChatUdpServer",
+    "ClosedError",
+    "__version__",
+]

@@ -1,0 +1,317 @@
+"""ChatUdpServer and ChatUdpClient: the tutorial's classes on chatudp's Rust core.
+
+The socket loops run in Rust threads that never take the GIL. What reaches Python (callbacks and
+the tutorial's log lines) goes through one dispatcher thread per object, which takes events from
+the core in batches, so a slow callback never slows the relay.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import weakref
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple, Union
+
+from . import _core
+from .errors import ClosedError
+
+__all__ = ["ChatUdpServer", "ChatUdpClient"]
+
+Address = Tuple[Any, ...]
+MessageCallback = Callable[[bytes, Address], object]
+PeerCallback = Callable[[Address], object]
+LeaveCallback = Callable[[Address, str], object]
+
+MAX_DATAGRAM = 65507
+_DEFAULT_QUEUE_SIZE = 65536
+
+logger = logging.getLogger("chatudp")
+
+_live: "weakref.WeakSet[_Endpoint]" = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_all_at_exit() -> None:
+    for endpoint in list(_live):
+        endpoint.stop()
+
+
+def _check_interval(interval: float) -> float:
+    if isinstance(interval, bool) or not isinstance(interval, (int, float)):
+        raise TypeError(f"interval must be a number of seconds, not {type(interval).__name__}")
+    if not interval > 0:
+        raise ValueError(f"interval must be > 0 seconds, not {interval!r}")
+    return interval
+
+
+def _check_bufsize(bufsize: int) -> int:
+    if isinstance(bufsize, bool) or not isinstance(bufsize, int):
+        raise TypeError(f"bufsize must be an int, not {type(bufsize).__name__}")
+    if not 1 <= bufsize <= MAX_DATAGRAM:
+        raise ValueError(f"bufsize must be between 1 and {MAX_DATAGRAM} bytes, not {bufsize}")
+    return bufsize
+
+
+def _check_callback(name: str, callback: Optional[Callable[..., object]]) -> None:
+    if callback is not None and not callable(callback):
+        raise TypeError(f"{name} must be callable or None, not {type(callback).__name__}")
+
+
+class _Endpoint:
+    """Life cycle shared by the server and the client: start, dispatcher, stop, context manager."""
+
+    _kind: ClassVar[str]
+    _log: ClassVar[logging.Logger]
+
+    def __init__(self, interval: float, bufsize: int, queue_size: int) -> None:
+        self.interval = _check_interval(interval)
+        self.bufsize = _check_bufsize(bufsize)
+        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
+            raise ValueError(f"queue_size must be an int >= 1, not {queue_size!r}")
+        self._queue_size = queue_size
+        self.event = threading.Event()
+        self._lock = threading.Lock()
+        self._core: Any = None
+        self._dispatcher: Optional[threading.Thread] = None
+        self._stopping = False
+
+    # -- life cycle -------------------------------------------------------------------------
+
+    def _open(self) -> Any:
+        raise NotImplementedError
+
+    def _on_started(self) -> None:
+        """Called with the core running, before the dispatcher starts."""
+
+    def start(self) -> None:
+        """Bind (server) or connect (client) and start the socket and dispatcher threads."""
+        with self._lock:
+            if self._stopping:
+                raise RuntimeError(f"this {self._kind} was stopped; create a new one to start again")
+            if self._core is not None:
+                raise RuntimeError(f"this {self._kind} is already started")
+            self._core = self._open()
+            self._on_started()
+            self._dispatcher = threading.Thread(
+                target=self._dispatch, name=f"chatudp-{self._kind}-dispatch", daemon=True
+            )
+            self._dispatcher.start()
+            _live.add(self)
+
+    def stop(self) -> None:
+        """Stop promptly: end the socket thread (the server first sends ``Bye!`` to its clients),
+        drop events not yet delivered (they are counted), and join every thread. Idempotent;
+        safe to call from a callback."""
+        with self._lock:
+            self._stopping = True
+            core, dispatcher = self._core, self._dispatcher
+        if core is not None:
+            core.stop()
+        if dispatcher is not None and dispatcher is not threading.current_thread():
+            dispatcher.join()
+        _live.discard(self)
+        self.event.set()
+
+    def __enter__(self) -> "_Endpoint":
+        with self._lock:
+            started = self._core is not None
+        if not started:
+            self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    @property
+    def running(self) -> bool:
+        """True between ``start()`` and ``stop()`` while the socket thread is alive."""
+        core = self._core
+        return core is not None and not self._stopping and core.is_running()
+
+    @property
+    def stats(self) -> Dict[str, Any]:
+        """Counters: received, relayed, sent, truncated, expired, joins, leaves, dropped by
+        reason, and send errors by errno."""
+        core = self._core
+        if core is None:
+            return {}
+        stats: Dict[str, Any] = core.stats()
+        return stats
+
+    def _require_core(self) -> Any:
+        core = self._core
+        if core is None:
+            raise RuntimeError(f"this {self._kind} is not started; call start() first")
+        return core
+
+    # -- dispatcher -------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        core = self._core
+        while True:
+            batch = core.next_events()
+            if batch is None:
+                return
+            log_messages = self._logs_messages()
+            for done, (kind, addr, detail) in enumerate(batch):
+                if self._stopping:
+                    core.discard_events(len(batch) - done)
+                    return
+                self._deliver(kind, addr, detail, log_messages)
+            if self._stopping:
+                core.discard_events(0)
+                return
+
+    def _logs_messages(self) -> bool:
+        return False
+
+    def _deliver(self, kind: str, addr: Address, detail: Any, log_messages: bool) -> None:
+        raise NotImplementedError
+
+    def _call(self, callback: Callable[..., object], *args: Any) -> None:
+        try:
+            callback(*args)
+        except Exception:
+            self._log.exception("%s callback %r raised; %s goes on", self._kind, callback, self._kind)
+
+
+class ChatUdpServer(_Endpoint):
+    """The tutorial's group-chat server, with its loops in a Rust thread.
+
+    Same constructor and attributes as the original (``addr``, ``clients``, ``interval``,
+    ``event``); everything else is keyword-only and off by default.
+    """
+
+    _kind = "ChatUdpServer"
+    _log = logging.getLogger("chatudp.server")
+
+    def __init__(
+        self,
+        ip: str = "127.0.0.1",
+        port: int = 9999,
+        interval: float = 10,
+        *,
+        bufsize: int = 1024,
+        on_message: Optional[MessageCallback] = None,
+        on_join: Optional[PeerCallback] = None,
+        on_leave: Optional[LeaveCallback] = None,
+        expiry_grace: Optional[float] = None,
+        queue_size: int = _DEFAULT_QUEUE_SIZE,
+        rcvbuf: Optional[int] = None,
+        sndbuf: Optional[int] = None,
+    ) -> None:
+        super().__init__(interval, bufsize, queue_size)
+        for name, callback in (("on_message", on_message), ("on_join", on_join), ("on_leave", on_leave)):
+            _check_callback(name, callback)
+        if expiry_grace is not None and not expiry_grace >= 0:
+            raise ValueError(f"expiry_grace must be None or >= 0 seconds, not {expiry_grace!r}")
+        self.addr: Address = (ip, port)
+        self.on_message = on_message
+        self.on_join = on_join
+        self.on_leave = on_leave
+        self._options = {"expiry_grace": expiry_grace, "rcvbuf": rcvbuf, "sndbuf": sndbuf}
+
+    def _open(self) -> Any:
+        ip, port = self.addr[0], self.addr[1]
+        return _core.Server(
+            ip, port, float(self.interval), bufsize=self.bufsize, queue_size=self._queue_size, **self._options
+        )
+
+    def _on_started(self) -> None:
+        self.addr = self._core.local_addr()
+
+    @property
+    def clients(self) -> Dict[Address, float]:
+        """A snapshot of the clients table: ``{(ip, port): last_seen}`` (``time.time()`` floats)."""
+        core = self._core
+        if core is None:
+            return {}
+        clients: Dict[Address, float] = core.clients()
+        return clients
+
+    def _logs_messages(self) -> bool:
+        return self.on_message is None and logger.isEnabledFor(logging.INFO)
+
+    def _deliver(self, kind: str, addr: Address, detail: Any, log_messages: bool) -> None:
+        if kind == "message":
+            if self.on_message is not None:
+                self._call(self.on_message, detail, addr)
+            elif log_messages:
+                # The tutorial logs the data, then the address, at INFO.
+                logger.info("%s", detail, extra={"chatudp_addr": addr})
+                logger.info("%s", addr, extra={"chatudp_addr": addr})
+        elif kind == "join":
+            if self.on_join is not None:
+                self._call(self.on_join, addr)
+        elif kind == "leave":
+            if self.on_leave is not None:
+                self._call(self.on_leave, addr, detail)
+
+    def __repr__(self) -> str:
+        try:
+            clients = len(self.clients)
+        except Exception:
+            clients = -1
+        return f"ChatUdpServer(addr={self.addr!r}, interval={self.interval!r}, clients={clients}, running={self.running})"
+
+
+class ChatUdpClient(_Endpoint):
+    """The tutorial's chat client: heartbeat every ``interval`` seconds, receive loop in Rust."""
+
+    _kind = "ChatUdpClient"
+    _log = logging.getLogger("chatudp.client")
+
+    def __init__(
+        self,
+        rip: str = "127.0.0.1",
+        rport: int = 9999,
+        interval: float = 10,
+        *,
+        bufsize: int = 1024,
+        on_message: Optional[MessageCallback] = None,
+        queue_size: int = _DEFAULT_QUEUE_SIZE,
+        rcvbuf: Optional[int] = None,
+        sndbuf: Optional[int] = None,
+    ) -> None:
+        super().__init__(interval, bufsize, queue_size)
+        _check_callback("on_message", on_message)
+        self.raddr: Address = (rip, rport)
+        self.on_message = on_message
+        self.addr: Optional[Address] = None
+        self._options = {"rcvbuf": rcvbuf, "sndbuf": sndbuf}
+
+    def _open(self) -> Any:
+        rip, rport = self.raddr[0], self.raddr[1]
+        return _core.Client(
+            rip, rport, float(self.interval), bufsize=self.bufsize, queue_size=self._queue_size, **self._options
+        )
+
+    def _on_started(self) -> None:
+        self.addr = self._core.local_addr()
+
+    def send(self, msg: Union[str, bytes, bytearray, memoryview]) -> None:
+        """Send ``msg`` to the server (a ``str`` is encoded as UTF-8, as the original does)."""
+        if isinstance(msg, str):
+            data = msg.encode()
+        elif isinstance(msg, (bytes, bytearray, memoryview)):
+            data = bytes(msg)
+        else:
+            raise TypeError(f"msg must be str or bytes, not {type(msg).__name__}")
+        core = self._require_core()
+        if self._stopping:
+            raise ClosedError(f"this {self._kind} is stopped; create a new one to talk again")
+        core.send(data)
+
+    def _logs_messages(self) -> bool:
+        return self.on_message is None and logger.isEnabledFor(logging.INFO)
+
+    def _deliver(self, kind: str, addr: Address, detail: Any, log_messages: bool) -> None:
+        if self.on_message is not None:
+            self._call(self.on_message, detail, addr)
+        elif log_messages:
+            logger.info("%s", detail, extra={"chatudp_addr": addr})
+
+    def __repr__(self) -> str:
+        return f"ChatUdpClient(raddr={self.raddr!r}, addr={self.addr!r}, interval={self.interval!r}, running={self.running})"
+

@@ -1,0 +1,22 @@
+"""Exceptions raised by chatudp.
+
+Misuse raises the builtin a Python user already catches (``ValueError`` for bad arguments,
+``RuntimeError`` for starting twice, ``OSError`` for a busy port or bad address); the classes here
+add a package base class where chatudp has something of its own to say.
+"""
+
+from __future__ import annotations
+
+__all__ = ["ChatUdpError", "ClosedError"]
+
+
+class ChatUdpError(Exception):
+    """Base class of the exceptions chatudp defines."""
+
+
+class ClosedError(ChatUdpError, OSError):
+    """The server or client was stopped; create a new one to talk again.
+
+    A subclass of ``OSError`` because the tutorial's classes raise ``OSError`` when a closed
+    socket is used, so existing ``except OSError`` clauses keep working.
+    """

@@ -1,0 +1,325 @@
+//! The thin PyO3 layer: converts arguments, results and errors; every wait runs detached.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError};
+use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyTuple};
+
+use crate::error::ChatError;
+use crate::events::Event;
+use crate::net::SocketOptions;
+use crate::stats::{Counters, DropReason, Stats};
+use crate::{Client, ClientConfig, Server, ServerConfig};
+
+pyo3::import_exception!(chatudp.errors, ClosedError);
+
+/// Longest a wait stays detached before it checks for Ctrl-C.
+const SIGNAL_SLICE: Duration = Duration::from_millis(100);
+
+struct PyChatError(ChatError);
+
+impl From<ChatError> for PyChatError {
+    fn from(e: ChatError) -> Self {
+        PyChatError(e)
+    }
+}
+
+impl From<PyChatError> for PyErr {
+    fn from(PyChatError(e): PyChatError) -> PyErr {
+        match e {
+            ChatError::Io(io) => io.into(),
+            ChatError::InvalidArgument(_) => PyValueError::new_err(e.to_string()),
+            ChatError::TooLong { .. } => PyOSError::new_err((libc::EMSGSIZE, e.to_string())),
+            ChatError::Closed(_) => ClosedError::new_err(e.to_string()),
+        }
+    }
+}
+
+fn address<'py>(py: Python<'py>, addr: &SocketAddr) -> PyResult<Bound<'py, PyTuple>> {
+    let host = addr.ip().to_string();
+    match addr {
+        SocketAddr::V4(v4) => PyTuple::new(
+            py,
+            [
+                host.into_pyobject(py)?.into_any(),
+                v4.port().into_pyobject(py)?.into_any(),
+            ],
+        ),
+        // Python spells an IPv6 address as a 4-tuple (host, port, flowinfo, scope_id).
+        SocketAddr::V6(v6) => PyTuple::new(
+            py,
+            [
+                host.into_pyobject(py)?.into_any(),
+                v6.port().into_pyobject(py)?.into_any(),
+                v6.flowinfo().into_pyobject(py)?.into_any(),
+                v6.scope_id().into_pyobject(py)?.into_any(),
+            ],
+        ),
+    }
+}
+
+fn stats_dict<'py>(py: Python<'py>, stats: &Stats) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    for (name, value) in [
+        ("received", stats.received),
+        ("relayed", stats.relayed),
+        ("sent", stats.sent),
+        ("truncated", stats.truncated),
+        ("expired", stats.expired),
+        ("unreachable", stats.unreachable),
+        ("joins", stats.joins),
+        ("leaves", stats.leaves),
+        ("heartbeats", stats.heartbeats),
+    ] {
+        dict.set_item(name, value)?;
+    }
+    let dropped = PyDict::new(py);
+    for reason in DropReason::ALL {
+        dropped.set_item(reason.name(), stats.dropped(reason))?;
+    }
+    dict.set_item("dropped", dropped)?;
+    dict.set_item("send_errors", stats.send_errors.clone())?;
+    Ok(dict)
+}
+
+fn event_tuple<'py>(py: Python<'py>, event: &Event) -> PyResult<Bound<'py, PyTuple>> {
+    let (kind, addr, detail): (&str, &SocketAddr, Bound<'py, PyAny>) = match event {
+        Event::Message { data, from } => ("message", from, PyBytes::new(py, data).into_any()),
+        Event::Join(addr) => ("join", addr, py.None().into_bound(py)),
+        Event::Leave(addr, reason) => ("leave", addr, reason.name().into_pyobject(py)?.into_any()),
+    };
+    PyTuple::new(
+        py,
+        [
+            kind.into_pyobject(py)?.into_any(),
+            address(py, addr)?.into_any(),
+            detail,
+        ],
+    )
+}
+
+/// Waits for the next batch of events, detached and in slices so Ctrl-C is seen.
+/// `None` means the socket thread is gone and the queue is empty.
+fn next_events<'py>(
+    py: Python<'py>,
+    events: &Receiver<Event>,
+    max_events: usize,
+    timeout: Option<f64>,
+) -> PyResult<Option<Vec<Bound<'py, PyTuple>>>> {
+    let deadline = match timeout {
+        Some(t) if !(t.is_finite() && t >= 0.0) => {
+            return Err(PyValueError::new_err(format!(
+                "timeout must be None or a number of seconds >= 0, not {t}"
+            )))
+        }
+        Some(t) => Some(Instant::now() + Duration::from_secs_f64(t.min(1e9))),
+        None => None,
+    };
+    loop {
+        let slice = deadline.map_or(SIGNAL_SLICE, |d| {
+            d.saturating_duration_since(Instant::now())
+                .min(SIGNAL_SLICE)
+        });
+        let batch = py.detach(|| match events.recv_timeout(slice) {
+            Ok(first) => {
+                let mut batch = Vec::with_capacity(max_events.clamp(1, 1024));
+                batch.push(first);
+                batch.extend(events.try_iter().take(max_events.saturating_sub(1)));
+                Ok(batch)
+            }
+            Err(e) => Err(e),
+        });
+        match batch {
+            Ok(batch) => {
+                return batch
+                    .iter()
+                    .map(|e| event_tuple(py, e))
+                    .collect::<PyResult<Vec<_>>>()
+                    .map(Some)
+            }
+            Err(RecvTimeoutError::Disconnected) => return Ok(None),
+            Err(RecvTimeoutError::Timeout) => {
+                py.check_signals()?;
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Ok(Some(Vec::new()));
+                }
+            }
+        }
+    }
+}
+
+fn discard_events(events: &Receiver<Event>, counters: &Counters, unprocessed: usize) -> usize {
+    let n = events.try_iter().count() + unprocessed;
+    counters.drop_many(DropReason::CallbackQueueFull, n as u64);
+    n
+}
+
+fn socket_options(rcvbuf: Option<usize>, sndbuf: Option<usize>) -> SocketOptions {
+    SocketOptions { rcvbuf, sndbuf }
+}
+
+/// A running group-chat server (the Rust half of `chatudp.ChatUdpServer`).
+#[pyclass(frozen, name = "Server", module = "chatudp._core")]
+struct PyServer {
+    inner: Server,
+}
+
+#[pymethods]
+impl PyServer {
+    #[new]
+    #[pyo3(signature = (host, port, interval, *, bufsize=1024, expiry_grace=None, queue_size=65536, rcvbuf=None, sndbuf=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        host: String,
+        port: u16,
+        interval: f64,
+        bufsize: usize,
+        expiry_grace: Option<f64>,
+        queue_size: usize,
+        rcvbuf: Option<usize>,
+        sndbuf: Option<usize>,
+    ) -> PyResult<PyServer> {
+        let mut config = ServerConfig::new(host, port, interval);
+        config.bufsize = bufsize;
+        config.expiry_grace = expiry_grace.unwrap_or(config.expiry_grace);
+        config.queue_size = queue_size;
+        config.socket = socket_options(rcvbuf, sndbuf);
+        let inner = py.detach(|| Server::start(config)).map_err(PyChatError)?;
+        Ok(PyServer { inner })
+    }
+
+    fn local_addr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        address(py, &self.inner.local_addr())
+    }
+
+    fn clients<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let snapshot = py.detach(|| self.inner.clients());
+        let dict = PyDict::new(py);
+        for (addr, stamp) in snapshot {
+            dict.set_item(address(py, &addr)?, stamp)?;
+        }
+        Ok(dict)
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        stats_dict(py, &self.inner.stats())
+    }
+
+    #[pyo3(signature = (max_events=1024, timeout=None))]
+    fn next_events<'py>(
+        &self,
+        py: Python<'py>,
+        max_events: usize,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<Vec<Bound<'py, PyTuple>>>> {
+        next_events(py, self.inner.events(), max_events, timeout)
+    }
+
+    /// Empties the event queue and counts it, with `unprocessed` events already taken, as
+    /// dropped; returns how many were dropped in all.
+    #[pyo3(signature = (unprocessed=0))]
+    fn discard_events(&self, unprocessed: usize) -> usize {
+        discard_events(self.inner.events(), self.inner.counters(), unprocessed)
+    }
+
+    fn stop(&self, py: Python<'_>) {
+        py.detach(|| self.inner.stop());
+    }
+
+    fn is_running(&self) -> bool {
+        self.inner.is_running()
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.inner.failure()
+    }
+}
+
+/// A running chat client (the Rust half of `chatudp.ChatUdpClient`).
+#[pyclass(frozen, name = "Client", module = "chatudp._core")]
+struct PyClient {
+    inner: Client,
+}
+
+#[pymethods]
+impl PyClient {
+    #[new]
+    #[pyo3(signature = (host, port, interval, *, bufsize=1024, queue_size=65536, rcvbuf=None, sndbuf=None))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        host: String,
+        port: u16,
+        interval: f64,
+        bufsize: usize,
+        queue_size: usize,
+        rcvbuf: Option<usize>,
+        sndbuf: Option<usize>,
+    ) -> PyResult<PyClient> {
+        let mut config = ClientConfig::new(host, port, interval);
+        config.bufsize = bufsize;
+        config.queue_size = queue_size;
+        config.socket = socket_options(rcvbuf, sndbuf);
+        let inner = py.detach(|| Client::start(config)).map_err(PyChatError)?;
+        Ok(PyClient { inner })
+    }
+
+    fn send(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
+        py.detach(|| self.inner.send(data))
+            .map_err(|e| PyChatError(e).into())
+    }
+
+    fn local_addr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        address(py, &self.inner.local_addr())
+    }
+
+    fn remote_addr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        address(py, &self.inner.remote_addr())
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        stats_dict(py, &self.inner.stats())
+    }
+
+    #[pyo3(signature = (max_events=1024, timeout=None))]
+    fn next_events<'py>(
+        &self,
+        py: Python<'py>,
+        max_events: usize,
+        timeout: Option<f64>,
+    ) -> PyResult<Option<Vec<Bound<'py, PyTuple>>>> {
+        next_events(py, self.inner.events(), max_events, timeout)
+    }
+
+    /// Empties the event queue and counts it, with `unprocessed` events already taken, as
+    /// dropped; returns how many were dropped in all.
+    #[pyo3(signature = (unprocessed=0))]
+    fn discard_events(&self, unprocessed: usize) -> usize {
+        discard_events(self.inner.events(), self.inner.counters(), unprocessed)
+    }
+
+    fn stop(&self, py: Python<'_>) {
+        py.detach(|| self.inner.stop());
+    }
+
+    fn is_running(&self) -> bool {
+        self.inner.is_running()
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.inner.failure()
+    }
+}
+
+#[pymodule(gil_used = false)]
+fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyServer>()?;
+    m.add_class::<PyClient>()?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add("MAX_DATAGRAM", crate::protocol::MAX_DATAGRAM)?;
+    Ok(())
+}
