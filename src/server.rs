@@ -20,6 +20,9 @@ use crate::worker::{wall_clock, Control, Worker};
 
 /// Datagrams read per system call.
 pub const RECV_BATCH: usize = 32;
+/// Kernel buffer asked for by default (the kernel caps it at `net.core.rmem_max`/`wmem_max`): a
+/// relay takes bursts from many clients at once, and every Ack fans out to all of them.
+pub const DEFAULT_SOCKET_BUFFER: usize = 4 << 20;
 /// Batches handled per wake-up before the timer gets a look in.
 const BATCHES_PER_WAKE: usize = 64;
 
@@ -49,7 +52,7 @@ impl ServerConfig {
             expiry_grace: interval / 2.0,
             bufsize: protocol::DEFAULT_BUFSIZE,
             queue_size: 65_536,
-            socket: SocketOptions::default(),
+            socket: SocketOptions { rcvbuf: Some(DEFAULT_SOCKET_BUFFER), sndbuf: Some(DEFAULT_SOCKET_BUFFER) },
         }
     }
 

@@ -11,7 +11,6 @@ these tests check the model and the harness even while chatudp is not built.
 Tests that need chatudp skip when it cannot be imported.
 """
 
-import contextlib
 import importlib.util
 import os
 import socket
@@ -257,7 +256,7 @@ def run_script(server, script, new_socket, listeners=3):
         sender.sendto(payload, server.addr)
     port = str(sender.getsockname()[1]).encode()
     suffix = b' from ' + HOST.encode() + b':' + port
-    end_ack = b'Ack ' + spec_repr(spec_upper(END)) + suffix
+    end_ack = spec_ack(END, port)
     return {
         name: [normalise(data, suffix) for data in read_until(sock, end_ack)]
         for name, sock in receivers.items()

@@ -157,8 +157,8 @@ fn discard_events(events: &Receiver<Event>, counters: &Counters, unprocessed: us
     n
 }
 
-fn socket_options(rcvbuf: Option<usize>, sndbuf: Option<usize>) -> SocketOptions {
-    SocketOptions { rcvbuf, sndbuf }
+fn socket_options(defaults: SocketOptions, rcvbuf: Option<usize>, sndbuf: Option<usize>) -> SocketOptions {
+    SocketOptions { rcvbuf: rcvbuf.or(defaults.rcvbuf), sndbuf: sndbuf.or(defaults.sndbuf) }
 }
 
 /// A running group-chat server (the Rust half of `chatudp.ChatUdpServer`).
@@ -187,7 +187,7 @@ impl PyServer {
         config.bufsize = bufsize;
         config.expiry_grace = expiry_grace.unwrap_or(config.expiry_grace);
         config.queue_size = queue_size;
-        config.socket = socket_options(rcvbuf, sndbuf);
+        config.socket = socket_options(config.socket, rcvbuf, sndbuf);
         let inner = py.detach(|| Server::start(config)).map_err(PyChatError)?;
         Ok(PyServer { inner })
     }
@@ -263,7 +263,7 @@ impl PyClient {
         let mut config = ClientConfig::new(host, port, interval);
         config.bufsize = bufsize;
         config.queue_size = queue_size;
-        config.socket = socket_options(rcvbuf, sndbuf);
+        config.socket = socket_options(config.socket, rcvbuf, sndbuf);
         let inner = py.detach(|| Client::start(config)).map_err(PyChatError)?;
         Ok(PyClient { inner })
     }

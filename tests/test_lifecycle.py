@@ -1,0 +1,177 @@
+"""Start, stop, context managers and interpreter exit: nothing hangs, nothing is left behind."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from typing import Any, List
+
+import pytest
+
+from chatudp import ChatUdpClient, ChatUdpServer
+from conftest import thread_count, wait_for
+
+
+def run_python(code: str, timeout: float = 20) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_stop_joins_every_thread() -> None:
+    before_os, before_py = thread_count(), threading.active_count()
+    srv = ChatUdpServer(port=0)
+    srv.start()
+    clients = [ChatUdpClient(*srv.addr, interval=0.05) for _ in range(3)]
+    for c in clients:
+        c.start()
+        c.send("hi")
+    assert thread_count() >= before_os + 8  # a socket thread and a dispatcher each
+    for c in clients:
+        c.stop()
+    srv.stop()
+    assert thread_count() == before_os
+    assert threading.active_count() == before_py
+
+
+def test_stop_is_prompt_and_idempotent() -> None:
+    srv = ChatUdpServer(port=0)
+    srv.start()
+    cli = ChatUdpClient(*srv.addr, interval=10)
+    cli.start()
+    started = time.monotonic()
+    cli.stop()
+    srv.stop()
+    assert time.monotonic() - started < 0.5
+    srv.stop()
+    cli.stop()
+    assert srv.event.is_set() and cli.event.is_set()
+    assert not srv.running and not cli.running
+
+
+def test_stop_before_start_and_concurrent_stops() -> None:
+    never = ChatUdpServer(port=0)
+    never.stop()
+    assert never.event.is_set()
+    srv = ChatUdpServer(port=0)
+    srv.start()
+    threads = [threading.Thread(target=srv.stop) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert not any(t.is_alive() for t in threads)
+    assert srv.event.is_set()
+
+
+def test_context_managers_start_and_stop() -> None:
+    got: List[bytes] = []
+    with ChatUdpServer(port=0) as srv:
+        assert srv.running
+        with ChatUdpClient(*srv.addr, on_message=lambda d, a: got.append(d)) as cli:
+            cli.send("ctx")
+            wait_for(lambda: got, what="Ack")
+        assert cli.event.is_set()
+    assert srv.event.is_set() and not srv.running
+    already = ChatUdpServer(port=0)
+    already.start()
+    with already as same:  # a started object is not started twice
+        assert same is already
+    assert already.event.is_set()
+
+
+def test_wait_on_event_has_a_way_out() -> None:
+    srv = ChatUdpServer(port=0)
+    srv.start()
+    threading.Timer(0.1, srv.stop).start()
+    assert srv.event.wait(5)
+
+
+@pytest.mark.parametrize("stop", [True, False], ids=["explicit-stop", "exit-without-stop"])
+def test_process_exits_on_its_own(stop: bool) -> None:
+    code = f"""
+        import time
+        from chatudp import ChatUdpServer, ChatUdpClient
+        srv = ChatUdpServer(port=0, interval=1)
+        srv.start()
+        cli = ChatUdpClient(*srv.addr, interval=0.05)
+        cli.start()
+        cli.send("hello")
+        time.sleep(0.2)
+        if {stop}:
+            cli.send("quit")
+            cli.stop()
+            srv.stop()
+        print("done", flush=True)
+    """
+    started = time.monotonic()
+    result = run_python(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "done"
+    assert "Traceback" not in result.stderr
+    assert time.monotonic() - started < 10
+
+
+def test_stop_sends_bye_at_interpreter_exit() -> None:
+    import socket
+
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("127.0.0.1", 0))
+    listener.settimeout(10)
+    try:
+        # The child serves until its table holds the listener, then exits without stop().
+        code = """
+            import sys, time
+            from chatudp import ChatUdpServer
+            srv = ChatUdpServer(port=0)
+            srv.start()
+            print(srv.addr[1], flush=True)
+            deadline = time.time() + 5
+            while not srv.clients and time.time() < deadline:
+                time.sleep(0.01)
+        """
+        with subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(code)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        ) as proc:
+            try:
+                assert proc.stdout is not None
+                port = int(proc.stdout.readline())
+                listener.sendto(b"^hb^", ("127.0.0.1", port))
+                assert listener.recvfrom(100)[0] == b"Bye!"
+                assert proc.wait(10) == 0
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+    finally:
+        listener.close()
+
+
+def test_many_threads_use_one_client_at_once(stopper: Any) -> None:
+    srv = ChatUdpServer(port=0, on_message=lambda d, a: None)
+    srv.start()
+    stopper(srv)
+    cli = ChatUdpClient(*srv.addr, on_message=lambda d, a: None)
+    cli.start()
+    stopper(cli)
+    errors: List[BaseException] = []
+
+    def hammer() -> None:
+        try:
+            for i in range(200):
+                cli.send(f"m{i}")
+                srv.clients
+                srv.stats
+        except BaseException as exc:  # noqa: BLE001 - collected for the assertion below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=hammer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    wait_for(lambda: srv.stats["received"] == 1600, what="all 1600 messages")
