@@ -7,9 +7,11 @@ pub mod client;
 pub mod error;
 pub mod events;
 pub mod net;
+pub mod peer;
 pub mod protocol;
 pub mod relay;
 pub mod server;
+pub mod services;
 pub mod stats;
 pub mod worker;
 

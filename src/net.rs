@@ -260,6 +260,8 @@ impl SendBatch {
                     wait_writable(socket, SEND_STALL_WAIT);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                // An ICMP error about an earlier datagram: this one was not sent, try it again.
+                Err(e) if is_deferred_icmp_error(&e) && stalls < MAX_SEND_STALLS => stalls += 1,
                 Err(e) => {
                     on_error(to[next], e.raw_os_error().unwrap_or(0));
                     report.failed += 1;
@@ -341,6 +343,68 @@ pub fn send_one(socket: &Socket, payload: &[u8], to: Option<SocketAddr>) -> io::
             other => return other,
         }
     }
+}
+
+/// Asks the kernel to queue ICMP errors (port unreachable and the like) for this socket, so that
+/// [`drain_unreachable`] can name the destination that caused each. Returns false where the
+/// platform has no error queue.
+pub fn enable_error_queue(socket: &Socket, ipv6: bool) -> io::Result<bool> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let (level, name) = if ipv6 {
+            (libc::IPPROTO_IPV6, libc::IPV6_RECVERR)
+        } else {
+            (libc::IPPROTO_IP, libc::IP_RECVERR)
+        };
+        let on: libc::c_int = 1;
+        // SAFETY: a valid fd and a c_int option value of the stated size.
+        let rc = unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                level,
+                name,
+                (&on as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(true)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (socket, ipv6);
+        Ok(false)
+    }
+}
+
+/// Reads the socket's error queue; pushes each destination that the network reported
+/// unreachable. Returns how many errors were read.
+pub fn drain_unreachable(socket: &Socket, unreachable: &mut Vec<SocketAddr>) -> usize {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        linux::drain_error_queue(socket.as_raw_fd(), unreachable)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (socket, unreachable);
+        0
+    }
+}
+
+/// True for errors a UDP socket reports late, on a later call, because of an ICMP message about
+/// an earlier datagram: they say nothing about the call that returned them.
+pub fn is_deferred_icmp_error(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+    )
 }
 
 #[cfg(target_os = "linux")]
@@ -450,6 +514,65 @@ mod linux {
             }
             _ => None,
         }
+    }
+
+    pub(super) fn drain_error_queue(fd: RawFd, unreachable: &mut Vec<SocketAddr>) -> usize {
+        let mut count = 0;
+        // Bounded: the queue is refilled by the kernel while we read it.
+        while count < 4096 {
+            // SAFETY: all-zero is a valid value for these plain C structs.
+            let mut name: libc::sockaddr_storage = unsafe { zeroed() };
+            let mut control = [0u64; 64];
+            let mut byte = 0u8;
+            let mut iov = libc::iovec {
+                iov_base: (&mut byte as *mut u8).cast(),
+                iov_len: 1,
+            };
+            // SAFETY: as above.
+            let mut header: libc::msghdr = unsafe { zeroed() };
+            header.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
+            header.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+            header.msg_iov = &mut iov;
+            header.msg_iovlen = 1;
+            header.msg_control = control.as_mut_ptr().cast();
+            header.msg_controllen = std::mem::size_of_val(&control) as _;
+            // SAFETY: every pointer in `header` refers to a live local of the stated size.
+            let n =
+                unsafe { libc::recvmsg(fd, &mut header, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
+            if n < 0 {
+                break;
+            }
+            count += 1;
+            // SAFETY: the CMSG macros walk the control buffer the kernel just filled.
+            let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&header) };
+            while !cmsg.is_null() {
+                // SAFETY: `cmsg` points into `control` (checked non-null above).
+                let (level, kind) = unsafe { ((*cmsg).cmsg_level, (*cmsg).cmsg_type) };
+                let is_error = (level == libc::IPPROTO_IP && kind == libc::IP_RECVERR)
+                    || (level == libc::IPPROTO_IPV6 && kind == libc::IPV6_RECVERR);
+                if is_error {
+                    // SAFETY: an IP(V6)_RECVERR message carries a sock_extended_err.
+                    let error = unsafe {
+                        std::ptr::read_unaligned(
+                            libc::CMSG_DATA(cmsg).cast::<libc::sock_extended_err>(),
+                        )
+                    };
+                    let from_icmp = matches!(
+                        error.ee_origin,
+                        libc::SO_EE_ORIGIN_ICMP | libc::SO_EE_ORIGIN_ICMP6
+                    );
+                    let refused = error.ee_errno == libc::ECONNREFUSED as u32;
+                    if from_icmp && refused {
+                        if let Some(addr) = socket_addr(&name) {
+                            unreachable.push(addr);
+                        }
+                    }
+                }
+                // SAFETY: as above.
+                cmsg = unsafe { libc::CMSG_NXTHDR(&header, cmsg) };
+            }
+        }
+        count
     }
 
     /// Enough for one `sendmmsg` call; longer lists go out in several calls.
@@ -563,6 +686,34 @@ mod tests {
         assert_eq!(seen[0], (b"one".to_vec(), false, from));
         assert_eq!(seen[1], (Vec::new(), false, from));
         assert_eq!(seen[2], (vec![7u8; 10], cfg!(target_os = "linux"), from));
+    }
+
+    #[test]
+    fn error_queue_names_unreachable_destinations() {
+        let socket = loopback_socket();
+        assert!(enable_error_queue(&socket, false).unwrap() || !cfg!(target_os = "linux"));
+        let dead = loopback_socket();
+        let dead_addr = local_addr(&dead).unwrap();
+        drop(dead);
+        let alive = loopback_socket();
+        let alive_addr = local_addr(&alive).unwrap();
+        let mut send = SendBatch::default();
+        let mut failed = Vec::new();
+        for _ in 0..3 {
+            let report = send.send_to_all(&socket, b"x", &[dead_addr, alive_addr], |a, e| {
+                failed.push((a, e))
+            });
+            assert_eq!(report.sent, 2, "{failed:?}");
+        }
+        let mut unreachable = Vec::new();
+        let deadline = std::time::Instant::now() + Duration::from_secs(2);
+        while unreachable.is_empty() && std::time::Instant::now() < deadline {
+            drain_unreachable(&socket, &mut unreachable);
+        }
+        if cfg!(target_os = "linux") {
+            assert!(!unreachable.is_empty());
+            assert!(unreachable.iter().all(|a| *a == dead_addr));
+        }
     }
 
     #[test]

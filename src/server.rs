@@ -41,6 +41,9 @@ pub struct ServerConfig {
     /// Events that may wait for the consumer before new ones are dropped (and counted).
     pub queue_size: usize,
     pub socket: SocketOptions,
+    /// Remove a client as soon as the network reports its port unreachable, instead of sending
+    /// to it until it expires as the original does.
+    pub drop_unreachable: bool,
 }
 
 impl ServerConfig {
@@ -52,7 +55,11 @@ impl ServerConfig {
             expiry_grace: interval / 2.0,
             bufsize: protocol::DEFAULT_BUFSIZE,
             queue_size: 65_536,
-            socket: SocketOptions { rcvbuf: Some(DEFAULT_SOCKET_BUFFER), sndbuf: Some(DEFAULT_SOCKET_BUFFER) },
+            socket: SocketOptions {
+                rcvbuf: Some(DEFAULT_SOCKET_BUFFER),
+                sndbuf: Some(DEFAULT_SOCKET_BUFFER),
+            },
+            drop_unreachable: true,
         }
     }
 
@@ -120,6 +127,8 @@ impl Server {
         let bind = net::resolve(&config.host, config.port)?;
         let socket = Arc::new(net::udp_socket(bind, true, config.socket)?);
         let local = net::local_addr(&socket)?;
+        let error_queue =
+            config.drop_unreachable && net::enable_error_queue(&socket, local.is_ipv6())?;
         let (waiter, waker) = Waiter::new(&socket)?;
         let (sender, events) = events::channel(config.queue_size);
         let shared = Arc::new(Shared {
@@ -137,6 +146,7 @@ impl Server {
             live: Vec::new(),
             gone: Vec::new(),
             max_age: config.interval + config.expiry_grace,
+            error_queue,
         };
         let worker = Worker::spawn("chatudp-server", waker, move |control| {
             relay_loop.run(control)
@@ -201,6 +211,8 @@ struct RelayLoop {
     live: Vec<SocketAddr>,
     gone: Vec<SocketAddr>,
     max_age: f64,
+    /// ICMP errors are queued on the socket (see `ServerConfig::drop_unreachable`).
+    error_queue: bool,
 }
 
 impl RelayLoop {
@@ -229,10 +241,32 @@ impl RelayLoop {
                 return;
             }
             match self.recv.recv(&self.socket) {
-                Ok(0) => return,
+                Ok(0) => break,
                 Ok(n) => self.handle_batch(n),
-                // ICMP errors and the like: the socket itself is fine, carry on.
-                Err(_) => return,
+                // An ICMP report about an earlier send: the socket itself is fine.
+                Err(e) if net::is_deferred_icmp_error(&e) => {}
+                Err(_) => break,
+            }
+        }
+        if self.error_queue {
+            self.drop_unreachable();
+        }
+    }
+
+    /// Removes the clients the network reported unreachable.
+    fn drop_unreachable(&mut self) {
+        self.gone.clear();
+        if net::drain_unreachable(&self.socket, &mut self.gone) == 0 {
+            return;
+        }
+        let mut relay = self.shared.relay.lock();
+        let counters = &self.shared.counters;
+        for addr in &self.gone {
+            if relay.remove(addr) {
+                Counters::add(&counters.unreachable, 1);
+                Counters::add(&counters.leaves, 1);
+                self.events
+                    .emit(Event::Leave(*addr, LeaveReason::Unreachable), counters);
             }
         }
     }
@@ -411,6 +445,26 @@ mod tests {
             ]
         );
         assert_eq!(server.stats().expired, 1);
+    }
+
+    #[test]
+    fn unreachable_clients_leave_at_once() {
+        let server = start(10.0);
+        let (dead, alive) = (peer(), peer());
+        let dead_addr = dead.local_addr().unwrap();
+        dead.send_to(b"^hb^", server.local_addr()).unwrap();
+        wait_for("dead to join", || server.clients().len() == 1);
+        drop(dead);
+        alive.send_to(b"one", server.local_addr()).unwrap();
+        assert!(recv(&alive).starts_with(b"Ack b'ONE'"));
+        wait_for("dead to leave", || server.clients().len() == 1);
+        assert_eq!(server.clients()[0].0, alive.local_addr().unwrap());
+        let events: Vec<Event> = server.events().try_iter().collect();
+        assert!(
+            events.contains(&Event::Leave(dead_addr, LeaveReason::Unreachable)),
+            "{events:?}"
+        );
+        assert_eq!(server.stats().unreachable, 1);
     }
 
     #[test]

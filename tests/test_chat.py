@@ -393,3 +393,24 @@ def test_ipv6_server_and_client(stopper: Any, peers: Any) -> None:
     assert got == [b"Ack b'V6'. from ::1:" + str(cli.addr[1]).encode()]
     assert list(srv.clients) == [cli.addr]
     assert len(cli.addr) == 4  # Python's IPv6 address tuple
+
+
+@pytest.mark.parametrize("drop", [True, False], ids=["drop_unreachable", "original"])
+def test_unreachable_clients(stopper: Any, peers: Any, drop: bool) -> None:
+    left: List[Any] = []
+    srv = ChatUdpServer(port=0, drop_unreachable=drop, on_leave=lambda a, r: left.append((a, r)))
+    srv.start()
+    stopper(srv)
+    dead, alive = peers(), peers()
+    dead.send(b"^hb^", srv.addr)
+    wait_for(lambda: dead.addr in srv.clients, what="dead client joins")
+    dead.close()
+    for text in (b"one", b"two"):
+        alive.send(text, srv.addr)
+        assert alive.recv() == ack(b"b'" + text.upper() + b"'", alive.port)
+    if drop:
+        wait_for(lambda: left == [(dead.addr, "unreachable")], what="unreachable leave")
+        assert dead.addr not in srv.clients
+        assert srv.stats["unreachable"] == 1
+    else:
+        assert dead.addr in srv.clients and left == []

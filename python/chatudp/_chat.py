@@ -7,11 +7,27 @@ the core in batches, so a slow callback never slows the relay.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
+import collections
 import logging
 import threading
+import time
 import weakref
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple, Union
+from typing import (
+    Any,
+    AsyncIterator,
+    Callable,
+    ClassVar,
+    Deque,
+    Dict,
+    Iterator,
+    List,
+    Optional,
+    Tuple,
+    TypeVar,
+    Union,
+)
 
 from . import _core
 from .errors import ClosedError
@@ -23,8 +39,15 @@ MessageCallback = Callable[[bytes, Address], object]
 PeerCallback = Callable[[Address], object]
 LeaveCallback = Callable[[Address, str], object]
 
+Message = Tuple[bytes, Address]
+
 MAX_DATAGRAM = 65507
 _DEFAULT_QUEUE_SIZE = 65536
+_DEFAULT_BACKLOG = 1024
+# Longest a blocking wait sleeps before it looks again (Ctrl-C is seen at once regardless).
+_WAIT_SLICE = 0.25
+
+_E = TypeVar("_E", bound="_Endpoint")
 
 logger = logging.getLogger("chatudp")
 
@@ -58,18 +81,31 @@ def _check_callback(name: str, callback: Optional[Callable[..., object]]) -> Non
         raise TypeError(f"{name} must be callable or None, not {type(callback).__name__}")
 
 
+def _resolve(future: "asyncio.Future[None]") -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class _Endpoint:
     """Life cycle shared by the server and the client: start, dispatcher, stop, context manager."""
 
     _kind: ClassVar[str]
     _log: ClassVar[logging.Logger]
 
-    def __init__(self, interval: float, bufsize: int, queue_size: int) -> None:
+    def __init__(self, interval: float, bufsize: int, queue_size: int, backlog: int) -> None:
         self.interval = _check_interval(interval)
         self.bufsize = _check_bufsize(bufsize)
-        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
-            raise ValueError(f"queue_size must be an int >= 1, not {queue_size!r}")
+        for name, value in (("queue_size", queue_size), ("backlog", backlog)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, not {value!r}")
         self._queue_size = queue_size
+        # Messages kept for recv_message(), iteration and arecv() when no on_message is set.
+        self._backlog = backlog
+        self._inbox: Deque[Message] = collections.deque()
+        self._inbox_ready = threading.Condition(threading.Lock())
+        self._inbox_overflow = 0
+        self._inbox_closed = False
+        self._async_waiters: List[Tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]] = []
         self.event = threading.Event()
         self._lock = threading.Lock()
         self._core: Any = None
@@ -111,9 +147,10 @@ class _Endpoint:
         if dispatcher is not None and dispatcher is not threading.current_thread():
             dispatcher.join()
         _live.discard(self)
+        self._close_inbox()
         self.event.set()
 
-    def __enter__(self) -> "_Endpoint":
+    def __enter__(self: _E) -> _E:
         with self._lock:
             started = self._core is not None
         if not started:
@@ -122,6 +159,13 @@ class _Endpoint:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
+
+    async def __aenter__(self: _E) -> _E:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        # stop() waits for a running callback: keep the event loop free meanwhile.
+        await asyncio.get_running_loop().run_in_executor(None, self.stop)
 
     @property
     def running(self) -> bool:
@@ -137,6 +181,7 @@ class _Endpoint:
         if core is None:
             return {}
         stats: Dict[str, Any] = core.stats()
+        stats["dropped"]["backlog_full"] = self._inbox_overflow
         return stats
 
     def _require_core(self) -> Any:
@@ -154,13 +199,115 @@ class _Endpoint:
             if batch is None:
                 return
             log_messages = self._logs_messages()
+            pulled: List[Message] = []
             for done, (kind, addr, detail) in enumerate(batch):
                 if self._stopping:
                     core.discard_events(len(batch) - done)
-                    return
+                    break
+                if kind == "message" and self.on_message is None:
+                    pulled.append((detail, addr))
                 self._deliver(kind, addr, detail, log_messages)
+            if pulled:
+                self._fill_inbox(pulled)
             if self._stopping:
                 core.discard_events(0)
+                return
+
+    # -- pull and asyncio consumers ------------------------------------------------------------
+
+    on_message: Optional[MessageCallback]
+
+    def _fill_inbox(self, messages: List[Message]) -> None:
+        with self._inbox_ready:
+            self._inbox.extend(messages)
+            excess = len(self._inbox) - self._backlog
+            for _ in range(max(0, excess)):
+                self._inbox.popleft()
+            self._inbox_overflow += max(0, excess)
+            self._inbox_ready.notify_all()
+            waiters, self._async_waiters = self._async_waiters, []
+        self._wake_async(waiters)
+
+    def _close_inbox(self) -> None:
+        with self._inbox_ready:
+            self._inbox_closed = True
+            self._inbox_ready.notify_all()
+            waiters, self._async_waiters = self._async_waiters, []
+        self._wake_async(waiters)
+
+    @staticmethod
+    def _wake_async(waiters: List[Tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]]) -> None:
+        for loop, future in waiters:
+            try:
+                loop.call_soon_threadsafe(_resolve, future)
+            except RuntimeError:  # that loop is closed; nobody is waiting there any more
+                pass
+
+    def _take(self) -> Optional[Message]:
+        """The next message, None when there is none yet; ClosedError once stopped and empty.
+        Call with `_inbox_ready` held."""
+        if self._inbox:
+            return self._inbox.popleft()
+        if self._inbox_closed:
+            raise ClosedError(f"this {self._kind} is stopped and every message was read")
+        if self._core is None:
+            raise RuntimeError(f"this {self._kind} is not started; call start() first")
+        return None
+
+    def recv_message(self, timeout: Optional[float] = None) -> Message:
+        """Wait for the next message: ``(data, (ip, port))``. Raises ``TimeoutError`` after
+        ``timeout`` seconds, ``ClosedError`` once stopped and every message was read. Messages
+        are kept only when no ``on_message`` callback is set (at most ``backlog``, oldest dropped
+        first)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._inbox_ready:
+            while True:
+                message = self._take()
+                if message is not None:
+                    return message
+                remaining = _WAIT_SLICE if deadline is None else deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError(f"no message within {timeout} s")
+                self._inbox_ready.wait(min(remaining, _WAIT_SLICE))
+
+    def __iter__(self) -> Iterator[Message]:
+        """``for data, addr in obj:`` — ends when the object is stopped."""
+        while True:
+            try:
+                yield self.recv_message()
+            except ClosedError:
+                return
+
+    async def arecv(self, timeout: Optional[float] = None) -> Message:
+        """``await obj.arecv()``: the next message, delivered to the running event loop without
+        polling. Same errors as ``recv_message``."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            with self._inbox_ready:
+                message = self._take()
+                if message is not None:
+                    return message
+                future: "asyncio.Future[None]" = loop.create_future()
+                self._async_waiters.append((loop, future))
+            remaining = None if deadline is None else deadline - loop.time()
+            try:
+                await asyncio.wait_for(future, remaining)
+            except asyncio.TimeoutError:
+                raise TimeoutError(f"no message within {timeout} s") from None
+            finally:
+                with self._inbox_ready:
+                    if (loop, future) in self._async_waiters:
+                        self._async_waiters.remove((loop, future))
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        return self._aiter()
+
+    async def _aiter(self) -> AsyncIterator[Message]:
+        while True:
+            try:
+                yield await self.arecv()
+            except ClosedError:
                 return
 
     def _logs_messages(self) -> bool:
@@ -197,11 +344,13 @@ class ChatUdpServer(_Endpoint):
         on_join: Optional[PeerCallback] = None,
         on_leave: Optional[LeaveCallback] = None,
         expiry_grace: Optional[float] = None,
+        drop_unreachable: bool = True,
         queue_size: int = _DEFAULT_QUEUE_SIZE,
+        backlog: int = _DEFAULT_BACKLOG,
         rcvbuf: Optional[int] = None,
         sndbuf: Optional[int] = None,
     ) -> None:
-        super().__init__(interval, bufsize, queue_size)
+        super().__init__(interval, bufsize, queue_size, backlog)
         for name, callback in (("on_message", on_message), ("on_join", on_join), ("on_leave", on_leave)):
             _check_callback(name, callback)
         if expiry_grace is not None and not expiry_grace >= 0:
@@ -210,7 +359,12 @@ class ChatUdpServer(_Endpoint):
         self.on_message = on_message
         self.on_join = on_join
         self.on_leave = on_leave
-        self._options = {"expiry_grace": expiry_grace, "rcvbuf": rcvbuf, "sndbuf": sndbuf}
+        self._options = {
+            "expiry_grace": expiry_grace,
+            "drop_unreachable": bool(drop_unreachable),
+            "rcvbuf": rcvbuf,
+            "sndbuf": sndbuf,
+        }
 
     def _open(self) -> Any:
         ip, port = self.addr[0], self.addr[1]
@@ -271,10 +425,11 @@ class ChatUdpClient(_Endpoint):
         bufsize: int = 1024,
         on_message: Optional[MessageCallback] = None,
         queue_size: int = _DEFAULT_QUEUE_SIZE,
+        backlog: int = _DEFAULT_BACKLOG,
         rcvbuf: Optional[int] = None,
         sndbuf: Optional[int] = None,
     ) -> None:
-        super().__init__(interval, bufsize, queue_size)
+        super().__init__(interval, bufsize, queue_size, backlog)
         _check_callback("on_message", on_message)
         self.raddr: Address = (rip, rport)
         self.on_message = on_message

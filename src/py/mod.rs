@@ -157,8 +157,15 @@ fn discard_events(events: &Receiver<Event>, counters: &Counters, unprocessed: us
     n
 }
 
-fn socket_options(defaults: SocketOptions, rcvbuf: Option<usize>, sndbuf: Option<usize>) -> SocketOptions {
-    SocketOptions { rcvbuf: rcvbuf.or(defaults.rcvbuf), sndbuf: sndbuf.or(defaults.sndbuf) }
+fn socket_options(
+    defaults: SocketOptions,
+    rcvbuf: Option<usize>,
+    sndbuf: Option<usize>,
+) -> SocketOptions {
+    SocketOptions {
+        rcvbuf: rcvbuf.or(defaults.rcvbuf),
+        sndbuf: sndbuf.or(defaults.sndbuf),
+    }
 }
 
 /// A running group-chat server (the Rust half of `chatudp.ChatUdpServer`).
@@ -170,7 +177,7 @@ struct PyServer {
 #[pymethods]
 impl PyServer {
     #[new]
-    #[pyo3(signature = (host, port, interval, *, bufsize=1024, expiry_grace=None, queue_size=65536, rcvbuf=None, sndbuf=None))]
+    #[pyo3(signature = (host, port, interval, *, bufsize=1024, expiry_grace=None, queue_size=65536, rcvbuf=None, sndbuf=None, drop_unreachable=true))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -182,10 +189,12 @@ impl PyServer {
         queue_size: usize,
         rcvbuf: Option<usize>,
         sndbuf: Option<usize>,
+        drop_unreachable: bool,
     ) -> PyResult<PyServer> {
         let mut config = ServerConfig::new(host, port, interval);
         config.bufsize = bufsize;
         config.expiry_grace = expiry_grace.unwrap_or(config.expiry_grace);
+        config.drop_unreachable = drop_unreachable;
         config.queue_size = queue_size;
         config.socket = socket_options(config.socket, rcvbuf, sndbuf);
         let inner = py.detach(|| Server::start(config)).map_err(PyChatError)?;

@@ -1,0 +1,438 @@
+//! A request/response UDP endpoint for the tutorial's clients (echo, time, "QQ"): a socket that
+//! is not connected, so it can talk to any address, with receives that wait at most a timeout
+//! and wake at once when the peer is closed from another thread.
+//!
+//! The seed's clients block in `recvfrom` forever when a datagram is lost; [`UdpPeer::request`]
+//! resends after `timeout` up to `retries` more times, then gives up.
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::{Mutex, RwLock};
+use socket2::Socket;
+
+use crate::error::{ChatError, Result};
+use crate::net::{self, RecvBatch, SocketOptions, Waiter, Waker};
+use crate::protocol::MAX_DATAGRAM;
+use crate::server::validate_bufsize;
+use crate::stats::{Counters, DropReason};
+
+/// What the receiving side owns; dropped by `close()`, which closes the socket.
+struct RecvSide {
+    // Field order is drop order: the waiter goes before the socket it watches.
+    waiter: Waiter,
+    batch: RecvBatch,
+    socket: Arc<Socket>,
+}
+
+/// A point-in-time copy of a peer's counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PeerStats {
+    /// Datagrams read from the socket.
+    pub received: u64,
+    /// Datagrams the kernel accepted for sending (first tries and resends).
+    pub sent: u64,
+    /// Requests sent again because no reply came within the timeout.
+    pub retries: u64,
+    /// Datagrams longer than `bufsize`, cut as `recvfrom(bufsize)` cuts them.
+    pub truncated: u64,
+    /// Datagrams thrown away by a request: from another address, or stale replies that were
+    /// already waiting when the request was sent.
+    pub ignored: u64,
+    /// Failed sends.
+    pub send_errors: u64,
+}
+
+/// A non-connected UDP socket for request/response clients. Every method takes `&self`: one
+/// thread may wait in [`recv_from`](UdpPeer::recv_from) while another sends or closes.
+pub struct UdpPeer {
+    local: SocketAddr,
+    closed: AtomicBool,
+    waker: Waker,
+    recv: Mutex<Option<RecvSide>>,
+    send: RwLock<Option<Arc<Socket>>>,
+    counters: Counters,
+    retries: AtomicU64,
+    ignored: AtomicU64,
+}
+
+const CLOSED: &str = "this peer";
+
+impl UdpPeer {
+    /// Binds to `local` (port 0 picks a free port); datagrams longer than `bufsize` are cut.
+    pub fn bind(local: SocketAddr, bufsize: usize, options: SocketOptions) -> Result<UdpPeer> {
+        validate_bufsize(bufsize)?;
+        let socket = Arc::new(net::udp_socket(local, true, options)?);
+        let local = net::local_addr(&socket)?;
+        let (waiter, waker) = Waiter::new(&socket)?;
+        Ok(UdpPeer {
+            local,
+            closed: AtomicBool::new(false),
+            waker,
+            recv: Mutex::new(Some(RecvSide {
+                waiter,
+                batch: RecvBatch::new(1, bufsize),
+                socket: Arc::clone(&socket),
+            })),
+            send: RwLock::new(Some(socket)),
+            counters: Counters::default(),
+            retries: AtomicU64::new(0),
+            ignored: AtomicU64::new(0),
+        })
+    }
+
+    /// Binds to a free port on every address of `remote`'s family, ready to talk to `remote`.
+    pub fn for_remote(
+        remote: SocketAddr,
+        bufsize: usize,
+        options: SocketOptions,
+    ) -> Result<UdpPeer> {
+        let any = match remote.ip() {
+            IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        };
+        UdpPeer::bind(SocketAddr::new(any, 0), bufsize, options)
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Sends one datagram to `to`, as `socket.sendto`.
+    pub fn send_to(&self, data: &[u8], to: SocketAddr) -> Result<()> {
+        if data.len() > MAX_DATAGRAM {
+            return Err(ChatError::TooLong {
+                len: data.len(),
+                max: MAX_DATAGRAM,
+            });
+        }
+        let send = self.send.read();
+        let socket = send.as_ref().ok_or(ChatError::Closed(CLOSED))?;
+        match net::send_one(socket, data, Some(to)) {
+            Ok(_) => {
+                Counters::add(&self.counters.sent, 1);
+                Ok(())
+            }
+            Err(e) => {
+                self.counters.send_failed(e.raw_os_error().unwrap_or(0));
+                Err(ChatError::Io(e))
+            }
+        }
+    }
+
+    /// Waits at most `timeout` for one datagram from anyone; `None` when none came.
+    /// `close()` from another thread ends the wait with [`ChatError::Closed`].
+    pub fn recv_from(&self, timeout: Duration) -> Result<Option<(Vec<u8>, SocketAddr)>> {
+        self.recv_matching(deadline_after(timeout), None)
+    }
+
+    /// Sends `data` to `to` and waits for a reply from `to`; resends after each `timeout` up to
+    /// `retries` more times; `None` when no reply came. Datagrams from other addresses, and
+    /// replies that were already waiting before the request was sent, are ignored (counted).
+    pub fn request(
+        &self,
+        data: &[u8],
+        to: SocketAddr,
+        timeout: Duration,
+        retries: u32,
+    ) -> Result<Option<(Vec<u8>, SocketAddr)>> {
+        let mut request = Request::start(self, data, to, timeout, retries)?;
+        loop {
+            match request.poll(timeout)? {
+                RequestPoll::Reply(data, from) => return Ok(Some((data, from))),
+                RequestPoll::NoReply => return Ok(None),
+                RequestPoll::Pending => {}
+            }
+        }
+    }
+
+    /// Closes the socket, waking any thread waiting in a receive. Idempotent.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.waker.wake();
+        // The receiver sees the flag and lets go of the lock promptly.
+        drop(self.recv.lock().take());
+        drop(self.send.write().take());
+    }
+
+    pub fn stats(&self) -> PeerStats {
+        let base = self.counters.snapshot();
+        PeerStats {
+            received: base.received,
+            sent: base.sent,
+            retries: self.retries.load(Ordering::Relaxed),
+            truncated: base.truncated,
+            ignored: self.ignored.load(Ordering::Relaxed),
+            send_errors: base.dropped(DropReason::SendError),
+        }
+    }
+
+    /// Throws away what is already queued (late replies to an earlier request).
+    fn discard_pending(&self) -> Result<()> {
+        let mut recv = self.recv.lock();
+        let side = recv.as_mut().ok_or(ChatError::Closed(CLOSED))?;
+        loop {
+            match side.batch.recv(&side.socket) {
+                Ok(0) => return Ok(()),
+                Ok(n) => {
+                    Counters::add(&self.counters.received, n as u64);
+                    self.ignored.fetch_add(n as u64, Ordering::Relaxed);
+                }
+                Err(e) if is_peer_error(&e) => {}
+                Err(e) => return Err(ChatError::Io(e)),
+            }
+        }
+    }
+
+    /// Waits until `deadline` for a datagram from `from` (anyone when `None`).
+    fn recv_matching(
+        &self,
+        deadline: Instant,
+        from: Option<SocketAddr>,
+    ) -> Result<Option<(Vec<u8>, SocketAddr)>> {
+        let mut recv = self.recv.lock();
+        loop {
+            if self.is_closed() {
+                return Err(ChatError::Closed(CLOSED));
+            }
+            let side = recv.as_mut().ok_or(ChatError::Closed(CLOSED))?;
+            match side.batch.recv(&side.socket) {
+                Ok(0) => {}
+                Ok(_) => {
+                    Counters::add(&self.counters.received, 1);
+                    let datagram = side.batch.get(0);
+                    if datagram.truncated {
+                        Counters::add(&self.counters.truncated, 1);
+                    }
+                    if from.map_or(true, |want| replies_from(want, datagram.from)) {
+                        return Ok(Some((datagram.data.to_vec(), datagram.from)));
+                    }
+                    self.ignored.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                // An ICMP report about some earlier destination; the socket is fine.
+                Err(e) if is_peer_error(&e) => continue,
+                Err(e) => return Err(ChatError::Io(e)),
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(None);
+            }
+            side.waiter.wait(left)?;
+        }
+    }
+}
+
+impl Drop for UdpPeer {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// What one [`Request::poll`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestPoll {
+    Reply(Vec<u8>, SocketAddr),
+    /// Still waiting; poll again.
+    Pending,
+    /// Every try timed out.
+    NoReply,
+}
+
+/// A request in flight, polled in slices so a caller can do other work (such as checking for
+/// Ctrl-C) between waits. [`UdpPeer::request`] is the blocking form.
+pub struct Request<'a> {
+    peer: &'a UdpPeer,
+    data: &'a [u8],
+    to: SocketAddr,
+    timeout: Duration,
+    retries_left: u32,
+    deadline: Instant,
+}
+
+impl<'a> Request<'a> {
+    /// Discards stale datagrams, then sends the first try.
+    pub fn start(
+        peer: &'a UdpPeer,
+        data: &'a [u8],
+        to: SocketAddr,
+        timeout: Duration,
+        retries: u32,
+    ) -> Result<Request<'a>> {
+        peer.discard_pending()?;
+        peer.send_to(data, to)?;
+        Ok(Request {
+            peer,
+            data,
+            to,
+            timeout,
+            retries_left: retries,
+            deadline: deadline_after(timeout),
+        })
+    }
+
+    /// Waits at most `slice` (and never past the current try's timeout); resends when a try
+    /// has timed out and retries are left.
+    pub fn poll(&mut self, slice: Duration) -> Result<RequestPoll> {
+        if Instant::now() >= self.deadline {
+            if self.retries_left == 0 {
+                return Ok(RequestPoll::NoReply);
+            }
+            self.retries_left -= 1;
+            self.peer.retries.fetch_add(1, Ordering::Relaxed);
+            self.peer.send_to(self.data, self.to)?;
+            self.deadline = deadline_after(self.timeout);
+        }
+        let until = deadline_after(slice).min(self.deadline);
+        Ok(match self.peer.recv_matching(until, Some(self.to))? {
+            Some((data, from)) => RequestPoll::Reply(data, from),
+            None => RequestPoll::Pending,
+        })
+    }
+}
+
+/// Whether a datagram from `from` is the reply of a request sent to `to`. A request sent to an
+/// unspecified address (`0.0.0.0`, which Linux delivers locally) is answered from a real one.
+fn replies_from(to: SocketAddr, from: SocketAddr) -> bool {
+    from == to || (to.ip().is_unspecified() && from.port() == to.port())
+}
+
+fn deadline_after(timeout: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(timeout)
+        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 100))
+}
+
+/// Whether an error on a UDP socket only reports an ICMP message about some peer.
+fn is_peer_error(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::HostUnreachable
+            | io::ErrorKind::NetworkUnreachable
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+
+    fn peer() -> UdpPeer {
+        UdpPeer::bind(
+            "127.0.0.1:0".parse().unwrap(),
+            1024,
+            SocketOptions::default(),
+        )
+        .unwrap()
+    }
+
+    fn server() -> UdpSocket {
+        let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(3)))
+            .unwrap();
+        socket
+    }
+
+    #[test]
+    fn send_and_receive_with_timeout() {
+        let p = peer();
+        let s = server();
+        p.send_to(b"hi", s.local_addr().unwrap()).unwrap();
+        let mut buf = [0u8; 2048];
+        let (n, from) = s.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], from), (&b"hi"[..], p.local_addr()));
+        s.send_to(&[b'x'; 2000], from).unwrap();
+        let (data, addr) = p.recv_from(Duration::from_secs(3)).unwrap().unwrap();
+        assert_eq!((data.len(), addr), (1024, s.local_addr().unwrap()));
+        let started = Instant::now();
+        assert_eq!(p.recv_from(Duration::from_millis(50)).unwrap(), None);
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        let stats = p.stats();
+        assert_eq!((stats.sent, stats.received), (1, 1));
+        assert_eq!(stats.truncated, u64::from(cfg!(target_os = "linux")));
+    }
+
+    #[test]
+    fn request_retries_then_gives_up() {
+        let p = peer();
+        let silent = server();
+        let to = silent.local_addr().unwrap();
+        let started = Instant::now();
+        let reply = p
+            .request(b"anyone?", to, Duration::from_millis(50), 2)
+            .unwrap();
+        assert_eq!(reply, None);
+        assert!(started.elapsed() >= Duration::from_millis(150));
+        let mut buf = [0u8; 64];
+        for _ in 0..3 {
+            let (n, _) = silent.recv_from(&mut buf).unwrap();
+            assert_eq!(&buf[..n], b"anyone?");
+        }
+        assert_eq!(p.stats().retries, 2);
+    }
+
+    #[test]
+    fn request_ignores_strangers_and_stale_replies() {
+        let p = peer();
+        let s = server();
+        let stranger = server();
+        let to = s.local_addr().unwrap();
+        // A stale reply, queued before the request.
+        s.send_to(b"stale", p.local_addr()).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        let thread = std::thread::spawn(move || {
+            let mut buf = [0u8; 64];
+            let (n, from) = s.recv_from(&mut buf).unwrap();
+            stranger.send_to(b"noise", from).unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            s.send_to(&buf[..n].to_ascii_uppercase(), from).unwrap();
+        });
+        let reply = p.request(b"ping", to, Duration::from_secs(3), 0).unwrap();
+        thread.join().unwrap();
+        assert_eq!(reply, Some((b"PING".to_vec(), to)));
+        assert_eq!(p.stats().ignored, 2);
+    }
+
+    #[test]
+    fn close_wakes_a_waiting_receiver_and_frees_the_port() {
+        let p = Arc::new(peer());
+        let waiting = Arc::clone(&p);
+        let started = Instant::now();
+        let thread = std::thread::spawn(move || waiting.recv_from(Duration::from_secs(10)));
+        std::thread::sleep(Duration::from_millis(50));
+        p.close();
+        assert!(matches!(thread.join().unwrap(), Err(ChatError::Closed(_))));
+        assert!(started.elapsed() < Duration::from_secs(5));
+        p.close();
+        assert!(matches!(
+            p.send_to(b"x", p.local_addr()),
+            Err(ChatError::Closed(_))
+        ));
+        UdpSocket::bind(p.local_addr()).unwrap();
+    }
+
+    #[test]
+    fn for_remote_picks_the_family() {
+        let v4 = UdpPeer::for_remote("127.0.0.1:9".parse().unwrap(), 64, SocketOptions::default())
+            .unwrap();
+        assert!(v4.local_addr().is_ipv4() && v4.local_addr().port() != 0);
+        assert!(matches!(
+            UdpPeer::bind("127.0.0.1:0".parse().unwrap(), 0, SocketOptions::default()),
+            Err(ChatError::InvalidArgument(_))
+        ));
+        assert!(matches!(
+            v4.send_to(&vec![0; MAX_DATAGRAM + 1], "127.0.0.1:9".parse().unwrap()),
+            Err(ChatError::TooLong { .. })
+        ));
+    }
+}
