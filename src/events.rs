@@ -36,6 +36,9 @@ pub enum Event {
     Join(SocketAddr),
     /// A source left the server's table.
     Leave(SocketAddr, LeaveReason),
+    /// A datagram was refused: a new source while the table was full, or a source outside
+    /// the `allow` list.
+    Reject(SocketAddr, DropReason),
 }
 
 /// The socket thread's end of the event channel.

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod error;
 pub mod events;
+pub mod limits;
 pub mod net;
 pub mod peer;
 pub mod protocol;

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 
 use indexmap::IndexMap;
 
+use crate::limits::{Bucket, Rate};
 use crate::protocol::{classify, Kind};
 
 /// What one datagram did to the table.
@@ -18,21 +19,39 @@ pub enum Outcome {
     Quit { left: bool },
     /// A chat message to Ack; `joined` when the source was not in the table.
     Chat { joined: bool },
+    /// A chat message over the source's rate: dropped, though the source counts as alive.
+    RateLimited { joined: bool },
+    /// A new source while the table is full: not added, nothing sent.
+    TableFull,
 }
 
-/// The `clients` dict of the original server: address -> last time heard from.
-#[derive(Debug, Default)]
-pub struct Relay {
-    clients: IndexMap<SocketAddr, f64>,
-    interval: f64,
+/// What the table keeps per client.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    last_seen: f64,
+    bucket: Bucket,
 }
+
+/// The `clients` dict of the original server: address -> last time heard from, bounded by
+/// `max_clients`, with an optional per-source rate limit on chat messages.
+#[derive(Debug)]
+pub struct Relay {
+    clients: IndexMap<SocketAddr, Entry>,
+    interval: f64,
+    max_clients: usize,
+    rate: Option<Rate>,
+}
+
+/// Default bound of the clients table: far beyond any chat, small enough to bound memory.
+pub const DEFAULT_MAX_CLIENTS: usize = 1 << 20;
 
 impl Relay {
     pub fn new(interval: f64) -> Relay {
-        Relay {
-            clients: IndexMap::new(),
-            interval,
-        }
+        Relay::with_limits(interval, DEFAULT_MAX_CLIENTS, None)
+    }
+
+    pub fn with_limits(interval: f64, max_clients: usize, rate: Option<Rate>) -> Relay {
+        Relay { clients: IndexMap::new(), interval, max_clients: max_clients.max(1), rate }
     }
 
     pub fn interval(&self) -> f64 {
@@ -51,8 +70,8 @@ impl Relay {
         self.clients.contains_key(addr)
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&SocketAddr, &f64)> {
-        self.clients.iter()
+    pub fn iter(&self) -> impl Iterator<Item = (&SocketAddr, f64)> {
+        self.clients.iter().map(|(addr, entry)| (addr, entry.last_seen))
     }
 
     pub fn addresses(&self) -> impl Iterator<Item = &SocketAddr> {
@@ -60,8 +79,8 @@ impl Relay {
     }
 
     /// Applies one datagram as the original receive loop does. For a chat message, `recipients`
-    /// receives every client heard from within `interval` (the sender included) and `expired`
-    /// every client that was not, which is removed.
+    /// receives every client heard from within `interval` (the sender included). `expired`
+    /// receives every client found silent for longer, which is removed.
     pub fn on_datagram(
         &mut self,
         data: &[u8],
@@ -71,14 +90,21 @@ impl Relay {
         expired: &mut Vec<SocketAddr>,
     ) -> Outcome {
         match classify(data) {
-            Kind::Heartbeat => Outcome::Heartbeat {
-                joined: self.refresh(from, now),
+            Kind::Heartbeat => match self.admit(from, now, expired) {
+                Some(joined) => Outcome::Heartbeat { joined },
+                None => Outcome::TableFull,
             },
-            Kind::Quit => Outcome::Quit {
-                left: self.remove(&from),
-            },
+            Kind::Quit => Outcome::Quit { left: self.remove(&from) },
             Kind::Chat => {
-                let joined = self.refresh(from, now);
+                let Some(joined) = self.admit(from, now, expired) else {
+                    return Outcome::TableFull;
+                };
+                if let Some(rate) = self.rate {
+                    let entry = self.clients.get_mut(&from).expect("admitted above");
+                    if !entry.bucket.take(rate, now) {
+                        return Outcome::RateLimited { joined };
+                    }
+                }
                 self.split_live(now, self.interval, recipients, expired);
                 Outcome::Chat { joined }
             }
@@ -87,7 +113,28 @@ impl Relay {
 
     /// Records `addr` as heard from at `now`; true when it is new to the table.
     pub fn refresh(&mut self, addr: SocketAddr, now: f64) -> bool {
-        self.clients.insert(addr, now).is_none()
+        let mut expired = Vec::new();
+        self.admit(addr, now, &mut expired).unwrap_or(false)
+    }
+
+    /// Refreshes or adds `addr`: `Some(joined)`, or `None` when the table is full even after
+    /// removing the clients that are past `interval` (into `expired`). Live clients are never
+    /// evicted for a newcomer.
+    fn admit(&mut self, addr: SocketAddr, now: f64, expired: &mut Vec<SocketAddr>) -> Option<bool> {
+        if let Some(entry) = self.clients.get_mut(&addr) {
+            entry.last_seen = now;
+            return Some(false);
+        }
+        if self.clients.len() >= self.max_clients {
+            self.sweep(now, self.interval, expired);
+            if self.clients.len() >= self.max_clients {
+                return None;
+            }
+        }
+        let bucket =
+            self.rate.map_or(Bucket::full(Rate { per_second: 1.0, burst: 1.0 }, now), |r| Bucket::full(r, now));
+        self.clients.insert(addr, Entry { last_seen: now, bucket });
+        Some(true)
     }
 
     /// Removes `addr`; true when it was in the table.
@@ -99,29 +146,23 @@ impl Relay {
     /// the next one would expire if nothing is heard.
     pub fn sweep(&mut self, now: f64, max_age: f64, expired: &mut Vec<SocketAddr>) -> Option<f64> {
         let mut oldest = f64::INFINITY;
-        self.clients.retain(|addr, stamp| {
-            if now - *stamp > max_age {
+        self.clients.retain(|addr, entry| {
+            if now - entry.last_seen > max_age {
                 expired.push(*addr);
                 false
             } else {
-                oldest = oldest.min(*stamp);
+                oldest = oldest.min(entry.last_seen);
                 true
             }
         });
         oldest.is_finite().then_some(oldest + max_age)
     }
 
-    fn split_live(
-        &mut self,
-        now: f64,
-        max_age: f64,
-        live: &mut Vec<SocketAddr>,
-        expired: &mut Vec<SocketAddr>,
-    ) {
+    fn split_live(&mut self, now: f64, max_age: f64, live: &mut Vec<SocketAddr>, expired: &mut Vec<SocketAddr>) {
         live.clear();
         let first_expired = expired.len();
-        for (addr, stamp) in &self.clients {
-            if now - *stamp > max_age {
+        for (addr, entry) in &self.clients {
+            if now - entry.last_seen > max_age {
                 expired.push(*addr);
             } else {
                 live.push(*addr);
@@ -141,12 +182,7 @@ mod tests {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
 
-    fn run(
-        relay: &mut Relay,
-        data: &[u8],
-        from: u16,
-        now: f64,
-    ) -> (Outcome, Vec<SocketAddr>, Vec<SocketAddr>) {
+    fn run(relay: &mut Relay, data: &[u8], from: u16, now: f64) -> (Outcome, Vec<SocketAddr>, Vec<SocketAddr>) {
         let (mut live, mut expired) = (Vec::new(), Vec::new());
         let outcome = relay.on_datagram(data, addr(from), now, &mut live, &mut expired);
         (outcome, live, expired)
@@ -155,29 +191,17 @@ mod tests {
     #[test]
     fn heartbeat_joins_once_and_refreshes() {
         let mut relay = Relay::new(10.0);
-        assert_eq!(
-            run(&mut relay, b"^hb^", 1, 0.0).0,
-            Outcome::Heartbeat { joined: true }
-        );
-        assert_eq!(
-            run(&mut relay, b" ^hb^\n", 1, 5.0).0,
-            Outcome::Heartbeat { joined: false }
-        );
-        assert_eq!(relay.iter().collect::<Vec<_>>(), vec![(&addr(1), &5.0)]);
+        assert_eq!(run(&mut relay, b"^hb^", 1, 0.0).0, Outcome::Heartbeat { joined: true });
+        assert_eq!(run(&mut relay, b" ^hb^\n", 1, 5.0).0, Outcome::Heartbeat { joined: false });
+        assert_eq!(relay.iter().collect::<Vec<_>>(), vec![(&addr(1), 5.0)]);
     }
 
     #[test]
     fn quit_leaves_only_when_present() {
         let mut relay = Relay::new(10.0);
-        assert_eq!(
-            run(&mut relay, b"quit", 1, 0.0).0,
-            Outcome::Quit { left: false }
-        );
+        assert_eq!(run(&mut relay, b"quit", 1, 0.0).0, Outcome::Quit { left: false });
         run(&mut relay, b"^hb^", 1, 0.0);
-        assert_eq!(
-            run(&mut relay, b"quit\n", 1, 1.0).0,
-            Outcome::Quit { left: true }
-        );
+        assert_eq!(run(&mut relay, b"quit\n", 1, 1.0).0, Outcome::Quit { left: true });
         assert!(relay.is_empty());
     }
 
@@ -203,6 +227,31 @@ mod tests {
         run(&mut relay, b"^hb^", 1, 0.0);
         let (_, live, expired) = run(&mut relay, b"late", 1, 100.0);
         assert_eq!((live, expired), (vec![addr(1)], vec![]));
+    }
+
+    #[test]
+    fn full_table_refuses_newcomers_but_makes_room_from_the_expired() {
+        let mut relay = Relay::with_limits(10.0, 2, None);
+        run(&mut relay, b"^hb^", 1, 0.0);
+        run(&mut relay, b"^hb^", 2, 5.0);
+        assert_eq!(run(&mut relay, b"^hb^", 3, 6.0).0, Outcome::TableFull);
+        assert_eq!(run(&mut relay, b"hi", 3, 6.0).0, Outcome::TableFull);
+        // Known clients still talk.
+        assert_eq!(run(&mut relay, b"hi", 2, 6.0).0, Outcome::Chat { joined: false });
+        // At 11.0 client 1 is past `interval`: it makes room.
+        let (outcome, _, expired) = run(&mut relay, b"^hb^", 3, 11.0);
+        assert_eq!((outcome, expired), (Outcome::Heartbeat { joined: true }, vec![addr(1)]));
+    }
+
+    #[test]
+    fn rate_limit_drops_chat_but_keeps_the_source_alive() {
+        let mut relay = Relay::with_limits(10.0, 100, Some(Rate::new(1.0, 2.0).unwrap()));
+        assert_eq!(run(&mut relay, b"a", 1, 0.0).0, Outcome::Chat { joined: true });
+        assert_eq!(run(&mut relay, b"b", 1, 0.0).0, Outcome::Chat { joined: false });
+        assert_eq!(run(&mut relay, b"c", 1, 0.5).0, Outcome::RateLimited { joined: false });
+        assert_eq!(run(&mut relay, b"^hb^", 1, 0.6).0, Outcome::Heartbeat { joined: false });
+        assert_eq!(relay.iter().next().unwrap().1, 0.6);
+        assert_eq!(run(&mut relay, b"d", 1, 1.5).0, Outcome::Chat { joined: false });
     }
 
     #[test]

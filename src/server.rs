@@ -12,10 +12,12 @@ use socket2::Socket;
 
 use crate::error::{ChatError, Result};
 use crate::events::{self, Event, EventSender, LeaveReason};
+use crate::limits::{Network, Rate};
 use crate::net::{self, RecvBatch, SendBatch, SocketOptions, Waiter};
 use crate::protocol::{self, BYE, MAX_DATAGRAM};
+use crate::relay::DEFAULT_MAX_CLIENTS;
 use crate::relay::{Outcome, Relay};
-use crate::stats::{Counters, Stats};
+use crate::stats::{Counters, DropReason, Stats};
 use crate::worker::{wall_clock, Control, Worker};
 
 /// Datagrams read per system call.
@@ -44,6 +46,12 @@ pub struct ServerConfig {
     /// Remove a client as soon as the network reports its port unreachable, instead of sending
     /// to it until it expires as the original does.
     pub drop_unreachable: bool,
+    /// New sources beyond this many are refused; live clients are never evicted.
+    pub max_clients: usize,
+    /// Per-source limit on chat messages; heartbeats are never limited.
+    pub rate: Option<Rate>,
+    /// When not empty, datagrams from other networks are dropped.
+    pub allow: Vec<Network>,
 }
 
 impl ServerConfig {
@@ -55,11 +63,11 @@ impl ServerConfig {
             expiry_grace: interval / 2.0,
             bufsize: protocol::DEFAULT_BUFSIZE,
             queue_size: 65_536,
-            socket: SocketOptions {
-                rcvbuf: Some(DEFAULT_SOCKET_BUFFER),
-                sndbuf: Some(DEFAULT_SOCKET_BUFFER),
-            },
+            socket: SocketOptions { rcvbuf: Some(DEFAULT_SOCKET_BUFFER), sndbuf: Some(DEFAULT_SOCKET_BUFFER) },
             drop_unreachable: true,
+            max_clients: DEFAULT_MAX_CLIENTS,
+            rate: None,
+            allow: Vec::new(),
         }
     }
 
@@ -72,6 +80,9 @@ impl ServerConfig {
             )));
         }
         validate_bufsize(self.bufsize)?;
+        if self.max_clients == 0 {
+            return Err(ChatError::InvalidArgument("max_clients must be at least 1".to_owned()));
+        }
         validate_queue_size(self.queue_size)
     }
 }
@@ -80,9 +91,7 @@ pub(crate) fn validate_interval(interval: f64) -> Result<()> {
     if interval.is_finite() && interval > 0.0 && interval <= 1e9 {
         Ok(())
     } else {
-        Err(ChatError::InvalidArgument(format!(
-            "interval must be a number of seconds > 0, not {interval}"
-        )))
+        Err(ChatError::InvalidArgument(format!("interval must be a number of seconds > 0, not {interval}")))
     }
 }
 
@@ -90,9 +99,7 @@ pub(crate) fn validate_bufsize(bufsize: usize) -> Result<()> {
     if (1..=MAX_DATAGRAM).contains(&bufsize) {
         Ok(())
     } else {
-        Err(ChatError::InvalidArgument(format!(
-            "bufsize must be between 1 and {MAX_DATAGRAM} bytes, not {bufsize}"
-        )))
+        Err(ChatError::InvalidArgument(format!("bufsize must be between 1 and {MAX_DATAGRAM} bytes, not {bufsize}")))
     }
 }
 
@@ -100,9 +107,7 @@ pub(crate) fn validate_queue_size(size: usize) -> Result<()> {
     if size >= 1 {
         Ok(())
     } else {
-        Err(ChatError::InvalidArgument(
-            "queue_size must be at least 1".to_owned(),
-        ))
+        Err(ChatError::InvalidArgument("queue_size must be at least 1".to_owned()))
     }
 }
 
@@ -127,12 +132,11 @@ impl Server {
         let bind = net::resolve(&config.host, config.port)?;
         let socket = Arc::new(net::udp_socket(bind, true, config.socket)?);
         let local = net::local_addr(&socket)?;
-        let error_queue =
-            config.drop_unreachable && net::enable_error_queue(&socket, local.is_ipv6())?;
+        let error_queue = config.drop_unreachable && net::enable_error_queue(&socket, local.is_ipv6())?;
         let (waiter, waker) = Waiter::new(&socket)?;
         let (sender, events) = events::channel(config.queue_size);
         let shared = Arc::new(Shared {
-            relay: Mutex::new(Relay::new(config.interval)),
+            relay: Mutex::new(Relay::with_limits(config.interval, config.max_clients, config.rate)),
             counters: Counters::default(),
         });
         let mut relay_loop = RelayLoop {
@@ -147,16 +151,10 @@ impl Server {
             gone: Vec::new(),
             max_age: config.interval + config.expiry_grace,
             error_queue,
+            allow: config.allow,
         };
-        let worker = Worker::spawn("chatudp-server", waker, move |control| {
-            relay_loop.run(control)
-        })?;
-        Ok(Server {
-            shared,
-            local,
-            events,
-            worker,
-        })
+        let worker = Worker::spawn("chatudp-server", waker, move |control| relay_loop.run(control))?;
+        Ok(Server { shared, local, events, worker })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -165,12 +163,7 @@ impl Server {
 
     /// A snapshot of the clients table: address and wall-clock time last heard from.
     pub fn clients(&self) -> Vec<(SocketAddr, f64)> {
-        self.shared
-            .relay
-            .lock()
-            .iter()
-            .map(|(a, t)| (*a, *t))
-            .collect()
+        self.shared.relay.lock().iter().map(|(a, t)| (*a, t)).collect()
     }
 
     pub fn stats(&self) -> Stats {
@@ -213,14 +206,14 @@ struct RelayLoop {
     max_age: f64,
     /// ICMP errors are queued on the socket (see `ServerConfig::drop_unreachable`).
     error_queue: bool,
+    allow: Vec<Network>,
 }
 
 impl RelayLoop {
     fn run(&mut self, control: &Control) {
         let mut next_sweep = wall_clock() + self.max_age;
         while !control.is_stopping() {
-            let wait =
-                Duration::from_secs_f64((next_sweep - wall_clock()).clamp(0.0, self.max_age));
+            let wait = Duration::from_secs_f64((next_sweep - wall_clock()).clamp(0.0, self.max_age));
             match self.waiter.wait(wait) {
                 Ok(true) => self.drain(control),
                 Ok(false) => {}
@@ -265,8 +258,7 @@ impl RelayLoop {
             if relay.remove(addr) {
                 Counters::add(&counters.unreachable, 1);
                 Counters::add(&counters.leaves, 1);
-                self.events
-                    .emit(Event::Leave(*addr, LeaveReason::Unreachable), counters);
+                self.events.emit(Event::Leave(*addr, LeaveReason::Unreachable), counters);
             }
         }
     }
@@ -278,78 +270,61 @@ impl RelayLoop {
         let mut relay = self.shared.relay.lock();
         for index in 0..count {
             let datagram = self.recv.get(index);
+            let from = datagram.from;
             if datagram.truncated {
                 Counters::add(&counters.truncated, 1);
             }
+            if !self.allow.is_empty() && !self.allow.iter().any(|net| net.contains(from.ip())) {
+                counters.drop_one(DropReason::NotAllowed);
+                self.events.emit(Event::Reject(from, DropReason::NotAllowed), counters);
+                continue;
+            }
             self.gone.clear();
-            let outcome = relay.on_datagram(
-                datagram.data,
-                datagram.from,
-                now,
-                &mut self.live,
-                &mut self.gone,
-            );
-            match outcome {
+            let outcome = relay.on_datagram(datagram.data, from, now, &mut self.live, &mut self.gone);
+            let joined = match outcome {
                 Outcome::Heartbeat { joined } => {
                     Counters::add(&counters.heartbeats, 1);
-                    if joined {
-                        Counters::add(&counters.joins, 1);
-                        self.events.emit(Event::Join(datagram.from), counters);
-                    }
+                    joined
                 }
+                Outcome::Chat { joined } | Outcome::RateLimited { joined } => joined,
+                Outcome::Quit { .. } | Outcome::TableFull => false,
+            };
+            if joined {
+                Counters::add(&counters.joins, 1);
+                self.events.emit(Event::Join(from), counters);
+            }
+            match outcome {
+                Outcome::Heartbeat { .. } => {}
                 Outcome::Quit { left } => {
                     if left {
                         Counters::add(&counters.leaves, 1);
-                        self.events
-                            .emit(Event::Leave(datagram.from, LeaveReason::Quit), counters);
+                        self.events.emit(Event::Leave(from, LeaveReason::Quit), counters);
                     }
                 }
-                Outcome::Chat { joined } => {
-                    if joined {
-                        Counters::add(&counters.joins, 1);
-                        self.events.emit(Event::Join(datagram.from), counters);
-                    }
-                    self.events.emit(
-                        Event::Message {
-                            data: datagram.data.to_vec(),
-                            from: datagram.from,
-                        },
-                        counters,
-                    );
-                    protocol::write_ack(datagram.data, &datagram.from, &mut self.ack);
-                    let report =
-                        self.send
-                            .send_to_all(&self.socket, &self.ack, &self.live, |_, errno| {
-                                counters.send_failed(errno);
-                            });
+                Outcome::RateLimited { .. } => counters.drop_one(DropReason::Rate),
+                Outcome::TableFull => {
+                    counters.drop_one(DropReason::TableFull);
+                    self.events.emit(Event::Reject(from, DropReason::TableFull), counters);
+                }
+                Outcome::Chat { .. } => {
+                    self.events.emit(Event::Message { data: datagram.data.to_vec(), from }, counters);
+                    protocol::write_ack(datagram.data, &from, &mut self.ack);
+                    let report = self.send.send_to_all(&self.socket, &self.ack, &self.live, |_, errno| {
+                        counters.send_failed(errno);
+                    });
                     Counters::add(&counters.sent, report.sent as u64);
                     Counters::add(&counters.relayed, 1);
-                    for addr in &self.gone {
-                        Counters::add(&counters.expired, 1);
-                        Counters::add(&counters.leaves, 1);
-                        self.events
-                            .emit(Event::Leave(*addr, LeaveReason::Expired), counters);
-                    }
                 }
             }
+            emit_expired(&self.gone, &self.events, counters);
         }
     }
 
     /// Expires silent clients; returns when to look again.
     fn sweep(&mut self, now: f64) -> f64 {
         self.gone.clear();
-        let next = self
-            .shared
-            .relay
-            .lock()
-            .sweep(now, self.max_age, &mut self.gone);
-        let counters = &self.shared.counters;
-        for addr in &self.gone {
-            Counters::add(&counters.expired, 1);
-            Counters::add(&counters.leaves, 1);
-            self.events
-                .emit(Event::Leave(*addr, LeaveReason::Expired), counters);
-        }
+        let next = self.shared.relay.lock().sweep(now, self.max_age, &mut self.gone);
+        emit_expired(&self.gone, &self.events, &self.shared.counters);
         // Never sooner than a small slice of the interval, so a table of many clients with
         // spread-out deadlines is not rescanned continuously.
         let min_gap = (self.max_age / 50.0).clamp(0.001, 0.1);
@@ -358,15 +333,18 @@ impl RelayLoop {
 
     fn say_goodbye(&mut self) {
         self.live.clear();
-        self.live
-            .extend(self.shared.relay.lock().addresses().copied());
+        self.live.extend(self.shared.relay.lock().addresses().copied());
         let counters = &self.shared.counters;
-        let report = self
-            .send
-            .send_to_all(&self.socket, BYE, &self.live, |_, errno| {
-                counters.send_failed(errno)
-            });
+        let report = self.send.send_to_all(&self.socket, BYE, &self.live, |_, errno| counters.send_failed(errno));
         Counters::add(&counters.sent, report.sent as u64);
+    }
+}
+
+fn emit_expired(gone: &[SocketAddr], events: &EventSender, counters: &Counters) {
+    for addr in gone {
+        Counters::add(&counters.expired, 1);
+        Counters::add(&counters.leaves, 1);
+        events.emit(Event::Leave(*addr, LeaveReason::Expired), counters);
     }
 }
 
@@ -382,9 +360,7 @@ mod tests {
 
     fn peer() -> UdpSocket {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_secs(3)))
-            .unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         socket
     }
 
@@ -409,11 +385,7 @@ mod tests {
         a.send_to(b"^hb^", server.local_addr()).unwrap();
         wait_for("a to join", || server.clients().len() == 1);
         b.send_to(b"hello", server.local_addr()).unwrap();
-        let expected = format!(
-            "Ack b'HELLO'. from 127.0.0.1:{}",
-            b.local_addr().unwrap().port()
-        )
-        .into_bytes();
+        let expected = format!("Ack b'HELLO'. from 127.0.0.1:{}", b.local_addr().unwrap().port()).into_bytes();
         assert_eq!(recv(&a), expected);
         assert_eq!(recv(&b), expected);
         server.stop();
@@ -422,10 +394,7 @@ mod tests {
         assert!(!server.is_running());
         server.stop();
         let stats = server.stats();
-        assert_eq!(
-            (stats.received, stats.relayed, stats.sent, stats.joins),
-            (2, 1, 4, 2)
-        );
+        assert_eq!((stats.received, stats.relayed, stats.sent, stats.joins), (2, 1, 4, 2));
     }
 
     #[test]
@@ -437,13 +406,7 @@ mod tests {
         wait_for("a to expire", || server.clients().is_empty());
         let events: Vec<Event> = server.events().try_iter().collect();
         let a_addr = a.local_addr().unwrap();
-        assert_eq!(
-            events,
-            vec![
-                Event::Join(a_addr),
-                Event::Leave(a_addr, LeaveReason::Expired)
-            ]
-        );
+        assert_eq!(events, vec![Event::Join(a_addr), Event::Leave(a_addr, LeaveReason::Expired)]);
         assert_eq!(server.stats().expired, 1);
     }
 
@@ -460,10 +423,7 @@ mod tests {
         wait_for("dead to leave", || server.clients().len() == 1);
         assert_eq!(server.clients()[0].0, alive.local_addr().unwrap());
         let events: Vec<Event> = server.events().try_iter().collect();
-        assert!(
-            events.contains(&Event::Leave(dead_addr, LeaveReason::Unreachable)),
-            "{events:?}"
-        );
+        assert!(events.contains(&Event::Leave(dead_addr, LeaveReason::Unreachable)), "{events:?}");
         assert_eq!(server.stats().unreachable, 1);
     }
 
@@ -477,22 +437,12 @@ mod tests {
 
     #[test]
     fn rejects_bad_arguments_and_busy_ports() {
-        assert!(matches!(
-            Server::start(ServerConfig::new("127.0.0.1", 0, 0.0)),
-            Err(ChatError::InvalidArgument(_))
-        ));
+        assert!(matches!(Server::start(ServerConfig::new("127.0.0.1", 0, 0.0)), Err(ChatError::InvalidArgument(_))));
         let mut config = ServerConfig::new("127.0.0.1", 0, 1.0);
         config.bufsize = MAX_DATAGRAM + 1;
-        assert!(matches!(
-            Server::start(config),
-            Err(ChatError::InvalidArgument(_))
-        ));
+        assert!(matches!(Server::start(config), Err(ChatError::InvalidArgument(_))));
         let first = start(1.0);
-        let busy = Server::start(ServerConfig::new(
-            "127.0.0.1",
-            first.local_addr().port(),
-            1.0,
-        ));
+        let busy = Server::start(ServerConfig::new("127.0.0.1", first.local_addr().port(), 1.0));
         assert!(matches!(busy, Err(ChatError::Io(e)) if e.kind() == std::io::ErrorKind::AddrInUse));
     }
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import collections
+import ipaddress
 import logging
 import threading
 import time
@@ -21,6 +22,7 @@ from typing import (
     ClassVar,
     Deque,
     Dict,
+    Iterable,
     Iterator,
     List,
     Optional,
@@ -44,6 +46,7 @@ Message = Tuple[bytes, Address]
 MAX_DATAGRAM = 65507
 _DEFAULT_QUEUE_SIZE = 65536
 _DEFAULT_BACKLOG = 1024
+DEFAULT_MAX_CLIENTS = 1 << 20
 # Longest a blocking wait sleeps before it looks again (Ctrl-C is seen at once regardless).
 _WAIT_SLICE = 0.25
 
@@ -74,6 +77,19 @@ def _check_bufsize(bufsize: int) -> int:
     if not 1 <= bufsize <= MAX_DATAGRAM:
         raise ValueError(f"bufsize must be between 1 and {MAX_DATAGRAM} bytes, not {bufsize}")
     return bufsize
+
+
+def _check_rate(rate: Optional[Tuple[float, float]]) -> Optional[Tuple[float, float]]:
+    if rate is None:
+        return None
+    try:
+        per_second, burst = rate
+        checked = (float(per_second), float(burst))
+    except (TypeError, ValueError):
+        raise TypeError(f"rate must be None or (messages_per_second, burst), not {rate!r}") from None
+    if not (checked[0] > 0 and checked[1] >= 1):
+        raise ValueError(f"rate must be (messages per second > 0, burst >= 1), not {rate!r}")
+    return checked
 
 
 def _check_callback(name: str, callback: Optional[Callable[..., object]]) -> None:
@@ -343,25 +359,36 @@ class ChatUdpServer(_Endpoint):
         on_message: Optional[MessageCallback] = None,
         on_join: Optional[PeerCallback] = None,
         on_leave: Optional[LeaveCallback] = None,
+        on_reject: Optional[LeaveCallback] = None,
         expiry_grace: Optional[float] = None,
         drop_unreachable: bool = True,
+        max_clients: int = DEFAULT_MAX_CLIENTS,
+        rate: Optional[Tuple[float, float]] = None,
+        allow: Optional[Iterable[Union[str, "ipaddress.IPv4Network", "ipaddress.IPv6Network"]]] = None,
         queue_size: int = _DEFAULT_QUEUE_SIZE,
         backlog: int = _DEFAULT_BACKLOG,
         rcvbuf: Optional[int] = None,
         sndbuf: Optional[int] = None,
     ) -> None:
         super().__init__(interval, bufsize, queue_size, backlog)
-        for name, callback in (("on_message", on_message), ("on_join", on_join), ("on_leave", on_leave)):
+        callbacks = (("on_message", on_message), ("on_join", on_join), ("on_leave", on_leave), ("on_reject", on_reject))
+        for name, callback in callbacks:
             _check_callback(name, callback)
+        if isinstance(max_clients, bool) or not isinstance(max_clients, int) or max_clients < 1:
+            raise ValueError(f"max_clients must be an int >= 1, not {max_clients!r}")
         if expiry_grace is not None and not expiry_grace >= 0:
             raise ValueError(f"expiry_grace must be None or >= 0 seconds, not {expiry_grace!r}")
         self.addr: Address = (ip, port)
         self.on_message = on_message
         self.on_join = on_join
         self.on_leave = on_leave
+        self.on_reject = on_reject
         self._options = {
             "expiry_grace": expiry_grace,
             "drop_unreachable": bool(drop_unreachable),
+            "max_clients": max_clients,
+            "rate": _check_rate(rate),
+            "allow": None if allow is None else [str(ipaddress.ip_network(net, strict=False)) for net in allow],
             "rcvbuf": rcvbuf,
             "sndbuf": sndbuf,
         }
@@ -401,6 +428,9 @@ class ChatUdpServer(_Endpoint):
         elif kind == "leave":
             if self.on_leave is not None:
                 self._call(self.on_leave, addr, detail)
+        elif kind == "reject":
+            if self.on_reject is not None:
+                self._call(self.on_reject, addr, detail)
 
     def __repr__(self) -> str:
         try:

@@ -10,9 +10,12 @@ use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 use crate::error::ChatError;
 use crate::events::Event;
+use crate::limits::{Network, Rate};
 use crate::net::SocketOptions;
 use crate::stats::{Counters, DropReason, Stats};
 use crate::{Client, ClientConfig, Server, ServerConfig};
+
+mod services;
 
 pyo3::import_exception!(chatudp.errors, ClosedError);
 
@@ -41,13 +44,9 @@ impl From<PyChatError> for PyErr {
 fn address<'py>(py: Python<'py>, addr: &SocketAddr) -> PyResult<Bound<'py, PyTuple>> {
     let host = addr.ip().to_string();
     match addr {
-        SocketAddr::V4(v4) => PyTuple::new(
-            py,
-            [
-                host.into_pyobject(py)?.into_any(),
-                v4.port().into_pyobject(py)?.into_any(),
-            ],
-        ),
+        SocketAddr::V4(v4) => {
+            PyTuple::new(py, [host.into_pyobject(py)?.into_any(), v4.port().into_pyobject(py)?.into_any()])
+        }
         // Python spells an IPv6 address as a 4-tuple (host, port, flowinfo, scope_id).
         SocketAddr::V6(v6) => PyTuple::new(
             py,
@@ -90,15 +89,9 @@ fn event_tuple<'py>(py: Python<'py>, event: &Event) -> PyResult<Bound<'py, PyTup
         Event::Message { data, from } => ("message", from, PyBytes::new(py, data).into_any()),
         Event::Join(addr) => ("join", addr, py.None().into_bound(py)),
         Event::Leave(addr, reason) => ("leave", addr, reason.name().into_pyobject(py)?.into_any()),
+        Event::Reject(addr, reason) => ("reject", addr, reason.name().into_pyobject(py)?.into_any()),
     };
-    PyTuple::new(
-        py,
-        [
-            kind.into_pyobject(py)?.into_any(),
-            address(py, addr)?.into_any(),
-            detail,
-        ],
-    )
+    PyTuple::new(py, [kind.into_pyobject(py)?.into_any(), address(py, addr)?.into_any(), detail])
 }
 
 /// Waits for the next batch of events, detached and in slices so Ctrl-C is seen.
@@ -111,18 +104,13 @@ fn next_events<'py>(
 ) -> PyResult<Option<Vec<Bound<'py, PyTuple>>>> {
     let deadline = match timeout {
         Some(t) if !(t.is_finite() && t >= 0.0) => {
-            return Err(PyValueError::new_err(format!(
-                "timeout must be None or a number of seconds >= 0, not {t}"
-            )))
+            return Err(PyValueError::new_err(format!("timeout must be None or a number of seconds >= 0, not {t}")))
         }
         Some(t) => Some(Instant::now() + Duration::from_secs_f64(t.min(1e9))),
         None => None,
     };
     loop {
-        let slice = deadline.map_or(SIGNAL_SLICE, |d| {
-            d.saturating_duration_since(Instant::now())
-                .min(SIGNAL_SLICE)
-        });
+        let slice = deadline.map_or(SIGNAL_SLICE, |d| d.saturating_duration_since(Instant::now()).min(SIGNAL_SLICE));
         let batch = py.detach(|| match events.recv_timeout(slice) {
             Ok(first) => {
                 let mut batch = Vec::with_capacity(max_events.clamp(1, 1024));
@@ -133,13 +121,7 @@ fn next_events<'py>(
             Err(e) => Err(e),
         });
         match batch {
-            Ok(batch) => {
-                return batch
-                    .iter()
-                    .map(|e| event_tuple(py, e))
-                    .collect::<PyResult<Vec<_>>>()
-                    .map(Some)
-            }
+            Ok(batch) => return batch.iter().map(|e| event_tuple(py, e)).collect::<PyResult<Vec<_>>>().map(Some),
             Err(RecvTimeoutError::Disconnected) => return Ok(None),
             Err(RecvTimeoutError::Timeout) => {
                 py.check_signals()?;
@@ -157,15 +139,8 @@ fn discard_events(events: &Receiver<Event>, counters: &Counters, unprocessed: us
     n
 }
 
-fn socket_options(
-    defaults: SocketOptions,
-    rcvbuf: Option<usize>,
-    sndbuf: Option<usize>,
-) -> SocketOptions {
-    SocketOptions {
-        rcvbuf: rcvbuf.or(defaults.rcvbuf),
-        sndbuf: sndbuf.or(defaults.sndbuf),
-    }
+fn socket_options(defaults: SocketOptions, rcvbuf: Option<usize>, sndbuf: Option<usize>) -> SocketOptions {
+    SocketOptions { rcvbuf: rcvbuf.or(defaults.rcvbuf), sndbuf: sndbuf.or(defaults.sndbuf) }
 }
 
 /// A running group-chat server (the Rust half of `chatudp.ChatUdpServer`).
@@ -177,7 +152,7 @@ struct PyServer {
 #[pymethods]
 impl PyServer {
     #[new]
-    #[pyo3(signature = (host, port, interval, *, bufsize=1024, expiry_grace=None, queue_size=65536, rcvbuf=None, sndbuf=None, drop_unreachable=true))]
+    #[pyo3(signature = (host, port, interval, *, bufsize=1024, expiry_grace=None, queue_size=65536, rcvbuf=None, sndbuf=None, drop_unreachable=true, max_clients=crate::relay::DEFAULT_MAX_CLIENTS, rate=None, allow=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -190,11 +165,22 @@ impl PyServer {
         rcvbuf: Option<usize>,
         sndbuf: Option<usize>,
         drop_unreachable: bool,
+        max_clients: usize,
+        rate: Option<(f64, f64)>,
+        allow: Option<Vec<String>>,
     ) -> PyResult<PyServer> {
         let mut config = ServerConfig::new(host, port, interval);
         config.bufsize = bufsize;
         config.expiry_grace = expiry_grace.unwrap_or(config.expiry_grace);
         config.drop_unreachable = drop_unreachable;
+        config.max_clients = max_clients;
+        config.rate = rate.map(|(per_second, burst)| Rate::new(per_second, burst)).transpose().map_err(PyChatError)?;
+        config.allow = allow
+            .unwrap_or_default()
+            .iter()
+            .map(|net| Network::parse(net))
+            .collect::<Result<_, _>>()
+            .map_err(PyChatError)?;
         config.queue_size = queue_size;
         config.socket = socket_options(config.socket, rcvbuf, sndbuf);
         let inner = py.detach(|| Server::start(config)).map_err(PyChatError)?;
@@ -278,8 +264,7 @@ impl PyClient {
     }
 
     fn send(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
-        py.detach(|| self.inner.send(data))
-            .map_err(|e| PyChatError(e).into())
+        py.detach(|| self.inner.send(data)).map_err(|e| PyChatError(e).into())
     }
 
     fn local_addr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
@@ -328,6 +313,7 @@ impl PyClient {
 fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyServer>()?;
     m.add_class::<PyClient>()?;
+    services::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("MAX_DATAGRAM", crate::protocol::MAX_DATAGRAM)?;
     Ok(())
