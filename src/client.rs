@@ -67,21 +67,15 @@ impl Client {
     pub fn start(config: ClientConfig) -> Result<Client> {
         config.validate()?;
         let remote = net::resolve(&config.host, config.port)?;
-        let unspecified: SocketAddr = if remote.is_ipv4() {
-            ([0, 0, 0, 0], 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        };
+        let unspecified: SocketAddr =
+            if remote.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
         let socket = net::udp_socket(unspecified, false, config.socket)?;
         socket.connect(&remote.into())?;
         let socket = Arc::new(socket);
         let local = net::local_addr(&socket)?;
         let (waiter, waker) = Waiter::new(&socket)?;
         let (sender, events) = events::channel(config.queue_size);
-        let shared = Arc::new(Shared {
-            socket,
-            counters: Counters::default(),
-        });
+        let shared = Arc::new(Shared { socket, counters: Counters::default() });
         let mut client_loop = ClientLoop {
             shared: Arc::clone(&shared),
             waiter,
@@ -89,16 +83,8 @@ impl Client {
             recv: RecvBatch::new(RECV_BATCH, config.bufsize),
             interval: Duration::from_secs_f64(config.interval),
         };
-        let worker = Worker::spawn("chatudp-client", waker, move |control| {
-            client_loop.run(control)
-        })?;
-        Ok(Client {
-            shared,
-            local,
-            remote,
-            events,
-            worker,
-        })
+        let worker = Worker::spawn("chatudp-client", waker, move |control| client_loop.run(control))?;
+        Ok(Client { shared, local, remote, events, worker })
     }
 
     /// Sends one datagram to the server. An unreachable server is counted, not raised, as UDP
@@ -108,10 +94,7 @@ impl Client {
             return Err(ChatError::Closed("this ChatUdpClient"));
         }
         if data.len() > MAX_DATAGRAM {
-            return Err(ChatError::TooLong {
-                len: data.len(),
-                max: MAX_DATAGRAM,
-            });
+            return Err(ChatError::TooLong { len: data.len(), max: MAX_DATAGRAM });
         }
         send_counted(&self.shared, data).map_err(ChatError::Io)
     }
@@ -200,9 +183,7 @@ impl ClientLoop {
             if Instant::now() >= next_heartbeat && !control.is_stopping() {
                 // Errors other than an absent server are counted too: the loop must go on.
                 if let Err(e) = send_counted(&self.shared, HEARTBEAT) {
-                    self.shared
-                        .counters
-                        .send_failed(e.raw_os_error().unwrap_or(0));
+                    self.shared.counters.send_failed(e.raw_os_error().unwrap_or(0));
                 }
                 next_heartbeat += self.interval;
                 // After a long stall, do not fire a burst of late heartbeats.
@@ -224,13 +205,8 @@ impl ClientLoop {
                             Counters::add(&counters.truncated, 1);
                         }
                         Counters::add(&counters.relayed, 1);
-                        self.events.emit(
-                            Event::Message {
-                                data: datagram.data.to_vec(),
-                                from: datagram.from,
-                            },
-                            counters,
-                        );
+                        self.events
+                            .emit(Event::Message { data: datagram.data.to_vec(), from: datagram.from }, counters);
                     }
                 }
                 Err(e) => {
@@ -252,9 +228,7 @@ mod tests {
 
     fn fake_server() -> UdpSocket {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_secs(3)))
-            .unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         socket
     }
 
@@ -274,17 +248,8 @@ mod tests {
         let (n, _) = server.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"^hb^");
         server.send_to(b"Ack", from).unwrap();
-        let event = client
-            .events()
-            .recv_timeout(Duration::from_secs(3))
-            .unwrap();
-        assert_eq!(
-            event,
-            Event::Message {
-                data: b"Ack".to_vec(),
-                from: server.local_addr().unwrap()
-            }
-        );
+        let event = client.events().recv_timeout(Duration::from_secs(3)).unwrap();
+        assert_eq!(event, Event::Message { data: b"Ack".to_vec(), from: server.local_addr().unwrap() });
         client.stop();
         assert!(matches!(client.send(b"late"), Err(ChatError::Closed(_))));
     }
@@ -301,9 +266,6 @@ mod tests {
         assert!(client.is_running());
         // The ICMP reports reach either a send or the receive loop, whichever asks first.
         assert!(client.stats().unreachable > 0);
-        assert!(matches!(
-            client.send(&vec![0; MAX_DATAGRAM + 1]),
-            Err(ChatError::TooLong { .. })
-        ));
+        assert!(matches!(client.send(&vec![0; MAX_DATAGRAM + 1]), Err(ChatError::TooLong { .. })));
     }
 }

@@ -26,12 +26,7 @@ pub fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
         .find(|a| a.is_ipv4())
         .or_else(|| candidates.first())
         .copied()
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!("no address found for host {host:?}"),
-            )
-        })
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no address found for host {host:?}")))
 }
 
 /// Socket options a server or client may set before it binds.
@@ -91,13 +86,7 @@ impl Waiter {
         // SAFETY: every caller keeps the socket open (an `Arc` held by the same thread state)
         // until after the waiter is dropped, and the poller never outlives that state.
         unsafe { poller.add_with_mode(&**socket, Event::readable(SOCKET_KEY), PollMode::Level)? };
-        Ok((
-            Waiter {
-                poller: Arc::clone(&poller),
-                events: Events::new(),
-            },
-            Waker(poller),
-        ))
+        Ok((Waiter { poller: Arc::clone(&poller), events: Events::new() }, Waker(poller)))
     }
 
     /// Blocks up to `timeout`; true when the socket is readable.
@@ -172,12 +161,7 @@ impl RecvBatch {
                 self.count = n;
                 Ok(n)
             }
-            Err(e)
-                if e.kind() == io::ErrorKind::WouldBlock
-                    || e.kind() == io::ErrorKind::Interrupted =>
-            {
-                Ok(0)
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => Ok(0),
             Err(e) => Err(e),
         }
     }
@@ -185,9 +169,7 @@ impl RecvBatch {
     #[cfg(target_os = "linux")]
     fn recv_inner(&mut self, socket: &Socket) -> io::Result<usize> {
         use std::os::fd::AsRawFd;
-        let n = self
-            .sys
-            .recvmmsg(socket.as_raw_fd(), &mut self.storage, self.bufsize)?;
+        let n = self.sys.recvmmsg(socket.as_raw_fd(), &mut self.storage, self.bufsize)?;
         for i in 0..n {
             let (len, addr, truncated) = self.sys.result(i, self.bufsize);
             self.lens[i] = len;
@@ -274,23 +256,13 @@ impl SendBatch {
     }
 
     #[cfg(target_os = "linux")]
-    fn send_some(
-        &mut self,
-        socket: &Socket,
-        payload: &[u8],
-        to: &[SocketAddr],
-    ) -> io::Result<usize> {
+    fn send_some(&mut self, socket: &Socket, payload: &[u8], to: &[SocketAddr]) -> io::Result<usize> {
         use std::os::fd::AsRawFd;
         self.sys.sendmmsg(socket.as_raw_fd(), payload, to)
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn send_some(
-        &mut self,
-        socket: &Socket,
-        payload: &[u8],
-        to: &[SocketAddr],
-    ) -> io::Result<usize> {
+    fn send_some(&mut self, socket: &Socket, payload: &[u8], to: &[SocketAddr]) -> io::Result<usize> {
         let mut n = 0;
         for addr in to {
             match socket.send_to(payload, &SockAddr::from(*addr)) {
@@ -310,11 +282,7 @@ pub fn wait_writable(socket: &Socket, timeout: Duration) {
     #[cfg(unix)]
     {
         use std::os::fd::AsRawFd;
-        let mut fd = libc::pollfd {
-            fd: socket.as_raw_fd(),
-            events: libc::POLLOUT,
-            revents: 0,
-        };
+        let mut fd = libc::pollfd { fd: socket.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
         let millis = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
         // SAFETY: one valid pollfd for the duration of the call.
         unsafe { libc::poll(&mut fd, 1, millis) };
@@ -352,11 +320,8 @@ pub fn enable_error_queue(socket: &Socket, ipv6: bool) -> io::Result<bool> {
     #[cfg(target_os = "linux")]
     {
         use std::os::fd::AsRawFd;
-        let (level, name) = if ipv6 {
-            (libc::IPPROTO_IPV6, libc::IPV6_RECVERR)
-        } else {
-            (libc::IPPROTO_IP, libc::IP_RECVERR)
-        };
+        let (level, name) =
+            if ipv6 { (libc::IPPROTO_IPV6, libc::IPV6_RECVERR) } else { (libc::IPPROTO_IP, libc::IP_RECVERR) };
         let on: libc::c_int = 1;
         // SAFETY: a valid fd and a c_int option value of the stated size.
         let rc = unsafe {
@@ -440,21 +405,12 @@ mod linux {
             }
         }
 
-        pub(super) fn recvmmsg(
-            &mut self,
-            fd: RawFd,
-            storage: &mut [u8],
-            bufsize: usize,
-        ) -> io::Result<usize> {
+        pub(super) fn recvmmsg(&mut self, fd: RawFd, storage: &mut [u8], bufsize: usize) -> io::Result<usize> {
             let slots = self.headers.len();
             for i in 0..slots {
-                self.iovecs[i] = libc::iovec {
-                    iov_base: storage[i * bufsize..].as_mut_ptr().cast(),
-                    iov_len: bufsize,
-                };
+                self.iovecs[i] = libc::iovec { iov_base: storage[i * bufsize..].as_mut_ptr().cast(), iov_len: bufsize };
                 let header = &mut self.headers[i];
-                header.msg_hdr.msg_name =
-                    (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
+                header.msg_hdr.msg_name = (&mut self.names[i] as *mut libc::sockaddr_storage).cast();
                 header.msg_hdr.msg_namelen = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
                 header.msg_hdr.msg_iov = &mut self.iovecs[i];
                 header.msg_hdr.msg_iovlen = 1;
@@ -483,8 +439,7 @@ mod linux {
             let header = &self.headers[index];
             let len = (header.msg_len as usize).min(bufsize);
             let truncated = header.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-            let addr = socket_addr(&self.names[index])
-                .unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
+            let addr = socket_addr(&self.names[index]).unwrap_or_else(|| SocketAddr::from(([0, 0, 0, 0], 0)));
             (len, addr, truncated)
         }
     }
@@ -493,17 +448,13 @@ mod linux {
         match libc::c_int::from(storage.ss_family) {
             libc::AF_INET => {
                 // SAFETY: the family says the storage holds a sockaddr_in.
-                let sin = unsafe {
-                    &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>()
-                };
+                let sin = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
                 let ip = std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
                 Some(SocketAddr::from((ip, u16::from_be(sin.sin_port))))
             }
             libc::AF_INET6 => {
                 // SAFETY: the family says the storage holds a sockaddr_in6.
-                let sin6 = unsafe {
-                    &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
-                };
+                let sin6 = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
                 let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
                 Some(SocketAddr::V6(std::net::SocketAddrV6::new(
                     ip,
@@ -524,10 +475,7 @@ mod linux {
             let mut name: libc::sockaddr_storage = unsafe { zeroed() };
             let mut control = [0u64; 64];
             let mut byte = 0u8;
-            let mut iov = libc::iovec {
-                iov_base: (&mut byte as *mut u8).cast(),
-                iov_len: 1,
-            };
+            let mut iov = libc::iovec { iov_base: (&mut byte as *mut u8).cast(), iov_len: 1 };
             // SAFETY: as above.
             let mut header: libc::msghdr = unsafe { zeroed() };
             header.msg_name = (&mut name as *mut libc::sockaddr_storage).cast();
@@ -537,8 +485,7 @@ mod linux {
             header.msg_control = control.as_mut_ptr().cast();
             header.msg_controllen = std::mem::size_of_val(&control) as _;
             // SAFETY: every pointer in `header` refers to a live local of the stated size.
-            let n =
-                unsafe { libc::recvmsg(fd, &mut header, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
+            let n = unsafe { libc::recvmsg(fd, &mut header, libc::MSG_ERRQUEUE | libc::MSG_DONTWAIT) };
             if n < 0 {
                 break;
             }
@@ -552,15 +499,9 @@ mod linux {
                     || (level == libc::IPPROTO_IPV6 && kind == libc::IPV6_RECVERR);
                 if is_error {
                     // SAFETY: an IP(V6)_RECVERR message carries a sock_extended_err.
-                    let error = unsafe {
-                        std::ptr::read_unaligned(
-                            libc::CMSG_DATA(cmsg).cast::<libc::sock_extended_err>(),
-                        )
-                    };
-                    let from_icmp = matches!(
-                        error.ee_origin,
-                        libc::SO_EE_ORIGIN_ICMP | libc::SO_EE_ORIGIN_ICMP6
-                    );
+                    let error =
+                        unsafe { std::ptr::read_unaligned(libc::CMSG_DATA(cmsg).cast::<libc::sock_extended_err>()) };
+                    let from_icmp = matches!(error.ee_origin, libc::SO_EE_ORIGIN_ICMP | libc::SO_EE_ORIGIN_ICMP6);
                     let refused = error.ee_errno == libc::ECONNREFUSED as u32;
                     if from_icmp && refused {
                         if let Some(addr) = socket_addr(&name) {
@@ -588,20 +529,11 @@ mod linux {
     unsafe impl Send for SendArrays {}
 
     impl SendArrays {
-        pub(super) fn sendmmsg(
-            &mut self,
-            fd: RawFd,
-            payload: &[u8],
-            to: &[SocketAddr],
-        ) -> io::Result<usize> {
+        pub(super) fn sendmmsg(&mut self, fd: RawFd, payload: &[u8], to: &[SocketAddr]) -> io::Result<usize> {
             let count = to.len().min(SEND_SLOTS);
             self.names.clear();
-            self.names
-                .extend(to[..count].iter().map(|&a| SockAddr::from(a)));
-            let mut iovec = libc::iovec {
-                iov_base: payload.as_ptr() as *mut libc::c_void,
-                iov_len: payload.len(),
-            };
+            self.names.extend(to[..count].iter().map(|&a| SockAddr::from(a)));
+            let mut iovec = libc::iovec { iov_base: payload.as_ptr() as *mut libc::c_void, iov_len: payload.len() };
             // SAFETY: all-zero is a valid mmsghdr.
             self.headers.resize(count, unsafe { zeroed() });
             for (header, name) in self.headers.iter_mut().zip(&self.names) {
@@ -615,14 +547,7 @@ mod linux {
                 header.msg_len = 0;
             }
             // SAFETY: headers, names and the payload outlive the call; the kernel only reads them.
-            let n = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    self.headers.as_mut_ptr(),
-                    count as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                )
-            };
+            let n = unsafe { libc::sendmmsg(fd, self.headers.as_mut_ptr(), count as libc::c_uint, libc::MSG_DONTWAIT) };
             if n < 0 {
                 return Err(io::Error::last_os_error());
             }
@@ -636,23 +561,13 @@ mod tests {
     use super::*;
 
     fn loopback_socket() -> Arc<Socket> {
-        Arc::new(
-            udp_socket(
-                "127.0.0.1:0".parse().unwrap(),
-                true,
-                SocketOptions::default(),
-            )
-            .unwrap(),
-        )
+        Arc::new(udp_socket("127.0.0.1:0".parse().unwrap(), true, SocketOptions::default()).unwrap())
     }
 
     #[test]
     fn resolve_prefers_ipv4_and_empty_means_any() {
         assert_eq!(resolve("", 5).unwrap(), "0.0.0.0:5".parse().unwrap());
-        assert_eq!(
-            resolve("127.0.0.1", 7).unwrap(),
-            "127.0.0.1:7".parse().unwrap()
-        );
+        assert_eq!(resolve("127.0.0.1", 7).unwrap(), "127.0.0.1:7".parse().unwrap());
         assert_eq!(resolve("::1", 7).unwrap(), "[::1]:7".parse().unwrap());
         assert!(resolve("localhost", 7).unwrap().is_ipv4());
         assert!(resolve("no such host.invalid", 7).is_err());
@@ -672,10 +587,7 @@ mod tests {
         let mut batch = RecvBatch::new(8, 10);
         let mut seen = Vec::new();
         while seen.len() < 3 {
-            assert!(
-                waiter.wait(Duration::from_secs(2)).unwrap(),
-                "datagrams did not arrive"
-            );
+            assert!(waiter.wait(Duration::from_secs(2)).unwrap(), "datagrams did not arrive");
             batch.recv(&receiver).unwrap();
             seen.extend((0..batch.len()).map(|i| {
                 let d = batch.get(i);
@@ -700,9 +612,7 @@ mod tests {
         let mut send = SendBatch::default();
         let mut failed = Vec::new();
         for _ in 0..3 {
-            let report = send.send_to_all(&socket, b"x", &[dead_addr, alive_addr], |a, e| {
-                failed.push((a, e))
-            });
+            let report = send.send_to_all(&socket, b"x", &[dead_addr, alive_addr], |a, e| failed.push((a, e)));
             assert_eq!(report.sent, 2, "{failed:?}");
         }
         let mut unreachable = Vec::new();

@@ -34,14 +34,8 @@ fn is_python_space(byte: u8) -> bool {
 
 /// Python's `bytes.strip()` with no argument.
 pub fn strip(data: &[u8]) -> &[u8] {
-    let start = data
-        .iter()
-        .position(|&b| !is_python_space(b))
-        .unwrap_or(data.len());
-    let end = data
-        .iter()
-        .rposition(|&b| !is_python_space(b))
-        .map_or(start, |i| i + 1);
+    let start = data.iter().position(|&b| !is_python_space(b)).unwrap_or(data.len());
+    let end = data.iter().rposition(|&b| !is_python_space(b)).map_or(start, |i| i + 1);
     &data[start..end]
 }
 
@@ -57,11 +51,7 @@ pub fn classify(data: &[u8]) -> Kind {
 /// Appends Python's `repr(data.upper())` for a `bytes` object to `out`.
 pub fn write_upper_bytes_repr(data: &[u8], out: &mut Vec<u8>) {
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let quote = if data.contains(&b'\'') && !data.contains(&b'"') {
-        b'"'
-    } else {
-        b'\''
-    };
+    let quote = if data.contains(&b'\'') && !data.contains(&b'"') { b'"' } else { b'\'' };
     out.reserve(data.len() + 3);
     out.push(b'b');
     out.push(quote);
@@ -74,12 +64,7 @@ pub fn write_upper_bytes_repr(data: &[u8], out: &mut Vec<u8>) {
             b'\r' => out.extend_from_slice(b"\\r"),
             _ if byte == quote => out.extend_from_slice(&[b'\\', quote]),
             0x20..=0x7e => out.push(byte),
-            _ => out.extend_from_slice(&[
-                b'\\',
-                b'x',
-                HEX[usize::from(byte >> 4)],
-                HEX[usize::from(byte & 0xf)],
-            ]),
+            _ => out.extend_from_slice(&[b'\\', b'x', HEX[usize::from(byte >> 4)], HEX[usize::from(byte & 0xf)]]),
         }
     }
     out.push(quote);
@@ -149,10 +134,7 @@ mod tests {
 
     #[test]
     fn repr_escapes_like_python() {
-        assert_eq!(
-            repr(b"\t\n\r\x00\x1f\x7f\x80\xff"),
-            "b'\\t\\n\\r\\x00\\x1f\\x7f\\x80\\xff'"
-        );
+        assert_eq!(repr(b"\t\n\r\x00\x1f\x7f\x80\xff"), "b'\\t\\n\\r\\x00\\x1f\\x7f\\x80\\xff'");
         assert_eq!(repr("你".as_bytes()), "b'\\xe4\\xbd\\xa0'");
         // upper() leaves non-ASCII bytes alone, even ones that are letters in Latin-1.
         assert_eq!(repr(b"\xe9z"), "b'\\xe9Z'");

@@ -91,10 +91,7 @@ impl Counters {
             joins: self.joins.load(Relaxed),
             leaves: self.leaves.load(Relaxed),
             heartbeats: self.heartbeats.load(Relaxed),
-            dropped: DropReason::ALL
-                .iter()
-                .map(|&r| (r, self.dropped[r as usize].load(Relaxed)))
-                .collect(),
+            dropped: DropReason::ALL.iter().map(|&r| (r, self.dropped[r as usize].load(Relaxed))).collect(),
             send_errors: self.send_errors.lock().clone(),
         }
     }
@@ -125,9 +122,6 @@ pub struct Stats {
 
 impl Stats {
     pub fn dropped(&self, reason: DropReason) -> u64 {
-        self.dropped
-            .iter()
-            .find(|(r, _)| *r == reason)
-            .map_or(0, |(_, n)| *n)
+        self.dropped.iter().find(|(r, _)| *r == reason).map_or(0, |(_, n)| *n)
     }
 }

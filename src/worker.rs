@@ -13,9 +13,7 @@ use crate::net::Waker;
 
 /// Wall-clock seconds, as the original's `datetime.now().timestamp()`.
 pub fn wall_clock() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// What the socket thread and its owner share.
@@ -40,26 +38,16 @@ pub struct Worker {
 impl Worker {
     /// Runs `body` on a new thread named `name`. A panic in `body` is caught and kept as the
     /// worker's failure instead of tearing down the process.
-    pub fn spawn(
-        name: &str,
-        waker: Waker,
-        body: impl FnOnce(&Control) + Send + 'static,
-    ) -> std::io::Result<Worker> {
+    pub fn spawn(name: &str, waker: Waker, body: impl FnOnce(&Control) + Send + 'static) -> std::io::Result<Worker> {
         let control = Arc::new(Control::default());
         let thread_control = Arc::clone(&control);
-        let thread = std::thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || {
-                let outcome = catch_unwind(AssertUnwindSafe(|| body(&thread_control)));
-                if let Err(payload) = outcome {
-                    *thread_control.failure.lock() = Some(panic_message(&*payload));
-                }
-            })?;
-        Ok(Worker {
-            control,
-            waker,
-            thread: Mutex::new(Some(thread)),
-        })
+        let thread = std::thread::Builder::new().name(name.to_owned()).spawn(move || {
+            let outcome = catch_unwind(AssertUnwindSafe(|| body(&thread_control)));
+            if let Err(payload) = outcome {
+                *thread_control.failure.lock() = Some(panic_message(&*payload));
+            }
+        })?;
+        Ok(Worker { control, waker, thread: Mutex::new(Some(thread)) })
     }
 
     /// Asks the thread to finish and waits for it. Safe to call any number of times from any
@@ -75,12 +63,7 @@ impl Worker {
     }
 
     pub fn is_running(&self) -> bool {
-        !self.control.is_stopping()
-            && self
-                .thread
-                .lock()
-                .as_ref()
-                .is_some_and(|t| !t.is_finished())
+        !self.control.is_stopping() && self.thread.lock().as_ref().is_some_and(|t| !t.is_finished())
     }
 
     /// The panic message, when the thread died of one.
