@@ -7,15 +7,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
+use parking_lot::Mutex;
 use socket2::Socket;
 
+use crate::auth::{self, Opener, Sealer};
 use crate::error::{ChatError, Result};
 use crate::events::{self, Event, EventSender};
 use crate::net::{self, RecvBatch, SocketOptions, Waiter};
 use crate::protocol::{self, HEARTBEAT, MAX_DATAGRAM};
 use crate::server::{validate_bufsize, validate_interval, validate_queue_size, RECV_BATCH};
-use crate::stats::{Counters, Stats};
-use crate::worker::{Control, Worker};
+use crate::stats::{Counters, DropReason, Stats};
+use crate::worker::{wall_clock, Control, Worker};
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -27,6 +29,8 @@ pub struct ClientConfig {
     pub bufsize: usize,
     pub queue_size: usize,
     pub socket: SocketOptions,
+    /// Shared secret of the server's authenticated mode.
+    pub secret: Option<Vec<u8>>,
 }
 
 impl ClientConfig {
@@ -38,6 +42,7 @@ impl ClientConfig {
             bufsize: protocol::DEFAULT_BUFSIZE,
             queue_size: 65_536,
             socket: SocketOptions::default(),
+            secret: None,
         }
     }
 
@@ -51,6 +56,10 @@ impl ClientConfig {
 struct Shared {
     socket: Arc<Socket>,
     counters: Counters,
+    sealer: Option<Mutex<Sealer>>,
+    /// The last chat message sent, sent again after answering an address-validation challenge
+    /// (the server dropped it while the address was not validated yet).
+    last_sent: Mutex<Vec<u8>>,
 }
 
 /// A running chat client. Dropping it stops it.
@@ -75,13 +84,20 @@ impl Client {
         let local = net::local_addr(&socket)?;
         let (waiter, waker) = Waiter::new(&socket)?;
         let (sender, events) = events::channel(config.queue_size);
-        let shared = Arc::new(Shared { socket, counters: Counters::default() });
+        let now = wall_clock();
+        let shared = Arc::new(Shared {
+            socket,
+            counters: Counters::default(),
+            sealer: config.secret.as_deref().map(|secret| Mutex::new(Sealer::new(secret, now))),
+            last_sent: Mutex::new(Vec::new()),
+        });
         let mut client_loop = ClientLoop {
             shared: Arc::clone(&shared),
             waiter,
             events: sender,
             recv: RecvBatch::new(RECV_BATCH, config.bufsize),
             interval: Duration::from_secs_f64(config.interval),
+            opener: config.secret.as_deref().map(|secret| Opener::new(secret, 1)),
         };
         let worker = Worker::spawn("chatudp-client", waker, move |control| client_loop.run(control))?;
         Ok(Client { shared, local, remote, events, worker })
@@ -96,6 +112,10 @@ impl Client {
         if data.len() > MAX_DATAGRAM {
             return Err(ChatError::TooLong { len: data.len(), max: MAX_DATAGRAM });
         }
+        let mut last = self.shared.last_sent.lock();
+        last.clear();
+        last.extend_from_slice(data);
+        drop(last);
         send_counted(&self.shared, data).map_err(ChatError::Io)
     }
 
@@ -133,26 +153,24 @@ impl Client {
     }
 }
 
-/// True for the errors a connected UDP socket reports after an ICMP message: the peer is not
-/// there (yet), which says nothing about our own socket.
-fn is_peer_unreachable(error: &io::Error) -> bool {
-    matches!(
-        error.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::HostUnreachable
-            | io::ErrorKind::NetworkUnreachable
-    )
-}
-
 fn send_counted(shared: &Shared, data: &[u8]) -> io::Result<()> {
-    match net::send_one(&shared.socket, data, None) {
+    let mut sealed = Vec::new();
+    let wire = match &shared.sealer {
+        Some(sealer) => {
+            sealer.lock().seal(data, wall_clock(), &mut sealed);
+            &sealed[..]
+        }
+        None => data,
+    };
+    match net::send_one(&shared.socket, wire, None) {
         Ok(_) => {
             Counters::add(&shared.counters.sent, 1);
             Ok(())
         }
-        Err(e) if is_peer_unreachable(&e) || e.kind() == io::ErrorKind::WouldBlock => {
-            if is_peer_unreachable(&e) {
+        // The server's port is closed (an ICMP report on this connected socket), or the send
+        // buffer stayed full: UDP promises nothing, so count it and go on.
+        Err(e) if net::is_deferred_icmp_error(&e) || e.kind() == io::ErrorKind::WouldBlock => {
+            if net::is_deferred_icmp_error(&e) {
                 Counters::add(&shared.counters.unreachable, 1);
             }
             shared.counters.send_failed(e.raw_os_error().unwrap_or(0));
@@ -162,12 +180,22 @@ fn send_counted(shared: &Shared, data: &[u8]) -> io::Result<()> {
     }
 }
 
+/// Echoes the server's cookie, then sends again the message it dropped while waiting for it.
+fn answer_challenge(shared: &Shared, challenge: &[u8]) {
+    let _ = send_counted(shared, challenge);
+    let last = shared.last_sent.lock().clone();
+    if !last.is_empty() {
+        let _ = send_counted(shared, &last);
+    }
+}
+
 struct ClientLoop {
     shared: Arc<Shared>,
     waiter: Waiter,
     events: EventSender,
     recv: RecvBatch,
     interval: Duration,
+    opener: Option<Opener>,
 }
 
 impl ClientLoop {
@@ -199,19 +227,33 @@ impl ClientLoop {
                 Ok(0) => return,
                 Ok(count) => {
                     Counters::add(&counters.received, count as u64);
+                    let now = wall_clock();
                     for index in 0..count {
                         let datagram = self.recv.get(index);
                         if datagram.truncated {
                             Counters::add(&counters.truncated, 1);
                         }
+                        let payload = match &mut self.opener {
+                            Some(opener) => match opener.open(datagram.data, datagram.from, now) {
+                                Ok(payload) => payload,
+                                Err(_) => {
+                                    counters.drop_one(DropReason::Auth);
+                                    continue;
+                                }
+                            },
+                            None => datagram.data,
+                        };
+                        if auth::is_challenge(payload) {
+                            answer_challenge(&self.shared, payload);
+                            continue;
+                        }
                         Counters::add(&counters.relayed, 1);
-                        self.events
-                            .emit(Event::Message { data: datagram.data.to_vec(), from: datagram.from }, counters);
+                        self.events.emit(Event::Message { data: payload.to_vec(), from: datagram.from }, counters);
                     }
                 }
                 Err(e) => {
                     // The server's port is closed: count it and keep listening.
-                    if is_peer_unreachable(&e) {
+                    if net::is_deferred_icmp_error(&e) {
                         Counters::add(&counters.unreachable, 1);
                     }
                     return;

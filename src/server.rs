@@ -10,6 +10,7 @@ use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 use socket2::Socket;
 
+use crate::auth::{CookieJar, Opener, Sealer};
 use crate::error::{ChatError, Result};
 use crate::events::{self, Event, EventSender, LeaveReason};
 use crate::limits::{Network, Rate};
@@ -52,6 +53,10 @@ pub struct ServerConfig {
     pub rate: Option<Rate>,
     /// When not empty, datagrams from other networks are dropped.
     pub allow: Vec<Network>,
+    /// New sources must echo a cookie before they join (see `auth`).
+    pub validate: bool,
+    /// Shared secret: every datagram carries an authentication trailer (see `auth`).
+    pub secret: Option<Vec<u8>>,
 }
 
 impl ServerConfig {
@@ -68,6 +73,8 @@ impl ServerConfig {
             max_clients: DEFAULT_MAX_CLIENTS,
             rate: None,
             allow: Vec::new(),
+            validate: false,
+            secret: None,
         }
     }
 
@@ -139,19 +146,27 @@ impl Server {
             relay: Mutex::new(Relay::with_limits(config.interval, config.max_clients, config.rate)),
             counters: Counters::default(),
         });
+        let now = wall_clock();
         let mut relay_loop = RelayLoop {
+            out: Outbox {
+                socket: Arc::clone(&socket),
+                batch: SendBatch::default(),
+                sealer: config.secret.as_deref().map(|secret| Sealer::new(secret, now)),
+                sealed: Vec::new(),
+            },
             socket,
             waiter,
             shared: Arc::clone(&shared),
             events: sender,
             recv: RecvBatch::new(RECV_BATCH, config.bufsize),
-            send: SendBatch::default(),
             ack: Vec::with_capacity(config.bufsize * 4 + 64),
             live: Vec::new(),
             gone: Vec::new(),
             max_age: config.interval + config.expiry_grace,
             error_queue,
             allow: config.allow,
+            cookies: config.validate.then(CookieJar::default),
+            opener: config.secret.as_deref().map(|secret| Opener::new(secret, config.max_clients)),
         };
         let worker = Worker::spawn("chatudp-server", waker, move |control| relay_loop.run(control))?;
         Ok(Server { shared, local, events, worker })
@@ -193,13 +208,35 @@ impl Server {
     }
 }
 
+/// Sends each payload to a list of addresses; in authenticated mode seals it first (once).
+struct Outbox {
+    socket: Arc<Socket>,
+    batch: SendBatch,
+    sealer: Option<Sealer>,
+    sealed: Vec<u8>,
+}
+
+impl Outbox {
+    fn send(&mut self, payload: &[u8], to: &[SocketAddr], counters: &Counters) {
+        let wire = match &mut self.sealer {
+            Some(sealer) => {
+                sealer.seal(payload, wall_clock(), &mut self.sealed);
+                &self.sealed[..]
+            }
+            None => payload,
+        };
+        let report = self.batch.send_to_all(&self.socket, wire, to, |_, errno| counters.send_failed(errno));
+        Counters::add(&counters.sent, report.sent as u64);
+    }
+}
+
 struct RelayLoop {
     socket: Arc<Socket>,
     waiter: Waiter,
     shared: Arc<Shared>,
     events: EventSender,
     recv: RecvBatch,
-    send: SendBatch,
+    out: Outbox,
     ack: Vec<u8>,
     live: Vec<SocketAddr>,
     gone: Vec<SocketAddr>,
@@ -207,6 +244,8 @@ struct RelayLoop {
     /// ICMP errors are queued on the socket (see `ServerConfig::drop_unreachable`).
     error_queue: bool,
     allow: Vec<Network>,
+    cookies: Option<CookieJar>,
+    opener: Option<Opener>,
 }
 
 impl RelayLoop {
@@ -279,8 +318,37 @@ impl RelayLoop {
                 self.events.emit(Event::Reject(from, DropReason::NotAllowed), counters);
                 continue;
             }
+            let payload = match &mut self.opener {
+                Some(opener) => match opener.open(datagram.data, from, now) {
+                    Ok(payload) => payload,
+                    Err(_) => {
+                        counters.drop_one(DropReason::Auth);
+                        continue;
+                    }
+                },
+                None => datagram.data,
+            };
             self.gone.clear();
-            let outcome = relay.on_datagram(datagram.data, from, now, &mut self.live, &mut self.gone);
+            if let Some(cookies) = &self.cookies {
+                if !relay.contains(&from) {
+                    if cookies.is_valid_echo(payload, &from, now) {
+                        if relay.refresh(from, now) {
+                            Counters::add(&counters.joins, 1);
+                            self.events.emit(Event::Join(from), counters);
+                        }
+                    } else {
+                        counters.drop_one(DropReason::Auth);
+                        if protocol::classify(payload) != protocol::Kind::Quit {
+                            if let Some(challenge) = cookies.challenge(&from, now, datagram.data.len()) {
+                                self.out.send(&challenge, &[from], counters);
+                            }
+                        }
+                    }
+                    continue;
+                }
+            }
+            self.gone.clear();
+            let outcome = relay.on_datagram(payload, from, now, &mut self.live, &mut self.gone);
             let joined = match outcome {
                 Outcome::Heartbeat { joined } => {
                     Counters::add(&counters.heartbeats, 1);
@@ -307,12 +375,9 @@ impl RelayLoop {
                     self.events.emit(Event::Reject(from, DropReason::TableFull), counters);
                 }
                 Outcome::Chat { .. } => {
-                    self.events.emit(Event::Message { data: datagram.data.to_vec(), from }, counters);
-                    protocol::write_ack(datagram.data, &from, &mut self.ack);
-                    let report = self.send.send_to_all(&self.socket, &self.ack, &self.live, |_, errno| {
-                        counters.send_failed(errno);
-                    });
-                    Counters::add(&counters.sent, report.sent as u64);
+                    self.events.emit(Event::Message { data: payload.to_vec(), from }, counters);
+                    protocol::write_ack(payload, &from, &mut self.ack);
+                    self.out.send(&self.ack, &self.live, counters);
                     Counters::add(&counters.relayed, 1);
                 }
             }
@@ -334,9 +399,7 @@ impl RelayLoop {
     fn say_goodbye(&mut self) {
         self.live.clear();
         self.live.extend(self.shared.relay.lock().addresses().copied());
-        let counters = &self.shared.counters;
-        let report = self.send.send_to_all(&self.socket, BYE, &self.live, |_, errno| counters.send_failed(errno));
-        Counters::add(&counters.sent, report.sent as u64);
+        self.out.send(BYE, &self.live, &self.shared.counters);
     }
 }
 

@@ -92,6 +92,16 @@ def _check_rate(rate: Optional[Tuple[float, float]]) -> Optional[Tuple[float, fl
     return checked
 
 
+def _check_secret(secret: Optional[bytes]) -> Optional[bytes]:
+    if secret is None:
+        return None
+    if isinstance(secret, str) or not isinstance(secret, (bytes, bytearray, memoryview)):
+        raise TypeError(f"secret must be bytes (e.g. os.urandom(32)), not {type(secret).__name__}")
+    if len(secret) < 16:
+        raise ValueError("secret must be at least 16 bytes long; use os.urandom(32)")
+    return bytes(secret)
+
+
 def _check_callback(name: str, callback: Optional[Callable[..., object]]) -> None:
     if callback is not None and not callable(callback):
         raise TypeError(f"{name} must be callable or None, not {type(callback).__name__}")
@@ -365,6 +375,8 @@ class ChatUdpServer(_Endpoint):
         max_clients: int = DEFAULT_MAX_CLIENTS,
         rate: Optional[Tuple[float, float]] = None,
         allow: Optional[Iterable[Union[str, "ipaddress.IPv4Network", "ipaddress.IPv6Network"]]] = None,
+        validate: bool = False,
+        secret: Optional[bytes] = None,
         queue_size: int = _DEFAULT_QUEUE_SIZE,
         backlog: int = _DEFAULT_BACKLOG,
         rcvbuf: Optional[int] = None,
@@ -389,6 +401,8 @@ class ChatUdpServer(_Endpoint):
             "max_clients": max_clients,
             "rate": _check_rate(rate),
             "allow": None if allow is None else [str(ipaddress.ip_network(net, strict=False)) for net in allow],
+            "validate": bool(validate),
+            "secret": _check_secret(secret),
             "rcvbuf": rcvbuf,
             "sndbuf": sndbuf,
         }
@@ -458,13 +472,14 @@ class ChatUdpClient(_Endpoint):
         backlog: int = _DEFAULT_BACKLOG,
         rcvbuf: Optional[int] = None,
         sndbuf: Optional[int] = None,
+        secret: Optional[bytes] = None,
     ) -> None:
         super().__init__(interval, bufsize, queue_size, backlog)
         _check_callback("on_message", on_message)
         self.raddr: Address = (rip, rport)
         self.on_message = on_message
         self.addr: Optional[Address] = None
-        self._options = {"rcvbuf": rcvbuf, "sndbuf": sndbuf}
+        self._options = {"rcvbuf": rcvbuf, "sndbuf": sndbuf, "secret": _check_secret(secret)}
 
     def _open(self) -> Any:
         rip, rport = self.raddr[0], self.raddr[1]

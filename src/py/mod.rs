@@ -152,7 +152,7 @@ struct PyServer {
 #[pymethods]
 impl PyServer {
     #[new]
-    #[pyo3(signature = (host, port, interval, *, bufsize=1024, expiry_grace=None, queue_size=65536, rcvbuf=None, sndbuf=None, drop_unreachable=true, max_clients=crate::relay::DEFAULT_MAX_CLIENTS, rate=None, allow=None))]
+    #[pyo3(signature = (host, port, interval, *, bufsize=1024, expiry_grace=None, queue_size=65536, rcvbuf=None, sndbuf=None, drop_unreachable=true, max_clients=crate::relay::DEFAULT_MAX_CLIENTS, rate=None, allow=None, validate=false, secret=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -168,12 +168,16 @@ impl PyServer {
         max_clients: usize,
         rate: Option<(f64, f64)>,
         allow: Option<Vec<String>>,
+        validate: bool,
+        secret: Option<Vec<u8>>,
     ) -> PyResult<PyServer> {
         let mut config = ServerConfig::new(host, port, interval);
         config.bufsize = bufsize;
         config.expiry_grace = expiry_grace.unwrap_or(config.expiry_grace);
         config.drop_unreachable = drop_unreachable;
         config.max_clients = max_clients;
+        config.validate = validate;
+        config.secret = secret;
         config.rate = rate.map(|(per_second, burst)| Rate::new(per_second, burst)).transpose().map_err(PyChatError)?;
         config.allow = allow
             .unwrap_or_default()
@@ -243,7 +247,7 @@ struct PyClient {
 #[pymethods]
 impl PyClient {
     #[new]
-    #[pyo3(signature = (host, port, interval, *, bufsize=1024, queue_size=65536, rcvbuf=None, sndbuf=None))]
+    #[pyo3(signature = (host, port, interval, *, bufsize=1024, queue_size=65536, rcvbuf=None, sndbuf=None, secret=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -254,11 +258,13 @@ impl PyClient {
         queue_size: usize,
         rcvbuf: Option<usize>,
         sndbuf: Option<usize>,
+        secret: Option<Vec<u8>>,
     ) -> PyResult<PyClient> {
         let mut config = ClientConfig::new(host, port, interval);
         config.bufsize = bufsize;
         config.queue_size = queue_size;
         config.socket = socket_options(config.socket, rcvbuf, sndbuf);
+        config.secret = secret;
         let inner = py.detach(|| Client::start(config)).map_err(PyChatError)?;
         Ok(PyClient { inner })
     }
