@@ -5,7 +5,6 @@
 //! The seed's clients block in `recvfrom` forever when a datagram is lost; [`UdpPeer::request`]
 //! resends after `timeout` up to `retries` more times, then gives up.
 
-use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -72,11 +71,7 @@ impl UdpPeer {
             local,
             closed: AtomicBool::new(false),
             waker,
-            recv: Mutex::new(Some(RecvSide {
-                waiter,
-                batch: RecvBatch::new(1, bufsize),
-                socket: Arc::clone(&socket),
-            })),
+            recv: Mutex::new(Some(RecvSide { waiter, batch: RecvBatch::new(1, bufsize), socket: Arc::clone(&socket) })),
             send: RwLock::new(Some(socket)),
             counters: Counters::default(),
             retries: AtomicU64::new(0),
@@ -85,11 +80,7 @@ impl UdpPeer {
     }
 
     /// Binds to a free port on every address of `remote`'s family, ready to talk to `remote`.
-    pub fn for_remote(
-        remote: SocketAddr,
-        bufsize: usize,
-        options: SocketOptions,
-    ) -> Result<UdpPeer> {
+    pub fn for_remote(remote: SocketAddr, bufsize: usize, options: SocketOptions) -> Result<UdpPeer> {
         let any = match remote.ip() {
             IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
@@ -108,10 +99,7 @@ impl UdpPeer {
     /// Sends one datagram to `to`, as `socket.sendto`.
     pub fn send_to(&self, data: &[u8], to: SocketAddr) -> Result<()> {
         if data.len() > MAX_DATAGRAM {
-            return Err(ChatError::TooLong {
-                len: data.len(),
-                max: MAX_DATAGRAM,
-            });
+            return Err(ChatError::TooLong { len: data.len(), max: MAX_DATAGRAM });
         }
         let send = self.send.read();
         let socket = send.as_ref().ok_or(ChatError::Closed(CLOSED))?;
@@ -185,18 +173,14 @@ impl UdpPeer {
                     Counters::add(&self.counters.received, n as u64);
                     self.ignored.fetch_add(n as u64, Ordering::Relaxed);
                 }
-                Err(e) if is_peer_error(&e) => {}
+                Err(e) if net::is_deferred_icmp_error(&e) => {}
                 Err(e) => return Err(ChatError::Io(e)),
             }
         }
     }
 
     /// Waits until `deadline` for a datagram from `from` (anyone when `None`).
-    fn recv_matching(
-        &self,
-        deadline: Instant,
-        from: Option<SocketAddr>,
-    ) -> Result<Option<(Vec<u8>, SocketAddr)>> {
+    fn recv_matching(&self, deadline: Instant, from: Option<SocketAddr>) -> Result<Option<(Vec<u8>, SocketAddr)>> {
         let mut recv = self.recv.lock();
         loop {
             if self.is_closed() {
@@ -218,7 +202,7 @@ impl UdpPeer {
                     continue;
                 }
                 // An ICMP report about some earlier destination; the socket is fine.
-                Err(e) if is_peer_error(&e) => continue,
+                Err(e) if net::is_deferred_icmp_error(&e) => continue,
                 Err(e) => return Err(ChatError::Io(e)),
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -268,14 +252,7 @@ impl<'a> Request<'a> {
     ) -> Result<Request<'a>> {
         peer.discard_pending()?;
         peer.send_to(data, to)?;
-        Ok(Request {
-            peer,
-            data,
-            to,
-            timeout,
-            retries_left: retries,
-            deadline: deadline_after(timeout),
-        })
+        Ok(Request { peer, data, to, timeout, retries_left: retries, deadline: deadline_after(timeout) })
     }
 
     /// Waits at most `slice` (and never past the current try's timeout); resends when a try
@@ -306,19 +283,7 @@ fn replies_from(to: SocketAddr, from: SocketAddr) -> bool {
 
 fn deadline_after(timeout: Duration) -> Instant {
     let now = Instant::now();
-    now.checked_add(timeout)
-        .unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 100))
-}
-
-/// Whether an error on a UDP socket only reports an ICMP message about some peer.
-fn is_peer_error(error: &io::Error) -> bool {
-    matches!(
-        error.kind(),
-        io::ErrorKind::ConnectionRefused
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::HostUnreachable
-            | io::ErrorKind::NetworkUnreachable
-    )
+    now.checked_add(timeout).unwrap_or_else(|| now + Duration::from_secs(86_400 * 365 * 100))
 }
 
 #[cfg(test)]
@@ -327,19 +292,12 @@ mod tests {
     use std::net::UdpSocket;
 
     fn peer() -> UdpPeer {
-        UdpPeer::bind(
-            "127.0.0.1:0".parse().unwrap(),
-            1024,
-            SocketOptions::default(),
-        )
-        .unwrap()
+        UdpPeer::bind("127.0.0.1:0".parse().unwrap(), 1024, SocketOptions::default()).unwrap()
     }
 
     fn server() -> UdpSocket {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_secs(3)))
-            .unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         socket
     }
 
@@ -368,9 +326,7 @@ mod tests {
         let silent = server();
         let to = silent.local_addr().unwrap();
         let started = Instant::now();
-        let reply = p
-            .request(b"anyone?", to, Duration::from_millis(50), 2)
-            .unwrap();
+        let reply = p.request(b"anyone?", to, Duration::from_millis(50), 2).unwrap();
         assert_eq!(reply, None);
         assert!(started.elapsed() >= Duration::from_millis(150));
         let mut buf = [0u8; 64];
@@ -414,17 +370,13 @@ mod tests {
         assert!(matches!(thread.join().unwrap(), Err(ChatError::Closed(_))));
         assert!(started.elapsed() < Duration::from_secs(5));
         p.close();
-        assert!(matches!(
-            p.send_to(b"x", p.local_addr()),
-            Err(ChatError::Closed(_))
-        ));
+        assert!(matches!(p.send_to(b"x", p.local_addr()), Err(ChatError::Closed(_))));
         UdpSocket::bind(p.local_addr()).unwrap();
     }
 
     #[test]
     fn for_remote_picks_the_family() {
-        let v4 = UdpPeer::for_remote("127.0.0.1:9".parse().unwrap(), 64, SocketOptions::default())
-            .unwrap();
+        let v4 = UdpPeer::for_remote("127.0.0.1:9".parse().unwrap(), 64, SocketOptions::default()).unwrap();
         assert!(v4.local_addr().is_ipv4() && v4.local_addr().port() != 0);
         assert!(matches!(
             UdpPeer::bind("127.0.0.1:0".parse().unwrap(), 0, SocketOptions::default()),

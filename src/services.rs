@@ -14,10 +14,12 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 use socket2::Socket;
 
-use crate::error::Result;
+use crate::error::{ChatError, Result};
+use crate::events::{self, Event, EventSender};
 use crate::net::{self, RecvBatch, SocketOptions, Waiter};
 use crate::protocol::{DEFAULT_BUFSIZE, MAX_DATAGRAM};
 use crate::server::{validate_bufsize, RECV_BATCH};
@@ -100,11 +102,7 @@ unsafe impl Send for Strftime {}
 impl Strftime {
     /// Writes the UTF-8 answer of the time server for one request (`b""` means
     /// [`DEFAULT_TIME_FORMAT`]) into `out`: `time.strftime(fmt)` of the local time now.
-    pub fn answer(
-        &mut self,
-        request: &[u8],
-        out: &mut Vec<u8>,
-    ) -> std::result::Result<(), TimeError> {
+    pub fn answer(&mut self, request: &[u8], out: &mut Vec<u8>) -> std::result::Result<(), TimeError> {
         let format = if request.is_empty() {
             DEFAULT_TIME_FORMAT
         } else {
@@ -132,19 +130,13 @@ impl Strftime {
     }
 
     /// `time.strftime(format, tm)` as CPython computes it, UTF-8 encoded into `out`.
-    pub fn format_tm(
-        &mut self,
-        format: &str,
-        tm: &libc::tm,
-        out: &mut Vec<u8>,
-    ) -> std::result::Result<(), TimeError> {
+    pub fn format_tm(&mut self, format: &str, tm: &libc::tm, out: &mut Vec<u8>) -> std::result::Result<(), TimeError> {
         out.clear();
         if format.contains('\0') {
             return Err(TimeError::Nul);
         }
         self.format.clear();
-        self.format
-            .extend(format.chars().map(|c| c as u32 as libc::wchar_t));
+        self.format.extend(format.chars().map(|c| c as u32 as libc::wchar_t));
         let length = self.format.len();
         self.format.push(0);
         // CPython: `for (i = 1024; ; i += i)`, stop when something was written or when
@@ -195,6 +187,10 @@ pub struct ServiceConfig {
     /// Bytes read per datagram, as the seed's `recvfrom(1024)`; longer datagrams are cut.
     pub bufsize: usize,
     pub socket: SocketOptions,
+    /// When set, every request is also queued as an [`Event::Message`] for a consumer (the
+    /// seed's servers print each request), in a queue of this many events; when the consumer
+    /// is behind, further events are dropped and counted, and the answers go on.
+    pub events: Option<usize>,
 }
 
 impl ServiceConfig {
@@ -204,11 +200,16 @@ impl ServiceConfig {
             port,
             bufsize: DEFAULT_BUFSIZE,
             socket: SocketOptions::default(),
+            events: None,
         }
     }
 
     pub fn validate(&self) -> Result<()> {
-        validate_bufsize(self.bufsize)
+        validate_bufsize(self.bufsize)?;
+        if self.events == Some(0) {
+            return Err(ChatError::InvalidArgument("queue_size must be at least 1".to_owned()));
+        }
+        Ok(())
     }
 }
 
@@ -235,10 +236,7 @@ pub struct ServiceStats {
 
 impl ServiceStats {
     pub fn dropped(&self, reason: DropReason) -> u64 {
-        self.dropped
-            .iter()
-            .find(|(r, _)| *r == reason)
-            .map_or(0, |(_, n)| *n)
+        self.dropped.iter().find(|(r, _)| *r == reason).map_or(0, |(_, n)| *n)
     }
 }
 
@@ -266,6 +264,7 @@ pub struct ServiceServer {
     service: Service,
     shared: Arc<Shared>,
     local: SocketAddr,
+    events: Option<Receiver<Event>>,
     worker: Worker,
 }
 
@@ -284,6 +283,13 @@ impl ServiceServer {
             ipv6: local.is_ipv6(),
             final_kernel_drops: Mutex::new(None),
         });
+        let (sender, events) = match config.events {
+            Some(size) => {
+                let (sender, receiver) = events::channel(size);
+                (Some(sender), Some(receiver))
+            }
+            None => (None, None),
+        };
         let mut service_loop = ServiceLoop {
             service,
             socket,
@@ -292,18 +298,14 @@ impl ServiceServer {
             recv: RecvBatch::new(RECV_BATCH, config.bufsize),
             out: Vec::with_capacity(config.bufsize.max(256)),
             strftime: Strftime::default(),
+            events: sender,
         };
         let name = match service {
             Service::Echo => "chatudp-echo",
             Service::Time => "chatudp-time",
         };
         let worker = Worker::spawn(name, waker, move |control| service_loop.run(control))?;
-        Ok(ServiceServer {
-            service,
-            shared,
-            local,
-            worker,
-        })
+        Ok(ServiceServer { service, shared, local, events, worker })
     }
 
     pub fn echo(config: ServiceConfig) -> Result<ServiceServer> {
@@ -324,6 +326,11 @@ impl ServiceServer {
 
     pub fn counters(&self) -> &Counters {
         &self.shared.counters
+    }
+
+    /// The requests, as [`Event::Message`], when [`ServiceConfig::events`] asked for them.
+    pub fn events(&self) -> Option<&Receiver<Event>> {
+        self.events.as_ref()
     }
 
     pub fn stats(&self) -> ServiceStats {
@@ -362,6 +369,7 @@ struct ServiceLoop {
     recv: RecvBatch,
     out: Vec<u8>,
     strftime: Strftime,
+    events: Option<EventSender>,
 }
 
 impl ServiceLoop {
@@ -401,6 +409,9 @@ impl ServiceLoop {
             let datagram = self.recv.get(index);
             if datagram.truncated {
                 Counters::add(&counters.truncated, 1);
+            }
+            if let Some(events) = &self.events {
+                events.emit(Event::Message { data: datagram.data.to_vec(), from: datagram.from }, counters);
             }
             let good = match self.service {
                 Service::Echo => {
@@ -449,11 +460,7 @@ fn socket_inode(_socket: &Socket) -> Option<u64> {
 /// The `drops` column of `/proc/net/udp` (or `udp6`) for the socket with this inode: datagrams
 /// the kernel discarded, mostly because the receive buffer was full.
 fn kernel_drops(inode: u64, ipv6: bool) -> Option<u64> {
-    let path = if ipv6 {
-        "/proc/net/udp6"
-    } else {
-        "/proc/net/udp"
-    };
+    let path = if ipv6 { "/proc/net/udp6" } else { "/proc/net/udp" };
     let table = std::fs::read_to_string(path).ok()?;
     parse_kernel_drops(&table, inode)
 }
@@ -483,9 +490,7 @@ mod tests {
 
     fn peer() -> UdpSocket {
         let socket = UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket
-            .set_read_timeout(Some(Duration::from_secs(3)))
-            .unwrap();
+        socket.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         socket
     }
 
@@ -523,18 +528,9 @@ mod tests {
 
     #[test]
     fn strftime_follows_cpython() {
-        assert_eq!(
-            format("%Y-%m-%d %X").unwrap(),
-            "2024-03-05 07:08:09".to_owned()
-        );
-        assert_eq!(
-            format("%a %A %b %B %j %p").unwrap(),
-            "Tue Tuesday Mar March 065 AM"
-        );
-        assert_eq!(
-            format("%F %T %e|%5Y").unwrap(),
-            "2024-03-05 07:08:09  5|02024"
-        );
+        assert_eq!(format("%Y-%m-%d %X").unwrap(), "2024-03-05 07:08:09".to_owned());
+        assert_eq!(format("%a %A %b %B %j %p").unwrap(), "Tue Tuesday Mar March 065 AM");
+        assert_eq!(format("%F %T %e|%5Y").unwrap(), "2024-03-05 07:08:09  5|02024");
         // Literal text, unknown directives, a lone `%` and non-ASCII text pass through.
         assert_eq!(format("时间 %Q 100%").unwrap(), "时间 %Q 100%");
         assert_eq!(format("").unwrap(), "");
@@ -562,10 +558,7 @@ mod tests {
         let long = vec![b'a'; MAX_DATAGRAM];
         assert_eq!(ask(&client, &server, &long), vec![b'A'; DEFAULT_BUFSIZE]);
         let stats = server.stats();
-        assert_eq!(
-            (stats.received, stats.answered, stats.sent, stats.truncated),
-            (3, 3, 3, 1)
-        );
+        assert_eq!((stats.received, stats.answered, stats.sent, stats.truncated), (3, 3, 3, 1));
         if cfg!(target_os = "linux") {
             assert_eq!(stats.kernel_drops, Some(0));
         }
@@ -586,16 +579,10 @@ mod tests {
         let answer = String::from_utf8(ask(&client, &server, b"")).unwrap();
         assert_eq!(answer.len(), "2024-03-05 07:08:09".len(), "{answer:?}");
         assert_eq!(ask(&client, &server, b"%%|%Q|%"), b"%|%Q|%");
-        assert_eq!(
-            ask(&client, &server, b"\xff\xfe"),
-            TimeError::NotUtf8.answer()
-        );
+        assert_eq!(ask(&client, &server, b"\xff\xfe"), TimeError::NotUtf8.answer());
         assert_eq!(ask(&client, &server, b"a\0b"), TimeError::Nul.answer());
         let stats = server.stats();
-        assert_eq!(
-            (stats.received, stats.answered, stats.bad_requests),
-            (4, 2, 2)
-        );
+        assert_eq!((stats.received, stats.answered, stats.bad_requests), (4, 2, 2));
         assert_eq!(ask(&client, &server, b"ok %%"), b"ok %");
     }
 
@@ -604,9 +591,7 @@ mod tests {
         let server = start(Service::Echo);
         let client = peer();
         for i in 0..10_000u32 {
-            client
-                .send_to(&i.to_be_bytes(), server.local_addr())
-                .unwrap();
+            client.send_to(&i.to_be_bytes(), server.local_addr()).unwrap();
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
@@ -628,13 +613,25 @@ mod tests {
     }
 
     #[test]
+    fn requests_are_queued_as_events_when_asked() {
+        let mut config = ServiceConfig::new("127.0.0.1", 0);
+        config.events = Some(1);
+        let server = ServiceServer::echo(config).unwrap();
+        let client = peer();
+        assert_eq!(ask(&client, &server, b"one"), b"ONE");
+        assert_eq!(ask(&client, &server, b"two"), b"TWO");
+        let events: Vec<Event> = server.events().unwrap().try_iter().collect();
+        let from = client.local_addr().unwrap();
+        assert_eq!(events, vec![Event::Message { data: b"one".to_vec(), from }]);
+        assert_eq!(server.stats().dropped(DropReason::CallbackQueueFull), 1);
+        assert!(start(Service::Time).events().is_none());
+    }
+
+    #[test]
     fn rejects_bad_bufsize_and_busy_port() {
         let mut config = ServiceConfig::new("127.0.0.1", 0);
         config.bufsize = 0;
-        assert!(matches!(
-            ServiceServer::echo(config),
-            Err(ChatError::InvalidArgument(_))
-        ));
+        assert!(matches!(ServiceServer::echo(config), Err(ChatError::InvalidArgument(_))));
         let first = start(Service::Echo);
         let busy = ServiceServer::time(ServiceConfig::new("127.0.0.1", first.local_addr().port()));
         assert!(matches!(busy, Err(ChatError::Io(e)) if e.kind() == std::io::ErrorKind::AddrInUse));

@@ -7,7 +7,7 @@ add a package base class where chatudp has something of its own to say.
 
 from __future__ import annotations
 
-__all__ = ["ChatUdpError", "ClosedError"]
+__all__ = ["ChatUdpError", "ClosedError", "NoReplyError"]
 
 
 class ChatUdpError(Exception):
@@ -19,4 +19,13 @@ class ClosedError(ChatUdpError, OSError):
 
     A subclass of ``OSError`` because the tutorial's classes raise ``OSError`` when a closed
     socket is used, so existing ``except OSError`` clauses keep working.
+    """
+
+
+class NoReplyError(ChatUdpError, TimeoutError):
+    """A request got no reply, after its timeout and every retry.
+
+    UDP loses datagrams, so the echo and time clients resend a bounded number of times instead
+    of waiting forever as the tutorial's clients do. A subclass of ``TimeoutError`` (an
+    ``OSError``), so ``except TimeoutError`` and ``except socket.timeout`` (Python 3.10+) catch it.
     """

@@ -1,0 +1,312 @@
+//! The PyO3 layer of the echo and time servers and of the request/response peer: argument and
+//! result conversion only. Every wait runs detached, in slices, with a Ctrl-C check between.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyTuple};
+
+use super::{address, discard_events, next_events, PyChatError, SIGNAL_SLICE};
+use crate::error::ChatError;
+use crate::net::{self, SocketOptions};
+use crate::peer::{Request, RequestPoll, UdpPeer};
+use crate::services::{Service, ServiceConfig, ServiceServer, ServiceStats};
+use crate::stats::DropReason;
+
+/// Socket receive buffer the servers ask for by default (the kernel caps it at `rmem_max`), so a
+/// burst waits in the kernel instead of being dropped there.
+const SERVER_RCVBUF: usize = 4 << 20;
+
+/// As the binding's usual mapping, except that a system error becomes `OSError(errno, strerror)`
+/// as the `socket` module raises it, so `errno` is set and the subclass (`ConnectionRefusedError`
+/// and the like) is the one Python picks for that errno.
+fn py_err(error: ChatError) -> PyErr {
+    match error {
+        ChatError::Io(io) if io.raw_os_error().is_some() => {
+            let code = io.raw_os_error().unwrap_or(0);
+            let text = io.to_string();
+            let strerror = text.strip_suffix(&format!(" (os error {code})")).unwrap_or(&text).to_owned();
+            PyOSError::new_err((code, strerror))
+        }
+        other => PyChatError(other).into(),
+    }
+}
+
+fn service_stats<'py>(py: Python<'py>, stats: &ServiceStats) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    for (name, value) in [
+        ("received", stats.received),
+        ("answered", stats.answered),
+        ("bad_requests", stats.bad_requests),
+        ("sent", stats.sent),
+        ("truncated", stats.truncated),
+    ] {
+        dict.set_item(name, value)?;
+    }
+    dict.set_item("kernel_drops", stats.kernel_drops)?;
+    let dropped = PyDict::new(py);
+    for reason in DropReason::ALL {
+        dropped.set_item(reason.name(), stats.dropped(reason))?;
+    }
+    dict.set_item("dropped", dropped)?;
+    dict.set_item("send_errors", stats.send_errors.clone())?;
+    Ok(dict)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start_service(
+    py: Python<'_>,
+    service: Service,
+    host: String,
+    port: u16,
+    bufsize: usize,
+    queue_size: Option<usize>,
+    rcvbuf: Option<usize>,
+    sndbuf: Option<usize>,
+) -> PyResult<ServiceServer> {
+    let mut config = ServiceConfig::new(host, port);
+    config.bufsize = bufsize;
+    config.events = queue_size;
+    config.socket = SocketOptions { rcvbuf: Some(rcvbuf.unwrap_or(SERVER_RCVBUF)), sndbuf };
+    py.detach(|| ServiceServer::start(service, config)).map_err(py_err)
+}
+
+macro_rules! service_class {
+    ($rust:ident, $python:literal, $service:expr, $doc:literal) => {
+        #[doc = $doc]
+        #[pyclass(frozen, name = $python, module = "chatudp._core")]
+        struct $rust {
+            inner: ServiceServer,
+        }
+
+        #[pymethods]
+        impl $rust {
+            #[new]
+            /// `queue_size`: when given, every request is also queued as an event for
+            /// `next_events` (a queue of that many events); `None`: no events.
+            #[pyo3(signature = (host, port, *, bufsize=1024, queue_size=None, rcvbuf=None, sndbuf=None))]
+            #[allow(clippy::too_many_arguments)]
+            fn new(
+                py: Python<'_>,
+                host: String,
+                port: u16,
+                bufsize: usize,
+                queue_size: Option<usize>,
+                rcvbuf: Option<usize>,
+                sndbuf: Option<usize>,
+            ) -> PyResult<Self> {
+                let inner = start_service(py, $service, host, port, bufsize, queue_size, rcvbuf, sndbuf)?;
+                Ok($rust { inner })
+            }
+
+            /// The next requests as `("message", addr, data)` tuples; `[]` after `timeout`;
+            /// `None` once the server is stopped and the queue is empty (or was never asked for).
+            #[pyo3(signature = (max_events=1024, timeout=None))]
+            fn next_events<'py>(
+                &self,
+                py: Python<'py>,
+                max_events: usize,
+                timeout: Option<f64>,
+            ) -> PyResult<Option<Vec<Bound<'py, PyTuple>>>> {
+                match self.inner.events() {
+                    Some(events) => next_events(py, events, max_events, timeout),
+                    None => Ok(None),
+                }
+            }
+
+            /// Empties the event queue and counts it, with `unprocessed` events already taken,
+            /// as dropped; returns how many were dropped in all.
+            #[pyo3(signature = (unprocessed=0))]
+            fn discard_events(&self, unprocessed: usize) -> usize {
+                match self.inner.events() {
+                    Some(events) => discard_events(events, self.inner.counters(), unprocessed),
+                    None => 0,
+                }
+            }
+
+            fn local_addr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+                address(py, &self.inner.local_addr())
+            }
+
+            fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+                let stats = py.detach(|| self.inner.stats());
+                service_stats(py, &stats)
+            }
+
+            fn stop(&self, py: Python<'_>) {
+                py.detach(|| self.inner.stop());
+            }
+
+            fn is_running(&self) -> bool {
+                self.inner.is_running()
+            }
+
+            fn failure(&self) -> Option<String> {
+                self.inner.failure()
+            }
+        }
+    };
+}
+
+service_class!(
+    PyEchoServer,
+    "EchoServer",
+    Service::Echo,
+    "A running echo server: answers each datagram with `data.upper()`."
+);
+service_class!(
+    PyTimeServer,
+    "TimeServer",
+    Service::Time,
+    "A running time server: answers each datagram with `time.strftime(fmt)`."
+);
+
+fn seconds(name: &str, value: f64) -> PyResult<Duration> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(Duration::from_secs_f64(value.min(1e9)))
+    } else {
+        Err(PyValueError::new_err(format!("{name} must be a number of seconds >= 0, not {value}")))
+    }
+}
+
+fn resolve(py: Python<'_>, host: &str, port: u16) -> PyResult<SocketAddr> {
+    py.detach(|| net::resolve(host, port)).map_err(|e| py_err(ChatError::Io(e)))
+}
+
+type Received<'py> = (Bound<'py, PyBytes>, Bound<'py, PyTuple>);
+
+fn received<'py>(py: Python<'py>, data: &[u8], from: &SocketAddr) -> PyResult<Received<'py>> {
+    Ok((PyBytes::new(py, data), address(py, from)?))
+}
+
+/// A non-connected UDP socket for request/response clients (the Rust half of
+/// `chatudp.services.QQPeer`, `EchoClient` and `TimeClient`).
+#[pyclass(frozen, name = "Peer", module = "chatudp._core")]
+struct PyPeer {
+    inner: UdpPeer,
+}
+
+#[pymethods]
+impl PyPeer {
+    /// Binds to `(host, port)`; port 0 picks a free port.
+    #[new]
+    #[pyo3(signature = (host, port, *, bufsize=1024, rcvbuf=None, sndbuf=None))]
+    fn new(
+        py: Python<'_>,
+        host: String,
+        port: u16,
+        bufsize: usize,
+        rcvbuf: Option<usize>,
+        sndbuf: Option<usize>,
+    ) -> PyResult<PyPeer> {
+        let local = resolve(py, &host, port)?;
+        let inner = py.detach(|| UdpPeer::bind(local, bufsize, SocketOptions { rcvbuf, sndbuf })).map_err(py_err)?;
+        Ok(PyPeer { inner })
+    }
+
+    /// A peer on a free port of the family of `(host, port)`, and that address resolved.
+    #[staticmethod]
+    #[pyo3(signature = (host, port, *, bufsize=65507, rcvbuf=None, sndbuf=None))]
+    fn for_remote<'py>(
+        py: Python<'py>,
+        host: String,
+        port: u16,
+        bufsize: usize,
+        rcvbuf: Option<usize>,
+        sndbuf: Option<usize>,
+    ) -> PyResult<(PyPeer, Bound<'py, PyTuple>)> {
+        let remote = resolve(py, &host, port)?;
+        let inner =
+            py.detach(|| UdpPeer::for_remote(remote, bufsize, SocketOptions { rcvbuf, sndbuf })).map_err(py_err)?;
+        Ok((PyPeer { inner }, address(py, &remote)?))
+    }
+
+    fn local_addr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+        address(py, &self.inner.local_addr())
+    }
+
+    fn send_to(&self, py: Python<'_>, data: &[u8], host: String, port: u16) -> PyResult<()> {
+        let to = resolve(py, &host, port)?;
+        py.detach(|| self.inner.send_to(data, to)).map_err(py_err)
+    }
+
+    /// One datagram from anyone, or `None` after `timeout` seconds (`None`: no limit).
+    #[pyo3(signature = (timeout=None))]
+    fn recv_from<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Option<Received<'py>>> {
+        let deadline = match timeout {
+            Some(t) => Some(Instant::now() + seconds("timeout", t)?),
+            None => None,
+        };
+        loop {
+            let slice =
+                deadline.map_or(SIGNAL_SLICE, |d| d.saturating_duration_since(Instant::now()).min(SIGNAL_SLICE));
+            let got = py.detach(|| self.inner.recv_from(slice)).map_err(py_err)?;
+            if let Some((data, from)) = got {
+                return received(py, &data, &from).map(Some);
+            }
+            py.check_signals()?;
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Sends `data` to `(host, port)` and waits for its reply, resending after each `timeout`
+    /// seconds up to `retries` more times; `None` when no reply came.
+    #[pyo3(signature = (data, host, port, timeout, retries))]
+    fn request<'py>(
+        &self,
+        py: Python<'py>,
+        data: &[u8],
+        host: String,
+        port: u16,
+        timeout: f64,
+        retries: u32,
+    ) -> PyResult<Option<Received<'py>>> {
+        let to = resolve(py, &host, port)?;
+        let timeout = seconds("timeout", timeout)?;
+        let mut request = py.detach(|| Request::start(&self.inner, data, to, timeout, retries)).map_err(py_err)?;
+        loop {
+            match py.detach(|| request.poll(SIGNAL_SLICE)).map_err(py_err)? {
+                RequestPoll::Reply(data, from) => return received(py, &data, &from).map(Some),
+                RequestPoll::NoReply => return Ok(None),
+                RequestPoll::Pending => py.check_signals()?,
+            }
+        }
+    }
+
+    /// Closes the socket and wakes a thread waiting in `recv_from`; idempotent.
+    fn close(&self, py: Python<'_>) {
+        py.detach(|| self.inner.close());
+    }
+
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner.is_closed()
+    }
+
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let stats = self.inner.stats();
+        let dict = PyDict::new(py);
+        for (name, value) in [
+            ("received", stats.received),
+            ("sent", stats.sent),
+            ("retries", stats.retries),
+            ("truncated", stats.truncated),
+            ("ignored", stats.ignored),
+            ("send_errors", stats.send_errors),
+        ] {
+            dict.set_item(name, value)?;
+        }
+        Ok(dict)
+    }
+}
+
+pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyEchoServer>()?;
+    m.add_class::<PyTimeServer>()?;
+    m.add_class::<PyPeer>()?;
+    Ok(())
+}
