@@ -106,6 +106,9 @@ impl Client {
     /// Sends one datagram to the server. An unreachable server is counted, not raised, as UDP
     /// gives no promise of delivery anyway.
     pub fn send(&self, data: &[u8]) -> Result<()> {
+        if let Some(why) = self.worker.failure() {
+            return Err(ChatError::Failed(why));
+        }
         if !self.worker.is_running() {
             return Err(ChatError::Closed("this ChatUdpClient"));
         }
@@ -150,6 +153,12 @@ impl Client {
 
     pub fn failure(&self) -> Option<String> {
         self.worker.failure()
+    }
+
+    /// Test seam: makes the socket thread panic.
+    #[doc(hidden)]
+    pub fn inject_panic(&self) {
+        self.worker.inject_panic();
     }
 }
 

@@ -13,6 +13,8 @@ pub enum ChatError {
     TooLong { len: usize, max: usize },
     /// The object was stopped; becomes `chatudp.ClosedError`.
     Closed(&'static str),
+    /// The socket thread died of a panic (a bug); becomes `RuntimeError`.
+    Failed(String),
 }
 
 impl fmt::Display for ChatError {
@@ -23,8 +25,9 @@ impl fmt::Display for ChatError {
             ChatError::TooLong { len, max } => {
                 write!(f, "a message of {len} bytes does not fit in one UDP datagram (at most {max} bytes); split it")
             }
-            ChatError::Closed(what) => {
-                write!(f, "{what} is stopped; create a new one to talk again")
+            ChatError::Closed(what) => write!(f, "{what} is stopped; create a new one to talk again"),
+            ChatError::Failed(why) => {
+                write!(f, "the socket thread failed ({why}); stop this object and create a new one")
             }
         }
     }

@@ -206,6 +206,12 @@ impl Server {
     pub fn failure(&self) -> Option<String> {
         self.worker.failure()
     }
+
+    /// Test seam: makes the socket thread panic.
+    #[doc(hidden)]
+    pub fn inject_panic(&self) {
+        self.worker.inject_panic();
+    }
 }
 
 /// Sends each payload to a list of addresses; in authenticated mode seals it first (once).

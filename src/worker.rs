@@ -21,10 +21,15 @@ pub fn wall_clock() -> f64 {
 pub struct Control {
     stopping: AtomicBool,
     failure: Mutex<Option<String>>,
+    panic_requested: AtomicBool,
 }
 
 impl Control {
+    /// Asked by the socket thread at every turn of its loop.
     pub fn is_stopping(&self) -> bool {
+        if self.panic_requested.load(Ordering::Relaxed) {
+            panic!("panic injected by a test");
+        }
         self.stopping.load(Ordering::Acquire)
     }
 }
@@ -63,7 +68,13 @@ impl Worker {
     }
 
     pub fn is_running(&self) -> bool {
-        !self.control.is_stopping() && self.thread.lock().as_ref().is_some_and(|t| !t.is_finished())
+        !self.control.stopping.load(Ordering::Acquire) && self.thread.lock().as_ref().is_some_and(|t| !t.is_finished())
+    }
+
+    /// Makes the socket thread panic at its next turn: a test seam for the panic path.
+    pub fn inject_panic(&self) {
+        self.control.panic_requested.store(true, Ordering::Relaxed);
+        self.waker.wake();
     }
 
     /// The panic message, when the thread died of one.

@@ -33,8 +33,9 @@ def test_stop_joins_every_thread() -> None:
     for c in clients:
         c.stop()
     srv.stop()
-    assert thread_count() == before_os
     assert threading.active_count() == before_py
+    # A joined thread may linger in /proc for a moment while the kernel finishes its exit.
+    wait_for(lambda: thread_count() == before_os, timeout=2, what="every OS thread to exit")
 
 
 def test_stop_is_prompt_and_idempotent() -> None:
@@ -175,3 +176,32 @@ def test_many_threads_use_one_client_at_once(stopper: Any) -> None:
         t.join(30)
     assert errors == []
     wait_for(lambda: srv.stats["received"] == 1600, what="all 1600 messages")
+
+
+def test_a_panic_in_the_socket_thread_is_reported_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    srv = ChatUdpServer(port=0)
+    srv.start()
+    with caplog.at_level(logging.ERROR, logger="chatudp"):
+        srv._core._inject_panic()
+        wait_for(lambda: not srv.running, what="the socket thread to die")
+        wait_for(lambda: any("socket thread failed" in r.getMessage() for r in caplog.records), what="report")
+    assert "panic injected" in caplog.records[-1].getMessage()
+    srv.stop()
+    assert srv.event.is_set()
+
+
+def test_a_client_whose_thread_died_raises_runtime_error() -> None:
+    srv = ChatUdpServer(port=0)
+    srv.start()
+    cli = ChatUdpClient(*srv.addr)
+    cli.start()
+    try:
+        cli._core._inject_panic()
+        wait_for(lambda: not cli.running, what="the socket thread to die")
+        with pytest.raises(RuntimeError, match="socket thread failed"):
+            cli.send("anyone?")
+    finally:
+        cli.stop()
+        srv.stop()

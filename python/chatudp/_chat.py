@@ -223,6 +223,19 @@ class _Endpoint:
         while True:
             batch = core.next_events()
             if batch is None:
+                # The channel closes while a panicking thread unwinds, just before its
+                # failure is recorded: give it a moment to finish.
+                deadline = time.monotonic() + 2
+                while not self._stopping and core.is_running() and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                failure = core.failure()
+                if failure is not None:
+                    self._log.error(
+                        "%s socket thread failed: %s; call stop() and create a new one",
+                        self._kind,
+                        failure,
+                        extra={"chatudp_failure": failure},
+                    )
                 return
             log_messages = self._logs_messages()
             pulled: List[Message] = []

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
-use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
@@ -37,6 +37,7 @@ impl From<PyChatError> for PyErr {
             ChatError::InvalidArgument(_) => PyValueError::new_err(e.to_string()),
             ChatError::TooLong { .. } => PyOSError::new_err((libc::EMSGSIZE, e.to_string())),
             ChatError::Closed(_) => ClosedError::new_err(e.to_string()),
+            ChatError::Failed(_) => PyRuntimeError::new_err(e.to_string()),
         }
     }
 }
@@ -236,6 +237,10 @@ impl PyServer {
     fn failure(&self) -> Option<String> {
         self.inner.failure()
     }
+
+    fn _inject_panic(&self) {
+        self.inner.inject_panic();
+    }
 }
 
 /// A running chat client (the Rust half of `chatudp.ChatUdpClient`).
@@ -312,6 +317,10 @@ impl PyClient {
 
     fn failure(&self) -> Option<String> {
         self.inner.failure()
+    }
+
+    fn _inject_panic(&self) {
+        self.inner.inject_panic();
     }
 }
 
