@@ -277,8 +277,9 @@ impl<'a> Request<'a> {
 
 /// Whether a datagram from `from` is the reply of a request sent to `to`. A request sent to an
 /// unspecified address (`0.0.0.0`, which Linux delivers locally) is answered from a real one.
+/// IPv6 flow labels and scope ids play no part.
 fn replies_from(to: SocketAddr, from: SocketAddr) -> bool {
-    from == to || (to.ip().is_unspecified() && from.port() == to.port())
+    from.port() == to.port() && (from.ip() == to.ip() || to.ip().is_unspecified())
 }
 
 fn deadline_after(timeout: Duration) -> Instant {
@@ -372,6 +373,18 @@ mod tests {
         p.close();
         assert!(matches!(p.send_to(b"x", p.local_addr()), Err(ChatError::Closed(_))));
         UdpSocket::bind(p.local_addr()).unwrap();
+    }
+
+    #[test]
+    fn replies_match_on_address_and_port_only() {
+        let to: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        assert!(replies_from(to, to));
+        assert!(!replies_from(to, "127.0.0.1:9001".parse().unwrap()));
+        assert!(!replies_from(to, "127.0.0.2:9000".parse().unwrap()));
+        assert!(replies_from("0.0.0.0:9000".parse().unwrap(), to));
+        let v6 = SocketAddr::V6(std::net::SocketAddrV6::new(Ipv6Addr::LOCALHOST, 9000, 0, 0));
+        let labelled = SocketAddr::V6(std::net::SocketAddrV6::new(Ipv6Addr::LOCALHOST, 9000, 7, 0));
+        assert!(replies_from(v6, labelled));
     }
 
     #[test]

@@ -33,9 +33,10 @@ def test_stop_joins_every_thread() -> None:
     for c in clients:
         c.stop()
     srv.stop()
-    assert threading.active_count() == before_py
-    # A joined thread may linger in /proc for a moment while the kernel finishes its exit.
-    wait_for(lambda: thread_count() == before_os, timeout=2, what="every OS thread to exit")
+    # Threads left by earlier tests may end meanwhile, hence <=. A joined thread may linger in
+    # /proc for a moment while the kernel finishes its exit.
+    assert threading.active_count() <= before_py
+    wait_for(lambda: thread_count() <= before_os, timeout=2, what="every OS thread to exit")
 
 
 def test_stop_is_prompt_and_idempotent() -> None:
@@ -187,7 +188,8 @@ def test_a_panic_in_the_socket_thread_is_reported_not_fatal(caplog: pytest.LogCa
         srv._core._inject_panic()
         wait_for(lambda: not srv.running, what="the socket thread to die")
         wait_for(lambda: any("socket thread failed" in r.getMessage() for r in caplog.records), what="report")
-    assert "panic injected" in caplog.records[-1].getMessage()
+    report = next(r.getMessage() for r in caplog.records if "socket thread failed" in r.getMessage())
+    assert "panic injected" in report
     srv.stop()
     assert srv.event.is_set()
 

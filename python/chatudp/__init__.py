@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from ._chat import ChatUdpClient, ChatUdpServer
 from ._core import MAX_DATAGRAM, __version__
-from .errors import ChatUdpError, ClosedError
+from .errors import ChatUdpError, ClosedError, NoReplyError
+from .services import EchoClient, EchoServer, QQPeer, TimeClient, TimeServer
 
 __all__ = [
     "MAX_DATAGRAM",
@@ -19,5 +20,11 @@ __all__ = [
     "ChatUdpError",
     "ChatUdpServer",
     "ClosedError",
+    "EchoClient",
+    "EchoServer",
+    "NoReplyError",
+    "QQPeer",
+    "TimeClient",
+    "TimeServer",
     "__version__",
 ]

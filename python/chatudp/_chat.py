@@ -408,7 +408,7 @@ class ChatUdpServer(_Endpoint):
         self.on_join = on_join
         self.on_leave = on_leave
         self.on_reject = on_reject
-        self._options = {
+        self._options: Dict[str, Any] = {
             "expiry_grace": expiry_grace,
             "drop_unreachable": bool(drop_unreachable),
             "max_clients": max_clients,
@@ -492,7 +492,7 @@ class ChatUdpClient(_Endpoint):
         self.raddr: Address = (rip, rport)
         self.on_message = on_message
         self.addr: Optional[Address] = None
-        self._options = {"rcvbuf": rcvbuf, "sndbuf": sndbuf, "secret": _check_secret(secret)}
+        self._options: Dict[str, Any] = {"rcvbuf": rcvbuf, "sndbuf": sndbuf, "secret": _check_secret(secret)}
 
     def _open(self) -> Any:
         rip, rport = self.raddr[0], self.raddr[1]

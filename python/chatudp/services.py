@@ -12,7 +12,7 @@ import atexit
 import logging
 import threading
 import weakref
-from typing import Any, Callable, ClassVar, Dict, Optional, Tuple, Union
+from typing import Any, Callable, ClassVar, Dict, Optional, Tuple, TypeVar, Union
 
 from . import _core
 from .errors import NoReplyError
@@ -27,6 +27,9 @@ MAX_DATAGRAM = 65507
 _DEFAULT_QUEUE_SIZE = 65536
 
 _log = logging.getLogger("chatudp.services")
+
+_S = TypeVar("_S", bound="_Service")
+_C = TypeVar("_C", bound="_RequestClient")
 
 _live: "weakref.WeakSet[_Service]" = weakref.WeakSet()
 
@@ -45,9 +48,7 @@ def _check_bufsize(bufsize: int) -> int:
     return bufsize
 
 
-def _check_seconds(name: str, value: Optional[float], *, allow_none: bool = False) -> Optional[float]:
-    if value is None and allow_none:
-        return None
+def _check_seconds(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
     if not value >= 0:
@@ -136,7 +137,7 @@ class _Service:
         _live.discard(self)
         self.event.set()
 
-    def __enter__(self) -> "_Service":
+    def __enter__(self: _S) -> _S:
         with self._lock:
             started = self._core is not None
         if not started:
@@ -261,7 +262,7 @@ class _RequestClient:
         stats: Dict[str, Any] = self._peer.stats()
         return stats
 
-    def __enter__(self) -> "_RequestClient":
+    def __enter__(self: _C) -> _C:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -354,7 +355,7 @@ class QQPeer:
 
     def recvfrom(self, timeout: Optional[float] = None) -> Tuple[bytes, Address]:
         """The next datagram and its sender; ``TimeoutError`` after ``timeout`` seconds."""
-        got = self._peer.recv_from(_check_seconds("timeout", timeout, allow_none=True))
+        got = self._peer.recv_from(None if timeout is None else _check_seconds("timeout", timeout))
         if got is None:
             raise TimeoutError("timed out")
         data: bytes = got[0]

@@ -33,12 +33,25 @@ impl From<ChatError> for PyChatError {
 impl From<PyChatError> for PyErr {
     fn from(PyChatError(e): PyChatError) -> PyErr {
         match e {
-            ChatError::Io(io) => io.into(),
+            ChatError::Io(io) => os_error(&io),
             ChatError::InvalidArgument(_) => PyValueError::new_err(e.to_string()),
             ChatError::TooLong { .. } => PyOSError::new_err((libc::EMSGSIZE, e.to_string())),
             ChatError::Closed(_) => ClosedError::new_err(e.to_string()),
             ChatError::Failed(_) => PyRuntimeError::new_err(e.to_string()),
         }
+    }
+}
+
+/// `OSError(errno, strerror)`, which Python turns into the matching subclass
+/// (`ConnectionRefusedError`, ...) with `.errno` set, as the socket module raises it.
+fn os_error(error: &std::io::Error) -> PyErr {
+    match error.raw_os_error() {
+        Some(errno) => {
+            let text = error.to_string();
+            let strerror = text.strip_suffix(&format!(" (os error {errno})")).unwrap_or(&text).to_owned();
+            PyOSError::new_err((errno, strerror))
+        }
+        None => PyOSError::new_err(error.to_string()),
     }
 }
 

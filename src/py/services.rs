@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use pyo3::exceptions::{PyOSError, PyValueError};
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
@@ -19,19 +19,8 @@ use crate::stats::DropReason;
 /// burst waits in the kernel instead of being dropped there.
 const SERVER_RCVBUF: usize = 4 << 20;
 
-/// As the binding's usual mapping, except that a system error becomes `OSError(errno, strerror)`
-/// as the `socket` module raises it, so `errno` is set and the subclass (`ConnectionRefusedError`
-/// and the like) is the one Python picks for that errno.
 fn py_err(error: ChatError) -> PyErr {
-    match error {
-        ChatError::Io(io) if io.raw_os_error().is_some() => {
-            let code = io.raw_os_error().unwrap_or(0);
-            let text = io.to_string();
-            let strerror = text.strip_suffix(&format!(" (os error {code})")).unwrap_or(&text).to_owned();
-            PyOSError::new_err((code, strerror))
-        }
-        other => PyChatError(other).into(),
-    }
+    PyChatError(error).into()
 }
 
 fn service_stats<'py>(py: Python<'py>, stats: &ServiceStats) -> PyResult<Bound<'py, PyDict>> {

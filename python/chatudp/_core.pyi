@@ -1,0 +1,293 @@
+"""Type stubs of ``chatudp._core``, the Rust extension module (PyO3) under the Python package.
+
+Everything here is private to chatudp: applications use ``chatudp.ChatUdpServer``,
+``chatudp.ChatUdpClient`` and ``chatudp.services``, which wrap these classes. Each class starts
+its socket thread in its constructor and stops it with ``stop()`` (``close()`` for ``Peer``);
+every blocking call waits with the GIL released and wakes at least every 100 ms to let Ctrl-C
+(``KeyboardInterrupt``) through.
+"""
+
+from typing import Final, Literal, TypedDict, final, type_check_only
+
+from typing_extensions import TypeAlias
+
+__all__ = ["Client", "EchoServer", "MAX_DATAGRAM", "Peer", "Server", "TimeServer", "__version__"]
+
+__version__: Final[str]
+"""The version of the Rust crate, which is the version of the package."""
+
+MAX_DATAGRAM: Final[int]
+"""The largest UDP payload over IPv4, 65507 bytes: the upper bound of every ``bufsize``."""
+
+_Address: TypeAlias = tuple[str, int] | tuple[str, int, int, int]
+"""``(host, port)`` for IPv4, ``(host, port, flowinfo, scope_id)`` for IPv6, as ``socket``."""
+
+_MessageEvent: TypeAlias = tuple[Literal["message"], _Address, bytes]
+_JoinEvent: TypeAlias = tuple[Literal["join"], _Address, None]
+_LeaveEvent: TypeAlias = tuple[Literal["leave"], _Address, Literal["quit", "expired", "unreachable"]]
+_RejectEvent: TypeAlias = tuple[Literal["reject"], _Address, str]
+_ChatEvent: TypeAlias = _MessageEvent | _JoinEvent | _LeaveEvent | _RejectEvent
+
+@type_check_only
+class _ChatStats(TypedDict):
+    received: int
+    relayed: int
+    sent: int
+    truncated: int
+    expired: int
+    unreachable: int
+    joins: int
+    leaves: int
+    heartbeats: int
+    dropped: dict[str, int]
+    send_errors: dict[int, int]
+
+@type_check_only
+class _ServiceStats(TypedDict):
+    received: int
+    answered: int
+    bad_requests: int
+    sent: int
+    truncated: int
+    kernel_drops: int | None
+    dropped: dict[str, int]
+    send_errors: dict[int, int]
+
+@final
+class Server:
+    """A running group-chat server (the Rust half of ``chatudp.ChatUdpServer``).
+
+    The constructor binds ``(host, port)`` and starts the socket thread; ``OSError`` when the
+    port is busy or the address bad, ``ValueError`` for a bad argument.
+    """
+
+    def __new__(
+        cls,
+        host: str,
+        port: int,
+        interval: float,
+        *,
+        bufsize: int = 1024,
+        expiry_grace: float | None = None,
+        queue_size: int = 65536,
+        rcvbuf: int | None = None,
+        sndbuf: int | None = None,
+        drop_unreachable: bool = True,
+        max_clients: int = ...,
+        rate: tuple[float, float] | None = None,
+        allow: list[str] | tuple[str, ...] | None = None,
+        validate: bool = False,
+        secret: bytes | None = None,
+    ) -> Server:
+        """Bind and start. ``max_clients`` defaults to ``1 << 20``; ``rate`` is
+        ``(messages_per_second, burst)`` per source; ``allow`` lists networks (``"10.0.0.0/8"``);
+        ``secret`` turns on the authenticated mode."""
+
+    def local_addr(self) -> _Address:
+        """The address actually bound (port 0 resolved)."""
+
+    def clients(self) -> dict[_Address, float]:
+        """A snapshot of the clients table: ``{address: last_seen}`` (``time.time()`` floats)."""
+
+    def stats(self) -> _ChatStats:
+        """The counters, as ``ChatUdpServer.stats`` shows them."""
+
+    def next_events(self, max_events: int = 1024, timeout: float | None = None) -> list[_ChatEvent] | None:
+        """Up to ``max_events`` queued events; ``[]`` after ``timeout`` seconds (``None``: wait
+        until one comes); ``None`` once the server is stopped and the queue is empty."""
+
+    def discard_events(self, unprocessed: int = 0) -> int:
+        """Empty the event queue and count it, with ``unprocessed`` events already taken, as
+        dropped; return how many were dropped in all."""
+
+    def stop(self) -> None:
+        """Send ``Bye!`` to every client in the table, end the socket thread, join it.
+        Idempotent."""
+
+    def is_running(self) -> bool:
+        """True while the socket thread is alive."""
+
+    def failure(self) -> str | None:
+        """Why the socket thread ended on its own (an I/O error or a panic), else ``None``."""
+
+@final
+class Client:
+    """A running chat client (the Rust half of ``chatudp.ChatUdpClient``): a socket connected to
+    ``(host, port)``, a heartbeat every ``interval`` seconds and a receive thread."""
+
+    def __new__(
+        cls,
+        host: str,
+        port: int,
+        interval: float,
+        *,
+        bufsize: int = 1024,
+        queue_size: int = 65536,
+        rcvbuf: int | None = None,
+        sndbuf: int | None = None,
+        secret: bytes | None = None,
+    ) -> Client:
+        """Connect and start the heartbeat and receive threads."""
+
+    def send(self, data: bytes) -> None:
+        """Send one datagram to the server; ``ClosedError`` once stopped, ``OSError`` (EMSGSIZE)
+        when ``data`` does not fit one datagram."""
+
+    def local_addr(self) -> _Address:
+        """The client's own address."""
+
+    def remote_addr(self) -> _Address:
+        """The server's address, resolved."""
+
+    def stats(self) -> _ChatStats:
+        """The counters, as ``ChatUdpClient.stats`` shows them."""
+
+    def next_events(self, max_events: int = 1024, timeout: float | None = None) -> list[_MessageEvent] | None:
+        """Up to ``max_events`` received datagrams as ``("message", addr, data)``; ``[]`` after
+        ``timeout`` seconds; ``None`` once the client is stopped and the queue is empty."""
+
+    def discard_events(self, unprocessed: int = 0) -> int:
+        """Empty the event queue and count it, with ``unprocessed`` events already taken, as
+        dropped; return how many were dropped in all."""
+
+    def stop(self) -> None:
+        """End the heartbeat and receive threads and close the socket; idempotent."""
+
+    def is_running(self) -> bool:
+        """True while the socket thread is alive."""
+
+    def failure(self) -> str | None:
+        """Why the socket thread ended on its own, else ``None``."""
+
+@final
+class EchoServer:
+    """A running echo server: answers each datagram with ``data.upper()``."""
+
+    def __new__(
+        cls,
+        host: str,
+        port: int,
+        *,
+        bufsize: int = 1024,
+        queue_size: int | None = None,
+        rcvbuf: int | None = None,
+        sndbuf: int | None = None,
+    ) -> EchoServer:
+        """Bind and start answering. ``queue_size``: when given, every request is also queued
+        as an event for ``next_events`` (a queue of that many events); ``None``: no events.
+        ``rcvbuf`` defaults to 4 MiB (capped by the kernel)."""
+
+    def next_events(self, max_events: int = 1024, timeout: float | None = None) -> list[_MessageEvent] | None:
+        """The next requests as ``("message", addr, data)``; ``[]`` after ``timeout``; ``None``
+        once stopped and the queue is empty (or when no queue was asked for)."""
+
+    def discard_events(self, unprocessed: int = 0) -> int:
+        """Empty the event queue and count it as dropped; return how many were dropped."""
+
+    def local_addr(self) -> _Address:
+        """The address actually bound."""
+
+    def stats(self) -> _ServiceStats:
+        """The counters, as ``chatudp.services.EchoServer.stats`` shows them."""
+
+    def stop(self) -> None:
+        """End the socket thread and close the socket; idempotent."""
+
+    def is_running(self) -> bool:
+        """True while the socket thread is alive."""
+
+    def failure(self) -> str | None:
+        """Why the socket thread ended on its own, else ``None``."""
+
+@final
+class TimeServer:
+    """A running time server: answers each datagram with ``time.strftime(fmt)``, ``fmt`` being
+    the datagram (``'%Y-%m-%d %X'`` when empty)."""
+
+    def __new__(
+        cls,
+        host: str,
+        port: int,
+        *,
+        bufsize: int = 1024,
+        queue_size: int | None = None,
+        rcvbuf: int | None = None,
+        sndbuf: int | None = None,
+    ) -> TimeServer:
+        """Bind and start answering; the keywords as for ``EchoServer``."""
+
+    def next_events(self, max_events: int = 1024, timeout: float | None = None) -> list[_MessageEvent] | None:
+        """The next requests as ``("message", addr, data)``; ``[]`` after ``timeout``; ``None``
+        once stopped and the queue is empty (or when no queue was asked for)."""
+
+    def discard_events(self, unprocessed: int = 0) -> int:
+        """Empty the event queue and count it as dropped; return how many were dropped."""
+
+    def local_addr(self) -> _Address:
+        """The address actually bound."""
+
+    def stats(self) -> _ServiceStats:
+        """The counters, as ``chatudp.services.TimeServer.stats`` shows them."""
+
+    def stop(self) -> None:
+        """End the socket thread and close the socket; idempotent."""
+
+    def is_running(self) -> bool:
+        """True while the socket thread is alive."""
+
+    def failure(self) -> str | None:
+        """Why the socket thread ended on its own, else ``None``."""
+
+@final
+class Peer:
+    """A non-connected UDP socket for request/response clients (the Rust half of
+    ``chatudp.services.QQPeer``, ``EchoClient`` and ``TimeClient``)."""
+
+    def __new__(
+        cls,
+        host: str,
+        port: int,
+        *,
+        bufsize: int = 1024,
+        rcvbuf: int | None = None,
+        sndbuf: int | None = None,
+    ) -> Peer:
+        """Bind to ``(host, port)``; port 0 picks a free port."""
+
+    @staticmethod
+    def for_remote(
+        host: str,
+        port: int,
+        *,
+        bufsize: int = 65507,
+        rcvbuf: int | None = None,
+        sndbuf: int | None = None,
+    ) -> tuple[Peer, _Address]:
+        """A peer on a free port of the family of ``(host, port)``, and that address resolved."""
+
+    def local_addr(self) -> _Address:
+        """The address actually bound."""
+
+    def send_to(self, data: bytes, host: str, port: int) -> None:
+        """Send one datagram to ``(host, port)``."""
+
+    def recv_from(self, timeout: float | None = None) -> tuple[bytes, _Address] | None:
+        """One datagram from anyone and its sender, or ``None`` after ``timeout`` seconds
+        (``None``: no limit); ``ClosedError`` when the peer is closed."""
+
+    def request(
+        self, data: bytes, host: str, port: int, timeout: float, retries: int
+    ) -> tuple[bytes, _Address] | None:
+        """Send ``data`` to ``(host, port)`` and wait for its reply, resending after each
+        ``timeout`` seconds up to ``retries`` more times; ``None`` when no reply came."""
+
+    def close(self) -> None:
+        """Close the socket and wake a thread waiting in ``recv_from``; idempotent."""
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called."""
+
+    def stats(self) -> dict[str, int]:
+        """Counters: ``received``, ``sent``, ``retries``, ``truncated``, ``ignored``,
+        ``send_errors``."""

@@ -1,0 +1,821 @@
+"""The command line, ``python -m chatudp SUBCOMMAND``, driven as a subprocess.
+
+Every program runs in a child process with scripted stdin (a pty only where the prompt must go to
+a terminal); stdlib sockets play the other end. Every wait is bounded and every child is killed in
+teardown if it is still alive.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Callable, Iterator, List, Optional, Tuple
+
+import pytest
+
+LOOPBACK = "127.0.0.1"
+TIMEOUT = 20.0
+QQ_PROMPT_NAME = "请选择聊天对象: "
+QQ_PROMPT_MSG = "请输入消息,回车发送: "
+QQ_PROMPT_REPLY = "回复消息: "
+TIME_PROMPT = "请输入时间格式(例%Y %m %d)>>: "
+SUBCOMMANDS = (
+    "demo",
+    "server",
+    "client",
+    "echo-server",
+    "echo-client",
+    "time-server",
+    "time-client",
+    "qq-server",
+    "qq-client",
+)
+
+ENV = dict(os.environ, PYTHONIOENCODING="utf-8", TERM="dumb", PYTHONDONTWRITEBYTECODE="1")
+ENV.pop("PYTHONSTARTUP", None)
+
+
+def qq_line(ip: str, port: int, text: str) -> str:
+    return "来自[%s:%s]的一条消息:\033[1;44m%s\033[0m" % (ip, port, text)
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.01)
+
+
+class Cli:
+    """One ``python -m chatudp ...`` child; stdout and stderr are collected by reader threads."""
+
+    def __init__(self, args: Tuple[str, ...], use_pty: bool = False) -> None:
+        self.args = args
+        self.use_pty = use_pty
+        self._out = bytearray()
+        self._err = bytearray()
+        self._lock = threading.Lock()
+        self._readers: List[threading.Thread] = []
+        cmd = [sys.executable, "-m", "chatudp", *args]
+        if use_pty:
+            import pty
+
+            self._master, slave = pty.openpty()
+            try:
+                self.proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=subprocess.PIPE, env=ENV, bufsize=0)
+            finally:
+                os.close(slave)
+            self._spawn_reader(lambda: _read_fd(self._master), self._out)
+        else:
+            self._master = -1
+            self.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                env=ENV,
+                bufsize=0,
+            )
+            stdout = self.proc.stdout
+            assert stdout is not None
+            self._spawn_reader(lambda: stdout.read(65536), self._out)
+        stderr = self.proc.stderr
+        assert stderr is not None
+        self._spawn_reader(lambda: stderr.read(65536), self._err)
+
+    def _spawn_reader(self, read: Callable[[], Optional[bytes]], into: bytearray) -> None:
+        def loop() -> None:
+            while True:
+                try:
+                    chunk = read()
+                except OSError:  # EIO from a pty whose child has gone
+                    return
+                if not chunk:
+                    return
+                with self._lock:
+                    into.extend(chunk)
+
+        thread = threading.Thread(target=loop, daemon=True)
+        thread.start()
+        self._readers.append(thread)
+
+    @property
+    def out(self) -> str:
+        with self._lock:
+            return self._out.decode("utf-8", "replace")
+
+    @property
+    def err(self) -> str:
+        with self._lock:
+            return self._err.decode("utf-8", "replace")
+
+    def expect(self, text: str, count: int = 1, timeout: float = 10.0) -> str:
+        """Waits until stdout holds ``text`` (``count`` times); returns stdout."""
+        try:
+            wait_for(lambda: self.out.count(text) >= count, timeout, f"{text!r} x{count} on stdout")
+        except AssertionError:
+            raise AssertionError(f"{text!r} not seen; stdout={self.out!r} stderr={self.err!r}") from None
+        return self.out
+
+    def expect_err(self, text: str, timeout: float = 10.0) -> str:
+        try:
+            wait_for(lambda: text in self.err, timeout, f"{text!r} on stderr")
+        except AssertionError:
+            raise AssertionError(f"{text!r} not seen; stdout={self.out!r} stderr={self.err!r}") from None
+        return self.err
+
+    def bound(self) -> Tuple[str, int]:
+        """The address a server subcommand reports on its first line (``... on IP:PORT; ...``)."""
+        match = re.search(r" on (\S+):(\d+);", self.expect(";"))
+        assert match, self.out
+        return match.group(1), int(match.group(2))
+
+    def write(self, text: str) -> None:
+        data = text.encode("utf-8")
+        if self.use_pty:
+            os.write(self._master, data)
+        else:
+            assert self.proc.stdin is not None
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
+
+    def end_input(self) -> None:
+        """Ctrl-D: end of input."""
+        if self.use_pty:
+            os.write(self._master, b"\x04")
+        else:
+            assert self.proc.stdin is not None
+            self.proc.stdin.close()
+
+    def interrupt(self) -> None:
+        self.proc.send_signal(signal.SIGINT)
+
+    def finish(self, timeout: float = TIMEOUT) -> int:
+        """Waits for the child to exit and for its output; returns the exit status."""
+        rc = self.proc.wait(timeout=timeout)
+        for thread in self._readers:
+            thread.join(timeout=5)
+        return rc
+
+    def cleanup(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=5)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+        for thread in self._readers:
+            thread.join(timeout=5)
+        if self._master >= 0:
+            os.close(self._master)
+            self._master = -1
+
+
+def _read_fd(fd: int) -> bytes:
+    return os.read(fd, 65536)
+
+
+def run(args: Tuple[str, ...], stdin: str = "", timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
+    """A one-shot run with all of stdin given at once."""
+    return subprocess.run(
+        [sys.executable, "-m", "chatudp", *args],
+        input=stdin.encode("utf-8"),
+        capture_output=True,
+        env=ENV,
+        timeout=timeout,
+    )
+
+
+def text(completed: subprocess.CompletedProcess) -> Tuple[str, str]:
+    return completed.stdout.decode("utf-8", "replace"), completed.stderr.decode("utf-8", "replace")
+
+
+@pytest.fixture
+def cli() -> Iterator[Callable[..., Cli]]:
+    started: List[Cli] = []
+
+    def start(*args: str, use_pty: bool = False) -> Cli:
+        child = Cli(args, use_pty=use_pty)
+        started.append(child)
+        return child
+
+    yield start
+    for child in started:
+        child.cleanup()
+
+
+class Udp:
+    """A stdlib UDP socket on loopback, the other end of a client or server subcommand."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((LOOPBACK, 0))
+        self.port: int = self.sock.getsockname()[1]
+
+    def recv(self, timeout: float = 10.0) -> Tuple[bytes, Tuple[str, int]]:
+        self.sock.settimeout(timeout)
+        return self.sock.recvfrom(65535)
+
+    def recv_chat(self, timeout: float = 10.0) -> Tuple[bytes, Tuple[str, int]]:
+        """The next datagram that is not a heartbeat."""
+        deadline = time.monotonic() + timeout
+        while True:
+            data, addr = self.recv(max(0.01, deadline - time.monotonic()))
+            if data != b"^hb^":
+                return data, addr
+
+    def request(self, data: bytes, to: Tuple[str, int], timeout: float = 10.0) -> bytes:
+        self.sock.sendto(data, to)
+        return self.recv(timeout)[0]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture
+def udp() -> Iterator[Callable[[], Udp]]:
+    made: List[Udp] = []
+
+    def make() -> Udp:
+        sock = Udp()
+        made.append(sock)
+        return sock
+
+    yield make
+    for sock in made:
+        sock.close()
+
+
+class Responder:
+    """A stdlib UDP server in a thread: answers each datagram with ``answer(data)`` (None: no answer)."""
+
+    def __init__(self, answer: Callable[[bytes], Optional[bytes]]) -> None:
+        self.udp = Udp()
+        self.port = self.udp.port
+        self.received: List[bytes] = []
+        self._answer = answer
+        self._stop = threading.Event()
+        self.udp.sock.settimeout(0.05)
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, addr = self.udp.sock.recvfrom(65535)
+            except (socket.timeout, OSError):
+                continue
+            self.received.append(data)
+            reply = self._answer(data)
+            if reply is not None:
+                self.udp.sock.sendto(reply, addr)
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.udp.close()
+
+
+@pytest.fixture
+def responder() -> Iterator[Callable[[Callable[[bytes], Optional[bytes]]], Responder]]:
+    made: List[Responder] = []
+
+    def make(answer: Callable[[bytes], Optional[bytes]]) -> Responder:
+        server = Responder(answer)
+        made.append(server)
+        return server
+
+    yield make
+    for server in made:
+        server.close()
+
+
+@pytest.fixture
+def busy_port() -> Iterator[int]:
+    """A loopback UDP port held by this process for the whole test."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((LOOPBACK, 0))
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
+def services() -> None:
+    pytest.importorskip("chatudp.services")
+
+
+def assert_clean(child: Cli) -> None:
+    assert "Traceback" not in child.err, child.err
+
+
+# -- the parser --------------------------------------------------------------------------------
+
+
+def test_no_subcommand_prints_help_and_exits_2() -> None:
+    completed = run(())
+    out, err = text(completed)
+    assert completed.returncode == 2
+    assert "usage: chatudp" in err
+    for name in SUBCOMMANDS:
+        assert name in err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_every_subcommand_has_help(name: str) -> None:
+    completed = run((name, "--help"))
+    out, err = text(completed)
+    assert completed.returncode == 0, err
+    assert out.startswith(f"usage: chatudp {name}")
+    assert "--ip" in out and "--port" in out
+    assert err == ""
+
+
+def test_top_level_help_lists_every_subcommand() -> None:
+    out, _ = text(run(("--help",)))
+    for name in SUBCOMMANDS:
+        assert re.search(rf"^\s+{re.escape(name)}\b", out, re.M), name
+
+
+def test_console_entry_point_is_main() -> None:
+    from chatudp.__main__ import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--version"])
+    assert exc.value.code == 0
+
+
+# -- demo --------------------------------------------------------------------------------------
+
+
+def test_demo_shows_acks_in_a_fixed_order_and_exits_0() -> None:
+    completed = run(("demo", "--seconds", "0.5"))
+    out, err = text(completed)
+    assert completed.returncode == 0, err
+    assert err == ""
+    assert "Ack b'" in out
+    lines = out.splitlines()
+    # Every client receives alice's first message, printed alice, bob, carol.
+    acks = [line.strip() for line in lines if "Ack b'HELLO FROM ALICE'" in line]
+    assert [line.split(" got:")[0] for line in acks] == ["alice", "bob", "carol"]
+    sender = re.search(r"Ack b'HELLO FROM ALICE'\. from (127\.0\.0\.1):(\d+)$", acks[0])
+    assert sender, acks[0]
+    assert re.search(rf"server: alice joined from 127\.0\.0\.1:{sender.group(2)}$", out, re.M)
+    assert 'Ack b"WHAT\'S NEW?".' in out  # Python's quote choice, from the Rust core
+    assert "server: carol left (quit)" in out
+    bye = [line.strip() for line in lines if line.strip().endswith("got: Bye!")]
+    assert bye == ["alice got: Bye!", "bob got: Bye!"]
+    summary = lines[-1]
+    assert re.match(r"summary: server received \d+, relayed 7, sent \d+; alice got 8, bob got 8, carol got 6$", summary)
+
+
+def test_demo_port_in_use(busy_port: int) -> None:
+    completed = run(("demo", "--port", str(busy_port)))
+    out, err = text(completed)
+    assert completed.returncode == 2
+    assert err.startswith(f"chatudp: cannot bind 127.0.0.1:{busy_port}: [Errno ")
+    assert "Address already in use" in err
+    assert err.count("\n") == 1
+    assert out == ""
+
+
+def test_demo_ctrl_c_exits_0(cli: Callable[..., Cli]) -> None:
+    child = cli("demo", "--seconds", "30")
+    child.expect("says:")
+    child.interrupt()
+    assert child.finish() == 0
+    assert_clean(child)
+
+
+# -- errors common to every subcommand ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["server", "demo", "echo-server", "time-server", "qq-server"])
+def test_port_in_use_is_one_line_and_status_2(name: str, busy_port: int) -> None:
+    if name not in ("server", "demo"):
+        services()
+    completed = run((name, "--port", str(busy_port)))
+    out, err = text(completed)
+    assert completed.returncode == 2, (out, err)
+    assert err == f"chatudp: cannot bind 127.0.0.1:{busy_port}: [Errno 98] Address already in use\n"
+
+
+@pytest.mark.parametrize("name", SUBCOMMANDS)
+def test_bad_address_is_one_line_and_status_2(name: str) -> None:
+    if name not in ("server", "client", "demo"):
+        services()
+    completed = run((name, "--ip", "999.1.1.1", "--port", "9"))
+    out, err = text(completed)
+    assert completed.returncode == 2, (out, err)
+    assert re.fullmatch(r"chatudp: cannot [a-z ]+ 999\.1\.1\.1:9: .+\n", err), err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["server", "client"])
+def test_port_out_of_range_is_one_line_and_status_2(name: str) -> None:
+    completed = run((name, "--port", "70000"))
+    _, err = text(completed)
+    assert completed.returncode == 2
+    assert re.fullmatch(r"chatudp: cannot [a-z ]+ 127\.0\.0\.1:70000: port must be 0-65535\n", err), err
+
+
+# -- the group chat: server --------------------------------------------------------------------
+
+
+def test_chat_server_relays_logs_and_shows_the_clients_table(cli: Callable[..., Cli], udp: Callable[[], Udp]) -> None:
+    server = cli("server", "--port", "0")
+    ip, port = server.bound()
+    server.expect(">> ")
+    peer = udp()
+    ack = peer.request(b"hello", (ip, port))
+    assert ack == f"Ack b'HELLO'. from {LOOPBACK}:{peer.port}".encode()
+    out = server.expect(f"('{LOOPBACK}', {peer.port})")
+    # the tutorial's log format, after the prompt the line was logged under
+    assert re.search(r"^(>> )*\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} \S+ b'hello'$", out, re.M), out
+    server.write("\n")  # any other line: the live threads and the clients table
+    out = server.expect("<_MainThread(MainThread")
+    out = server.expect(f"{{('{LOOPBACK}', {peer.port}): ")
+    server.write("quit\n")
+    assert server.finish() == 0
+    assert peer.recv()[0] == b"Bye!"
+    assert server.out.count(">> ") == 2
+    assert_clean(server)
+    assert server.err == ""
+
+
+def test_chat_server_end_of_input_exits_0(cli: Callable[..., Cli]) -> None:
+    server = cli("server", "--port", "0")
+    server.expect(">> ")
+    server.end_input()
+    assert server.finish() == 0
+    assert server.err == ""
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_chat_server_signal_exits_0(cli: Callable[..., Cli], sig: int) -> None:
+    server = cli("server", "--port", "0")
+    server.expect(">> ")
+    server.proc.send_signal(sig)
+    assert server.finish() == 0
+    assert_clean(server)
+
+
+def test_chat_server_log_level_warning_hides_messages(cli: Callable[..., Cli], udp: Callable[[], Udp]) -> None:
+    server = cli("server", "--port", "0", "--log-level", "warning")
+    ip, port = server.bound()
+    peer = udp()
+    assert peer.request(b"quiet", (ip, port)).startswith(b"Ack b'QUIET'")
+    server.write("quit\n")
+    assert server.finish() == 0
+    assert "quiet" not in server.out
+
+
+# -- the group chat: client --------------------------------------------------------------------
+
+
+def test_chat_client_sends_lines_logs_replies_and_quits(cli: Callable[..., Cli], udp: Callable[[], Udp]) -> None:
+    server = udp()
+    client = cli("client", "--port", str(server.port), "--interval", "0.2")
+    client.expect(">> ")
+    client.write("hello\n")
+    data, addr = server.recv_chat()
+    assert data == b"hello"
+    assert server.recv()[0] == b"^hb^"  # the heartbeat runs
+    server.sock.sendto(f"Ack b'HELLO'. from {addr[0]}:{addr[1]}".encode(), addr)
+    out = client.expect("Ack b'HELLO'")
+    assert re.search(rf"""^(>> )*\d{{4}}-.* b"Ack b'HELLO'\. from 127\.0\.0\.1:{addr[1]}"$""", out, re.M), out
+    client.write("quit\n")
+    assert server.recv_chat()[0] == b"quit"
+    assert client.finish() == 0
+    assert client.err == ""
+
+
+def test_chat_client_end_of_input_sends_quit_and_exits_0(cli: Callable[..., Cli], udp: Callable[[], Udp]) -> None:
+    server = udp()
+    client = cli("client", "--port", str(server.port))
+    client.expect(">> ")
+    client.end_input()
+    assert server.recv_chat()[0] == b"quit"
+    assert client.finish() == 0
+    assert client.err == ""
+
+
+def test_chat_client_on_a_terminal_prompts_on_stdout_and_stops_on_ctrl_c(
+    cli: Callable[..., Cli], udp: Callable[[], Udp]
+) -> None:
+    server = udp()
+    client = cli("client", "--port", str(server.port), use_pty=True)
+    client.expect(">> ")
+    client.write("over a tty\r")
+    assert server.recv_chat()[0] == b"over a tty"
+    client.expect(">> ", count=2)
+    client.interrupt()
+    assert server.recv_chat()[0] == b"quit"
+    assert client.finish() == 0
+    assert_clean(client)
+    assert ">> " not in client.err
+
+
+def test_chat_client_ctrl_d_on_a_terminal_exits_0(cli: Callable[..., Cli], udp: Callable[[], Udp]) -> None:
+    server = udp()
+    client = cli("client", "--port", str(server.port), use_pty=True)
+    client.expect(">> ")
+    client.end_input()
+    assert server.recv_chat()[0] == b"quit"
+    assert client.finish() == 0
+    assert_clean(client)
+
+
+def test_chat_server_and_client_subcommands_talk(cli: Callable[..., Cli]) -> None:
+    server = cli("server", "--port", "0")
+    ip, port = server.bound()
+    client = cli("client", "--ip", ip, "--port", str(port))
+    client.expect(">> ")
+    client.write("hi there\n")
+    client.expect("Ack b'HI THERE'. from 127.0.0.1:")
+    server.expect("b'hi there'")
+    server.write("quit\n")
+    assert server.finish() == 0
+    client.expect("b'Bye!'")
+    client.write("quit\n")
+    assert client.finish() == 0
+    assert_clean(server)
+    assert_clean(client)
+
+
+# -- echo ------------------------------------------------------------------------------------
+
+
+def test_echo_server_answers_upper_and_stops_on_ctrl_c(cli: Callable[..., Cli], udp: Callable[[], Udp]) -> None:
+    services()
+    server = cli("echo-server", "--port", "0")
+    ip, port = server.bound()
+    peer = udp()
+    assert peer.request(b"hello, Echo", (ip, port)) == b"HELLO, ECHO"
+    assert peer.request(b"", (ip, port)) == b""
+    # each request printed as the tutorial's print(msg, addr)
+    server.expect(f"b'hello, Echo' ('{LOOPBACK}', {peer.port})\n")
+    server.expect(f"b'' ('{LOOPBACK}', {peer.port})\n")
+    server.interrupt()
+    assert server.finish() == 0
+    assert_clean(server)
+    assert server.out.splitlines()[-1].startswith("echo server stopped: received 2")
+
+
+def test_echo_server_stops_on_sigterm_not_on_end_of_input(cli: Callable[..., Cli], udp: Callable[[], Udp]) -> None:
+    services()
+    server = cli("echo-server", "--port", "0")
+    ip, port = server.bound()
+    server.end_input()  # no input loop: it goes on serving
+    peer = udp()
+    assert peer.request(b"still there", (ip, port)) == b"STILL THERE"
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.finish() == 0
+    assert_clean(server)
+
+
+def test_echo_client_prints_answers_and_survives_a_lost_reply(
+    cli: Callable[..., Cli], responder: Callable[..., Responder]
+) -> None:
+    services()
+    server = responder(lambda data: None if data == b"drop me" else data.upper())
+    client = cli("echo-client", "--port", str(server.port), "--timeout", "0.3", "--retries", "0")
+    client.expect(">> ")
+    client.write("hello\n")
+    client.expect("HELLO\n")
+    client.write("drop me\n")
+    err = client.expect_err(f"no reply from 127.0.0.1:{server.port}")
+    assert err.count("\n") == 1
+    client.write("again\n")
+    client.expect("AGAIN\n")
+    client.end_input()
+    assert client.finish() == 0
+    assert client.out.count(">> ") == 4
+    assert_clean(client)
+
+
+def test_echo_client_ctrl_c_while_waiting_for_a_reply_exits_0(
+    cli: Callable[..., Cli], responder: Callable[..., Responder]
+) -> None:
+    services()
+    server = responder(lambda data: None)
+    client = cli("echo-client", "--port", str(server.port), "--timeout", "30")
+    client.write("nobody answers\n")
+    wait_for(lambda: server.received, what="the request")
+    started = time.monotonic()
+    client.interrupt()
+    assert client.finish(timeout=5) == 0
+    assert time.monotonic() - started < 3
+    assert_clean(client)
+
+
+def test_echo_client_ctrl_c_exits_0(cli: Callable[..., Cli], responder: Callable[..., Responder]) -> None:
+    services()
+    server = responder(lambda data: data.upper())
+    client = cli("echo-client", "--port", str(server.port))
+    client.expect(">> ")
+    client.interrupt()
+    assert client.finish() == 0
+    assert_clean(client)
+
+
+# -- time ------------------------------------------------------------------------------------
+
+
+def test_time_server_answers_strftime(cli: Callable[..., Cli], udp: Callable[[], Udp]) -> None:
+    services()
+    server = cli("time-server", "--port", "0")
+    ip, port = server.bound()
+    peer = udp()
+    for _ in range(5):  # the same second on both sides: retry across a second boundary
+        before = time.strftime("%Y-%m-%d %X")
+        answer = peer.request(b"", (ip, port)).decode()
+        if before == time.strftime("%Y-%m-%d %X"):
+            break
+    assert answer == before
+    assert peer.request(b"\xff", (ip, port)).startswith(b"error")  # not UTF-8: answered, goes on
+    assert peer.request("%m月".encode(), (ip, port)).decode().endswith("月")
+    server.expect("===> b''\n")  # each request printed as the tutorial's print('===>', msg)
+    server.expect("===> b'\\xff'\n")
+    server.end_input()
+    server.interrupt()
+    assert server.finish() == 0
+    assert_clean(server)
+
+
+def test_time_client_prompts_and_prints_the_answer(
+    cli: Callable[..., Cli], responder: Callable[..., Responder]
+) -> None:
+    services()
+    server = responder(lambda data: b"<" + data + b">" if data != b"lost" else None)
+    client = cli("time-client", "--port", str(server.port), "--timeout", "0.3", "--retries", "0")
+    client.expect(TIME_PROMPT)
+    client.write("%Y %m %d\n")
+    client.expect("<%Y %m %d>\n")
+    client.write("lost\n")
+    client.expect_err("no reply from")
+    client.write("\n")
+    client.expect("<>\n")
+    client.end_input()
+    assert client.finish() == 0
+    assert client.out.count(TIME_PROMPT) == 4
+    assert b"" in server.received
+    assert_clean(client)
+
+
+def test_time_client_and_server_subcommands_talk(cli: Callable[..., Cli]) -> None:
+    services()
+    server = cli("time-server", "--port", "0")
+    ip, port = server.bound()
+    client = cli("time-client", "--ip", ip, "--port", str(port))
+    client.expect(TIME_PROMPT)
+    client.write("year %Y\n")
+    client.expect(f"year {time.strftime('%Y')[:3]}")
+    client.end_input()
+    assert client.finish() == 0
+    server.interrupt()
+    assert server.finish() == 0
+    assert_clean(client)
+    assert_clean(server)
+
+
+# -- QQ ----------------------------------------------------------------------------------------
+
+
+def test_qq_server_shows_messages_and_sends_the_typed_reply(cli: Callable[..., Cli], udp: Callable[[], Udp]) -> None:
+    services()
+    server = cli("qq-server", "--port", "0")
+    ip, port = server.bound()
+    peer = udp()
+    peer.sock.sendto("你好".encode(), (ip, port))
+    server.expect(qq_line(LOOPBACK, peer.port, "你好") + "\n")
+    server.expect(QQ_PROMPT_REPLY)
+    server.write("收到\n")
+    assert peer.recv()[0] == "收到".encode()
+    peer.sock.sendto(b"\xff bad utf-8", (ip, port))
+    server.expect(qq_line(LOOPBACK, peer.port, "\ufffd bad utf-8"))
+    server.expect(QQ_PROMPT_REPLY, count=2)
+    server.end_input()
+    assert server.finish() == 0
+    assert_clean(server)
+
+
+def test_qq_server_answers_with_replies_typed_ahead_then_ends(cli: Callable[..., Cli], udp: Callable[[], Udp]) -> None:
+    services()
+    server = cli("qq-server", "--port", "0")
+    ip, port = server.bound()
+    server.write("第一\n第二\n")
+    server.end_input()  # end of input: it ends once the typed replies are used
+    peer = udp()
+    assert peer.request(b"one", (ip, port)) == "第一".encode()
+    assert peer.request(b"two", (ip, port)) == "第二".encode()
+    assert server.finish() == 0
+    assert server.out.count(QQ_PROMPT_REPLY) == 2
+    assert qq_line(LOOPBACK, peer.port, "two") in server.out
+    assert_clean(server)
+
+
+def test_qq_server_end_of_input_while_waiting_exits_0(cli: Callable[..., Cli]) -> None:
+    services()
+    server = cli("qq-server", "--port", "0")
+    server.bound()
+    server.end_input()
+    assert server.finish() == 0
+    assert_clean(server)
+
+
+def test_qq_server_ctrl_c_while_waiting_exits_0(cli: Callable[..., Cli]) -> None:
+    services()
+    server = cli("qq-server", "--port", "0")
+    server.bound()
+    server.interrupt()
+    assert server.finish() == 0
+    assert_clean(server)
+
+
+def test_qq_client_chats_with_a_contact_and_survives_a_lost_reply(
+    cli: Callable[..., Cli], responder: Callable[..., Responder]
+) -> None:
+    services()
+    server = responder(lambda data: None if data == "丢".encode() else "回:".encode() + data)
+    contact = f"张三=127.0.0.1:{server.port}"
+    client = cli("qq-client", "--contact", contact, "--timeout", "0.3")
+    client.expect(QQ_PROMPT_NAME)
+    client.write("张三\n")
+    client.expect(QQ_PROMPT_MSG)
+    client.write("你好\n")
+    client.expect(qq_line(LOOPBACK, server.port, "回:你好") + "\n")
+    client.write("丢\n")
+    client.expect_err("no reply from 张三 at 127.0.0.1:")
+    client.write("\n")  # empty input is ignored
+    client.write("再来\n")
+    client.expect(qq_line(LOOPBACK, server.port, "回:再来"))
+    client.write("quit\n")  # back to choosing a contact
+    client.expect(QQ_PROMPT_NAME, count=2)
+    client.write("nobody\n")  # an unknown name: its messages are ignored
+    client.expect_err("unknown contact 'nobody'")
+    client.write("ignored\nquit\n")
+    client.expect(QQ_PROMPT_NAME, count=3)
+    client.end_input()
+    assert client.finish() == 0
+    assert server.received == ["你好".encode(), "丢".encode(), "再来".encode()]
+    assert_clean(client)
+
+
+def test_qq_client_default_contacts_use_ip_and_port(
+    cli: Callable[..., Cli], responder: Callable[..., Responder]
+) -> None:
+    services()
+    server = responder(lambda data: b"ok")
+    client = cli("qq-client", "--port", str(server.port))
+    for name in ("狗哥", "猴哥", "武大郎", "一棵树"):
+        client.write(f"{name}\nhi {name}\nquit\n")
+    client.expect(qq_line(LOOPBACK, server.port, "ok"), count=4)
+    client.end_input()
+    assert client.finish() == 0
+    assert server.received == [f"hi {name}".encode() for name in ("狗哥", "猴哥", "武大郎", "一棵树")]
+
+
+def test_qq_client_ctrl_c_while_waiting_for_a_reply_exits_0(
+    cli: Callable[..., Cli], responder: Callable[..., Responder]
+) -> None:
+    services()
+    server = responder(lambda data: None)
+    client = cli("qq-client", "--port", str(server.port), "--timeout", "30")
+    client.write("狗哥\nhello\n")
+    wait_for(lambda: server.received, what="the message")
+    client.interrupt()
+    assert client.finish(timeout=5) == 0
+    assert_clean(client)
+
+
+def test_qq_client_bad_contact_is_a_usage_error() -> None:
+    completed = run(("qq-client", "--contact", "no-address"))
+    _, err = text(completed)
+    assert completed.returncode == 2
+    assert "NAME=IP:PORT" in err
+
+
+def test_qq_server_and_client_subcommands_talk(cli: Callable[..., Cli]) -> None:
+    services()
+    server = cli("qq-server", "--port", "0")
+    ip, port = server.bound()
+    client = cli("qq-client", "--contact", f"狗哥={ip}:{port}")
+    client.write("狗哥\n在吗\n")
+    server.expect("的一条消息:\033[1;44m在吗\033[0m")
+    server.write("在\n")
+    client.expect(qq_line(ip, port, "在"))
+    client.end_input()
+    server.end_input()
+    assert client.finish() == 0
+    assert server.finish() == 0
+    assert_clean(client)
+    assert_clean(server)
