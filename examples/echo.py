@@ -15,8 +15,7 @@ import queue
 import sys
 from typing import Any, Tuple
 
-from chatudp.errors import NoReplyError
-from chatudp.services import EchoClient, EchoServer
+from chatudp import EchoClient, EchoServer, NoReplyError
 
 
 def main() -> int:

@@ -14,8 +14,7 @@ import sys
 import threading
 from typing import Any, Dict, List, Tuple
 
-from chatudp.errors import ClosedError
-from chatudp.services import QQPeer
+from chatudp import ClosedError, QQPeer
 
 # The tutorial's message line: 来自[ip:port]的一条消息: text, the text in white on blue.
 LINE = "来自[%s:%s]的一条消息:\033[1;44m%s\033[0m"

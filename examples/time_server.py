@@ -15,7 +15,7 @@ import sys
 import time
 from typing import Any, Tuple
 
-from chatudp.services import TimeClient, TimeServer
+from chatudp import TimeClient, TimeServer
 
 
 def main() -> int:

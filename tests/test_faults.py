@@ -55,8 +55,9 @@ def test_heartbeats_keep_clients_in_the_table_under_loss_and_a_silent_client_exp
     stopper: Any, peers: Any, proxies: Any
 ) -> None:
     """Clients heartbeating every 0.1 s through 20% loss, 5% duplicates, 10% reordering and 50 ms
-    delay never leave a table whose interval is 1 s (the timer waits interval + grace = 1.5 s);
-    a client that goes silent is expired by the timer after interval + grace, as documented."""
+    delay never leave a table whose interval is 1 s (the timer waits interval + grace = 1.5 s;
+    a chat message expires who is silent for more than interval), not even while they chat; a
+    client that goes silent is expired by the timer after interval + grace, as documented."""
     interval, grace = 1.0, 0.5
     leaves: List[Tuple[Address, str, float]] = []
     srv = ChatUdpServer(port=0, interval=interval, on_leave=lambda a, r: leaves.append((a, r, time.time())))
@@ -83,16 +84,17 @@ def test_heartbeats_keep_clients_in_the_table_under_loss_and_a_silent_client_exp
 
     samples = missing = 0
     started = time.monotonic()
-    deadline = started + 3.0
     i = 0
-    while time.monotonic() < deadline:
+    # 2 s of heartbeats only: the silent peer is left to the expiry timer. Then 1 s with chat
+    # too, so the original's check at chat time (interval alone) runs on every message.
+    while time.monotonic() < started + 3.0:
         table = srv.clients
         samples += 1
         missing += len(live - set(table))
         if silent_up in table:
             last_seen_silent = table[silent_up]
-        if i % 10 == 0:  # chat too, so the chat-time expiry rule (interval alone) runs as well
-            clients[i // 10 % len(clients)].send(f"chat {i}")
+        if time.monotonic() > started + 2.0 and i % 5 == 0:
+            clients[i // 5 % len(clients)].send(f"chat {i}")
         i += 1
         time.sleep(0.02)
     assert missing == 0, f"live clients missing from the table in {missing} of {samples} samples"
@@ -100,8 +102,9 @@ def test_heartbeats_keep_clients_in_the_table_under_loss_and_a_silent_client_exp
     expired = [(a, t) for a, r, t in leaves if r == "expired"]
     assert [a for a, _ in expired] == [silent_up], leaves
     silence = expired[0][1] - last_seen_silent
-    # The timer looks at most every max_age/50 late; the chat-time rule may come first (> interval).
-    assert interval < silence < interval + grace + 0.3, silence
+    # The timer: after interval + expiry_grace, looked at no later than max_age/50 past it (then
+    # the event goes through the dispatcher thread to on_leave).
+    assert interval + grace <= silence < interval + grace + 0.3, silence
     assert all(c.running for c in clients) and srv.running and proxy.alive
     record_figures(
         "test_faults::test_heartbeats_keep_clients_in_the_table_under_loss_and_a_silent_client_expires",
@@ -253,7 +256,7 @@ def test_server_restart_while_clients_run(stopper: Any, proxies: Any, path: str)
     wait_for(lambda: sources() <= set(new.clients), timeout=5, what="clients back in the new table")
     back_after = time.monotonic() - restarted
     # The next heartbeat brings each back; through 20% loss, one of the next few does.
-    assert back_after < (hb + 0.15 if proxy is None else 10 * hb), back_after
+    assert back_after < (2 * hb if proxy is None else 10 * hb), back_after
     for box in got:
         box.clear()
     for _ in range(1 if proxy is None else 40):  # through 20% loss each way, until every client has one

@@ -87,7 +87,16 @@ def installed(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Venv:
     venv.EnvBuilder(with_pip=True, clear=True).create(home / "env")
     python = home / "env" / "bin" / "python"
     proc = run(
-        [str(python), "-m", "pip", "install", "--no-index", "--no-deps", "--disable-pip-version-check", str(built.wheel)],
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--no-index",
+            "--no-deps",
+            "--disable-pip-version-check",
+            str(built.wheel),
+        ],
         home,
         RUN_TIMEOUT,
     )
@@ -165,7 +174,8 @@ def test_metadata(metadata: Message) -> None:
         assert label and address.startswith("https://"), url
     assert metadata["Summary"], "no Summary"
     assert metadata.get("Description-Content-Type", "").startswith("text/markdown")
-    assert "one import line" in (metadata.get_payload() or ""), "the README is not the long description"
+    readme_title = next(line for line in (ROOT / "README.md").read_text(encoding="utf-8").splitlines() if line.strip())
+    assert readme_title in str(metadata.get_payload() or ""), "the README is not the long description"
     # chatudp needs nothing at run time, so `--no-deps` installs are complete: every dependency
     # belongs to an extra.
     for requirement in metadata.get_all("Requires-Dist") or []:
@@ -219,4 +229,3 @@ def test_console_script(built: Built, installed: Venv) -> None:
     proc = run([str(installed.python.parent / "chatudp"), "--help"], installed.workdir, RUN_TIMEOUT)
     assert proc.returncode == 0, report(proc)
     assert "demo" in proc.stdout, report(proc)
-

@@ -275,9 +275,7 @@ class Peer:
         """One datagram from anyone and its sender, or ``None`` after ``timeout`` seconds
         (``None``: no limit); ``ClosedError`` when the peer is closed."""
 
-    def request(
-        self, data: bytes, host: str, port: int, timeout: float, retries: int
-    ) -> tuple[bytes, _Address] | None:
+    def request(self, data: bytes, host: str, port: int, timeout: float, retries: int) -> tuple[bytes, _Address] | None:
         """Send ``data`` to ``(host, port)`` and wait for its reply, resending after each
         ``timeout`` seconds up to ``retries`` more times; ``None`` when no reply came."""
 
