@@ -141,6 +141,60 @@ def run_loadgen(args: List[str], timeout: float) -> Dict[str, Any]:
     return json.loads(lines[-1])
 
 
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all CPUs spent busy (user, nice, system, irq, softirq) since boot."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) / CLK_TCK
+
+
+def process_cpu_s(pid: int) -> float:
+    """utime + stime of a process (all its threads), seconds; 0 if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return 0.0
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+class ForeignLoad:
+    """CPUs used by processes other than ours (this one, its waited-for children, `pids`)
+    between construction and `done()`: on a shared machine, the other work competing with a run."""
+
+    def __init__(self, pids=()):
+        import resource  # noqa: PLC0415
+
+        self._resource = resource
+        self.pids = list(pids)
+        self.t0 = time.monotonic()
+        self.busy0 = machine_busy_s()
+        self.own0 = self._own()
+        self.srv0 = sum(process_cpu_s(p) for p in self.pids)
+
+    def _own(self) -> float:
+        r = self._resource
+        me, kids = r.getrusage(r.RUSAGE_SELF), r.getrusage(r.RUSAGE_CHILDREN)
+        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+    def done(self) -> Dict[str, float]:
+        wall = time.monotonic() - self.t0
+        busy = machine_busy_s() - self.busy0
+        own = self._own() - self.own0
+        srv = sum(process_cpu_s(p) for p in self.pids) - self.srv0
+        return {
+            "wall_s": wall,
+            "server_cpu_s": srv,
+            "machine_busy_cpus": busy / wall,
+            "ours_cpus": (own + srv) / wall,
+            "foreign_cpus": max(0.0, busy - own - srv) / wall,
+        }
+
+
 def loadavg() -> float:
     with open("/proc/loadavg") as f:
         return float(f.read().split()[0])

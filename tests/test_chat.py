@@ -414,3 +414,12 @@ def test_unreachable_clients(stopper: Any, peers: Any, drop: bool) -> None:
         assert srv.stats["unreachable"] == 1
     else:
         assert dead.addr in srv.clients and left == []
+
+
+def test_port_out_of_range_is_an_overflow_error_as_in_socket() -> None:
+    with pytest.raises(OverflowError, match="0-65535"):
+        ChatUdpServer(port=70000)
+    with pytest.raises(OverflowError, match="0-65535"):
+        ChatUdpClient(rport=-1)
+    with pytest.raises(TypeError):
+        ChatUdpServer(port="9999")  # type: ignore[arg-type]

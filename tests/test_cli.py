@@ -40,6 +40,19 @@ SUBCOMMANDS = (
 ENV = dict(os.environ, PYTHONIOENCODING="utf-8", TERM="dumb", PYTHONDONTWRITEBYTECODE="1")
 ENV.pop("PYTHONSTARTUP", None)
 
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    # Started from a background job of a shell script: SIGINT is ignored here and in every child,
+    # and Python then keeps it ignored. Give the children Python's usual Ctrl-C back, so the
+    # Ctrl-C tests test the CLI rather than the environment.
+    COMMAND = [
+        sys.executable,
+        "-c",
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "sys.argv[0] = 'chatudp'; runpy.run_module('chatudp', run_name='__main__', alter_sys=True)",
+    ]
+else:
+    COMMAND = [sys.executable, "-m", "chatudp"]
+
 
 def qq_line(ip: str, port: int, text: str) -> str:
     return "来自[%s:%s]的一条消息:\033[1;44m%s\033[0m" % (ip, port, text)
@@ -63,7 +76,7 @@ class Cli:
         self._err = bytearray()
         self._lock = threading.Lock()
         self._readers: List[threading.Thread] = []
-        cmd = [sys.executable, "-m", "chatudp", *args]
+        cmd = [*COMMAND, *args]
         if use_pty:
             import pty
 
@@ -185,7 +198,7 @@ def _read_fd(fd: int) -> bytes:
 def run(args: Tuple[str, ...], stdin: str = "", timeout: float = TIMEOUT) -> subprocess.CompletedProcess:
     """A one-shot run with all of stdin given at once."""
     return subprocess.run(
-        [sys.executable, "-m", "chatudp", *args],
+        [*COMMAND, *args],
         input=stdin.encode("utf-8"),
         capture_output=True,
         env=ENV,

@@ -12,6 +12,7 @@ import os
 import random
 import re
 import socket
+import threading
 import time
 import warnings
 from typing import Any, Dict, Iterator, List, Optional, Tuple
@@ -172,6 +173,10 @@ def sides() -> Iterator[Dict[int, Tuple[Side, Side]]]:
                 truncated=stats["truncated"],
                 relayed=stats["relayed"],
                 send_errors=stats["send_errors"],
+                single_datagram_examples=len(SIZES),
+                over_1024_bytes=sum(n > 1024 for n in SIZES),
+                over_60000_bytes=sum(n > 60000 for n in SIZES),
+                largest=max(SIZES, default=0),
             )
     finally:
         for server in servers:
@@ -225,6 +230,9 @@ def datagrams(draw: Any) -> bytes:
 # -- tests --------------------------------------------------------------------------------------
 
 
+SIZES: List[int] = []  # of the datagrams the single-datagram test sent, for the figures
+
+
 def _both(sides: Dict[int, Tuple[Side, Side]], bufsize: int, sends: List[Tuple[int, bytes]]) -> None:
     ours, model = sides[bufsize]
     for sender, data in sends:
@@ -240,6 +248,7 @@ def _both(sides: Dict[int, Tuple[Side, Side]], bufsize: int, sends: List[Tuple[i
 def test_one_random_datagram_gets_the_same_answer_as_the_original(
     sides: Dict[int, Tuple[Side, Side]], data: bytes
 ) -> None:
+    SIZES.append(len(data))
     for bufsize in (1024, MAX_DATAGRAM):  # the tutorial's recvfrom(1024) cuts; 65507 reads it all
         _both(sides, bufsize, [(0, data)])
 
@@ -276,7 +285,7 @@ class _ClientFixture:
 
     def __init__(self) -> None:
         self.server: Optional[socket.socket] = None
-        self.clients: List[Tuple[ChatUdpClient, List[bytes]]] = []
+        self.clients: List[Tuple[ChatUdpClient, List[bytes], threading.Event]] = []
         self.sent = 0
 
     def ensure(self) -> None:
@@ -285,27 +294,35 @@ class _ClientFixture:
         self.server = _socket()
         for bufsize in (1024, MAX_DATAGRAM):
             box: List[bytes] = []
-            cli = ChatUdpClient(*self.server.getsockname(), interval=3600, bufsize=bufsize, on_message=lambda d, a, b=box: b.append(d))
+            end = threading.Event()
+
+            def on_message(data: bytes, addr: Any, box: List[bytes] = box, end: threading.Event = end) -> None:
+                box.append(data)
+                if data == b"end":
+                    end.set()
+
+            cli = ChatUdpClient(*self.server.getsockname(), interval=3600, bufsize=bufsize, on_message=on_message)
             cli.start()
             cli.send(b"hello")
-            self.clients.append((cli, box))
+            self.clients.append((cli, box, end))
         for _ in self.clients:
             self.server.recvfrom(100)
 
     def check(self, data: bytes) -> None:
         self.ensure()
         assert self.server is not None
-        for cli, box in self.clients:
+        for cli, box, end in self.clients:
             box.clear()
+            end.clear()
             self.server.sendto(data, cli.addr)
             self.server.sendto(b"end", cli.addr)
             self.sent += 2
-            wait_for(lambda: box[-1:] == [b"end"], timeout=5, what="the end marker")
+            assert end.wait(5), "the end marker never came"
             assert box == [data[: cli.bufsize], b"end"]
             assert cli.running
 
     def close(self) -> None:
-        for cli, _ in self.clients:
+        for cli, _, _ in self.clients:
             received = cli.stats["received"]
             cli.stop()
             assert received == self.sent // len(self.clients)

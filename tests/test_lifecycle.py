@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
 import threading
 import time
-from typing import Any, List
+from typing import Any, List, Tuple
 
 import pytest
 
 from chatudp import ChatUdpClient, ChatUdpServer
-from conftest import thread_count, wait_for
+from conftest import wait_for
 
 
 def run_python(code: str, timeout: float = 20) -> subprocess.CompletedProcess:
@@ -21,22 +22,34 @@ def run_python(code: str, timeout: float = 20) -> subprocess.CompletedProcess:
     )
 
 
+def chatudp_threads() -> Tuple[int, int]:
+    """(Rust socket threads, Python dispatcher threads) of chatudp alive in this process."""
+    rust = 0
+    for task in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{task}/comm") as comm:
+                rust += comm.read().startswith("chatudp-")
+        except FileNotFoundError:  # the thread ended while we looked
+            pass
+    python = sum(t.name.startswith("chatudp-") for t in threading.enumerate())
+    return rust, python
+
+
 def test_stop_joins_every_thread() -> None:
-    before_os, before_py = thread_count(), threading.active_count()
+    assert chatudp_threads() == (0, 0)
     srv = ChatUdpServer(port=0)
     srv.start()
     clients = [ChatUdpClient(*srv.addr, interval=0.05) for _ in range(3)]
     for c in clients:
         c.start()
         c.send("hi")
-    assert thread_count() >= before_os + 8  # a socket thread and a dispatcher each
+    assert chatudp_threads() == (4, 4)  # a socket thread and a dispatcher each
     for c in clients:
         c.stop()
     srv.stop()
-    # Threads left by earlier tests may end meanwhile, hence <=. A joined thread may linger in
-    # /proc for a moment while the kernel finishes its exit.
-    assert threading.active_count() <= before_py
-    wait_for(lambda: thread_count() <= before_os, timeout=2, what="every OS thread to exit")
+    assert chatudp_threads()[1] == 0
+    # A joined thread may linger in /proc for a moment while the kernel finishes its exit.
+    wait_for(lambda: chatudp_threads() == (0, 0), timeout=2, what="every thread to exit")
 
 
 def test_stop_is_prompt_and_idempotent() -> None:

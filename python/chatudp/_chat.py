@@ -79,6 +79,15 @@ def _check_bufsize(bufsize: int) -> int:
     return bufsize
 
 
+def _check_port(port: int) -> int:
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"port must be an int, not {type(port).__name__}")
+    if not 0 <= port <= 65535:
+        # OverflowError, as socket.bind raises it for the same mistake.
+        raise OverflowError(f"port must be 0-65535, not {port}")
+    return port
+
+
 def _check_rate(rate: Optional[Tuple[float, float]]) -> Optional[Tuple[float, float]]:
     if rate is None:
         return None
@@ -403,7 +412,7 @@ class ChatUdpServer(_Endpoint):
             raise ValueError(f"max_clients must be an int >= 1, not {max_clients!r}")
         if expiry_grace is not None and not expiry_grace >= 0:
             raise ValueError(f"expiry_grace must be None or >= 0 seconds, not {expiry_grace!r}")
-        self.addr: Address = (ip, port)
+        self.addr: Address = (ip, _check_port(port))
         self.on_message = on_message
         self.on_join = on_join
         self.on_leave = on_leave
@@ -489,7 +498,7 @@ class ChatUdpClient(_Endpoint):
     ) -> None:
         super().__init__(interval, bufsize, queue_size, backlog)
         _check_callback("on_message", on_message)
-        self.raddr: Address = (rip, rport)
+        self.raddr: Address = (rip, _check_port(rport))
         self.on_message = on_message
         self.addr: Optional[Address] = None
         self._options: Dict[str, Any] = {"rcvbuf": rcvbuf, "sndbuf": sndbuf, "secret": _check_secret(secret)}
