@@ -259,6 +259,9 @@ impl ClientLoop {
                         Counters::add(&counters.relayed, 1);
                         self.events.emit(Event::Message { data: payload.to_vec(), from: datagram.from }, counters);
                     }
+                    if count < RECV_BATCH {
+                        return;
+                    }
                 }
                 Err(e) => {
                     // The server's port is closed: count it and keep listening.

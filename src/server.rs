@@ -153,6 +153,7 @@ impl Server {
                 batch: SendBatch::default(),
                 sealer: config.secret.as_deref().map(|secret| Sealer::new(secret, now)),
                 sealed: Vec::new(),
+                icmp_seen: false,
             },
             socket,
             waiter,
@@ -220,6 +221,8 @@ struct Outbox {
     batch: SendBatch,
     sealer: Option<Sealer>,
     sealed: Vec<u8>,
+    /// A send met an ICMP error about an earlier datagram: the error queue has news.
+    icmp_seen: bool,
 }
 
 impl Outbox {
@@ -233,6 +236,7 @@ impl Outbox {
         };
         let report = self.batch.send_to_all(&self.socket, wire, to, |_, errno| counters.send_failed(errno));
         Counters::add(&counters.sent, report.sent as u64);
+        self.icmp_seen |= report.deferred_errors > 0;
     }
 }
 
@@ -274,19 +278,30 @@ impl RelayLoop {
     }
 
     fn drain(&mut self, control: &Control) {
+        let mut received = 0;
         for _ in 0..BATCHES_PER_WAKE {
             if control.is_stopping() {
                 return;
             }
             match self.recv.recv(&self.socket) {
                 Ok(0) => break,
-                Ok(n) => self.handle_batch(n),
+                Ok(n) => {
+                    received += n;
+                    self.handle_batch(n);
+                    // A short batch emptied the queue; the (level-triggered) poller tells us
+                    // when more comes, which saves a system call per wake-up.
+                    if n < RECV_BATCH {
+                        break;
+                    }
+                }
                 // An ICMP report about an earlier send: the socket itself is fine.
-                Err(e) if net::is_deferred_icmp_error(&e) => {}
+                Err(e) if net::is_deferred_icmp_error(&e) => self.out.icmp_seen = true,
                 Err(_) => break,
             }
         }
-        if self.error_queue {
+        // A wake-up with nothing to read is the poller reporting a queued ICMP error.
+        if self.error_queue && (self.out.icmp_seen || received == 0) {
+            self.out.icmp_seen = false;
             self.drop_unreachable();
         }
     }
@@ -381,10 +396,11 @@ impl RelayLoop {
                     self.events.emit(Event::Reject(from, DropReason::TableFull), counters);
                 }
                 Outcome::Chat { .. } => {
-                    self.events.emit(Event::Message { data: payload.to_vec(), from }, counters);
+                    // The Acks go out first: the event costs the round trip nothing.
                     protocol::write_ack(payload, &from, &mut self.ack);
                     self.out.send(&self.ack, &self.live, counters);
                     Counters::add(&counters.relayed, 1);
+                    self.events.emit(Event::Message { data: payload.to_vec(), from }, counters);
                 }
             }
             emit_expired(&self.gone, &self.events, counters);

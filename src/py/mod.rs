@@ -19,6 +19,8 @@ mod services;
 
 pyo3::import_exception!(chatudp.errors, ClosedError);
 
+/// How long the dispatcher lets events gather before it blocks on an empty queue.
+const LINGER: Duration = Duration::from_millis(1);
 /// Longest a wait stays detached before it checks for Ctrl-C.
 const SIGNAL_SLICE: Duration = Duration::from_millis(100);
 
@@ -123,6 +125,20 @@ fn next_events<'py>(
         Some(t) => Some(Instant::now() + Duration::from_secs_f64(t.min(1e9))),
         None => None,
     };
+    // Take what is queued. When nothing is, wait a moment without blocking on the channel:
+    // under load the socket thread then never pays for waking us, and we take the GIL once
+    // for many events.
+    let queued = py.detach(|| {
+        let mut batch: Vec<Event> = events.try_iter().take(max_events.max(1)).collect();
+        if batch.is_empty() {
+            std::thread::sleep(LINGER);
+            batch.extend(events.try_iter().take(max_events.max(1)));
+        }
+        batch
+    });
+    if !queued.is_empty() {
+        return queued.iter().map(|e| event_tuple(py, e)).collect::<PyResult<Vec<_>>>().map(Some);
+    }
     loop {
         let slice = deadline.map_or(SIGNAL_SLICE, |d| d.saturating_duration_since(Instant::now()).min(SIGNAL_SLICE));
         let batch = py.detach(|| match events.recv_timeout(slice) {
