@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
@@ -562,6 +563,271 @@ def test_chat_server_and_client_subcommands_talk(cli: Callable[..., Cli]) -> Non
     assert client.finish() == 0
     assert_clean(server)
     assert_clean(client)
+
+
+# -- the group chat on a terminal: the input line stays intact ------------------------------------
+
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+PTY_DEADLINE = 8.0  # the whole of one terminal session, well under the 10 s a test may take
+HIDE_PROMPT_TOOLKIT = (
+    "import runpy, signal, sys; sys.modules['prompt_toolkit'] = None; "
+    "signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "sys.argv[0] = 'chatudp'; runpy.run_module('chatudp', run_name='__main__', alter_sys=True)"
+)
+
+
+class PtyChat:
+    """A ``server`` or ``client`` subcommand on a terminal of its own (a pty, 80x24, TERM=xterm).
+
+    Output is read here with ``select`` and a deadline, never by an unbounded read; it answers the
+    cursor position requests prompt_toolkit sends, as a terminal does. ``mode`` "plain" sets
+    CHATUDP_PLAIN=1; "no prompt_toolkit" runs it with prompt_toolkit not importable.
+    """
+
+    def __init__(self, args: Tuple[str, ...], mode: str = "prompt_toolkit") -> None:
+        import fcntl
+        import pty
+        import struct
+        import termios
+
+        self.deadline = time.monotonic() + PTY_DEADLINE
+        self.master, self.slave = pty.openpty()
+        fcntl.ioctl(self.slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        self.modes = termios.tcgetattr(self.slave)
+        env = dict(ENV, TERM="xterm")
+        env.pop("PROMPT_TOOLKIT_NO_CPR", None)
+        env.pop("CHATUDP_PLAIN", None)
+        command = COMMAND
+        if mode == "plain":
+            env["CHATUDP_PLAIN"] = "1"
+        elif mode == "no prompt_toolkit":
+            command = [sys.executable, "-c", HIDE_PROMPT_TOOLKIT]
+        self.raw = bytearray()
+        self._answered = 0
+        self._closed = False
+        self.proc = subprocess.Popen(
+            [*command, *args], stdin=self.slave, stdout=self.slave, stderr=subprocess.PIPE, env=env
+        )
+
+    def _pump(self, wait: float) -> None:
+        if self._closed:
+            time.sleep(wait)
+            return
+        ready, _, _ = select.select([self.master], [], [], wait)
+        if not ready:
+            return
+        try:
+            data = os.read(self.master, 65536)
+        except OSError:  # EIO: no process holds the terminal any more
+            data = b""
+        if not data:
+            self._closed = True
+            return
+        self.raw.extend(data)
+        requests = self.raw.count(b"\x1b[6n")
+        while self._answered < requests:
+            os.write(self.master, b"\x1b[1;1R")
+            self._answered += 1
+
+    def expect(self, text: str, start: int = 0) -> int:
+        """Waits until the output from byte ``start`` on holds ``text``; returns where it is."""
+        needle = text.encode("utf-8")
+        while True:
+            found = self.raw.find(needle, start)
+            if found >= 0:
+                return found
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise AssertionError(f"{text!r} not seen on the terminal; output={bytes(self.raw)!r}")
+            self._pump(min(remaining, 0.1))
+
+    def settle(self, seconds: float) -> None:
+        """Reads (and answers) what comes within ``seconds``."""
+        end = min(time.monotonic() + seconds, self.deadline)
+        while time.monotonic() < end:
+            self._pump(max(0.0, min(end - time.monotonic(), 0.05)))
+
+    def type(self, text: str) -> None:
+        os.write(self.master, text.encode("utf-8"))
+
+    def finish(self) -> Tuple[int, str]:
+        """Waits (within the deadline) for the exit status; returns it and stderr."""
+        while self.proc.poll() is None:
+            if time.monotonic() > self.deadline:
+                raise AssertionError(f"still running; output={bytes(self.raw)!r}")
+            self._pump(0.05)
+        self.settle(0.1)
+        assert self.proc.stderr is not None
+        return self.proc.returncode, self.proc.stderr.read().decode("utf-8", "replace")
+
+    def text(self, start: int = 0) -> str:
+        """The output from byte ``start`` on, without its escape sequences."""
+        return ANSI.sub("", self.raw[start:].decode("utf-8", "replace"))
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=5)
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+        for fd in (self.master, self.slave):
+            os.close(fd)
+
+
+@pytest.fixture
+def pty_chat() -> Iterator[Callable[..., PtyChat]]:
+    started: List[PtyChat] = []
+
+    def start(*args: str, mode: str = "prompt_toolkit") -> PtyChat:
+        child = PtyChat(args, mode=mode)
+        started.append(child)
+        return child
+
+    yield start
+    for child in started:
+        child.close()
+
+
+def needs_prompt_toolkit() -> None:
+    pytest.importorskip("prompt_toolkit")
+
+
+@pytest.mark.timeout(10)
+@pytest.mark.parametrize("mode", ["prompt_toolkit", "plain", "no prompt_toolkit"])
+def test_chat_client_on_a_terminal_keeps_the_typed_line_while_a_message_arrives(
+    pty_chat: Callable[..., PtyChat], mode: str
+) -> None:
+    from chatudp import ChatUdpClient, ChatUdpServer
+
+    if mode == "prompt_toolkit":
+        needs_prompt_toolkit()
+    received: List[bytes] = []
+    joined: List[Tuple[str, int]] = []
+    left: List[str] = []
+    server = ChatUdpServer(
+        LOOPBACK,
+        0,
+        10,
+        on_message=lambda data, addr: received.append(bytes(data)),
+        on_join=lambda addr: joined.append(tuple(addr)),
+        on_leave=lambda addr, reason: left.append(reason),
+    )
+    server.start()
+    peer = ChatUdpClient(LOOPBACK, server.addr[1], 10, on_message=lambda data, addr: None)
+    try:
+        chat = pty_chat("client", "--port", str(server.addr[1]), "--interval", "0.2", mode=mode)
+        chat.expect(">>")
+        wait_for(lambda: joined, 5, "the client's first heartbeat")
+        chat.type("hel")
+        typed = chat.expect("hel")
+        peer.start()
+        peer.send("hello from peer")
+        ack = chat.expect("Ack b'HELLO FROM PEER'. from 127.0.0.1:", typed)
+        if mode == "prompt_toolkit":
+            # The prompt line is erased, the message printed on a line of its own, then the prompt
+            # is drawn again below it with the half-typed line as it was.
+            assert b"\x1b[J" in chat.raw[typed:ack], bytes(chat.raw[typed:])
+            chat.expect("hel", ack)
+            assert re.search(r"PEER'\. from 127\.0\.0\.1:\d+\"\r?\n[^\n]*>> hel", chat.text(typed)), chat.text(typed)
+        else:
+            assert b"\x1b[" not in chat.raw, bytes(chat.raw)  # no line editing: plain lines
+        chat.type("lo world\r")
+        wait_for(lambda: received[-1:] == [b"hello world"], 5, "the finished line at the server")
+        assert received == [b"hello from peer", b"hello world"]
+        done = chat.expect("Ack b'HELLO WORLD'", ack)
+        # Ctrl-D once the prompt is back: prompt_toolkit prints a message with the terminal in
+        # cooked mode for a moment, where Ctrl-D is the end of a read and not a key.
+        if mode == "prompt_toolkit":
+            chat.expect(">>", done)
+        chat.settle(0.3)
+        chat.type("\x04")  # Ctrl-D at an empty prompt: quit sent, status 0
+        status, err = chat.finish()
+        assert status == 0, err
+        assert err == ""
+        wait_for(lambda: left, 5, "the client to leave")
+        assert left == ["quit"]
+    finally:
+        peer.stop()
+        server.stop()
+
+
+@pytest.mark.timeout(10)
+def test_chat_client_prompt_toolkit_ctrl_c_sends_quit_and_exits_0(pty_chat: Callable[..., PtyChat]) -> None:
+    from chatudp import ChatUdpServer
+
+    needs_prompt_toolkit()
+    received: List[bytes] = []
+    joined: List[Tuple[str, int]] = []
+    left: List[str] = []
+    server = ChatUdpServer(
+        LOOPBACK,
+        0,
+        10,
+        on_message=lambda data, addr: received.append(bytes(data)),
+        on_join=lambda addr: joined.append(tuple(addr)),
+        on_leave=lambda addr, reason: left.append(reason),
+    )
+    server.start()
+    try:
+        chat = pty_chat("client", "--port", str(server.addr[1]), "--interval", "0.2")
+        chat.expect(">>")
+        wait_for(lambda: joined, 5, "the client's first heartbeat")
+        chat.type("never sent")
+        chat.expect("never sent")
+        chat.type("\x03")  # Ctrl-C: the terminal is in raw mode, prompt_toolkit reads it as a key
+        status, err = chat.finish()
+        assert status == 0, err
+        assert err == ""
+        wait_for(lambda: left, 5, "the client to leave")
+        assert left == ["quit"] and received == []
+        assert not chat.raw.endswith(b"\r\n\r\n"), bytes(chat.raw[-80:])  # one fresh line, not two
+    finally:
+        server.stop()
+
+
+@pytest.mark.timeout(10)
+def test_chat_client_prompt_toolkit_sigterm_exits_0_and_restores_the_terminal(
+    pty_chat: Callable[..., PtyChat], udp: Callable[[], Udp]
+) -> None:
+    import termios
+
+    needs_prompt_toolkit()
+    server = udp()
+    chat = pty_chat("client", "--port", str(server.port))
+    chat.expect(">>")
+    chat.type("half")
+    chat.expect("half")
+    assert termios.tcgetattr(chat.slave) != chat.modes  # raw mode while the prompt is up
+    chat.proc.send_signal(signal.SIGTERM)
+    status, err = chat.finish()
+    assert status == 0, err
+    assert err == ""
+    assert server.recv_chat(5)[0] == b"quit"
+    assert termios.tcgetattr(chat.slave) == chat.modes
+
+
+@pytest.mark.timeout(10)
+def test_chat_server_prompt_toolkit_logs_above_the_typed_line(
+    pty_chat: Callable[..., PtyChat], udp: Callable[[], Udp]
+) -> None:
+    needs_prompt_toolkit()
+    chat = pty_chat("server", "--port", "0")
+    at = chat.expect(">>")
+    match = re.search(r" on (\S+):(\d+);", chat.text())
+    assert match, chat.text()
+    chat.type("qu")
+    typed = chat.expect("qu", at)
+    peer = udp()
+    assert peer.request(b"hello", (match.group(1), int(match.group(2))), 5).startswith(b"Ack b'HELLO'")
+    logged = chat.expect(" b'hello'", typed)
+    assert b"\x1b[J" in chat.raw[typed:logged]
+    chat.expect(f"('{LOOPBACK}', {peer.port})", logged)
+    chat.expect("qu", logged)
+    chat.type("it\r")  # the two halves make quit
+    status, err = chat.finish()
+    assert status == 0, err
+    assert err == ""
+    assert peer.recv(5)[0] == b"Bye!"
 
 
 # -- echo ------------------------------------------------------------------------------------

@@ -207,16 +207,67 @@ def test_duplicates_and_reordering_never_corrupt_the_table(stopper: Any, peers: 
     )
 
 
+def test_authenticated_mode_drops_every_duplicate_as_a_replay(stopper: Any, proxies: Any) -> None:
+    """With `secret=`, a duplicated datagram is a replay: through 30% duplicates and 20%
+    reordering (in both directions) the server drops exactly the duplicates the proxy made, each
+    chat message is relayed once, and each client gets each Ack exactly once."""
+    key = bytes(range(32))
+    srv = ChatUdpServer(port=0, interval=30, secret=key, on_message=lambda d, a: None)
+    srv.start()
+    stopper(srv)
+    proxy = proxies(srv.addr, seed=11, duplicate=0.3, reorder=0.2, delay=0.002, reorder_delay=0.02)
+    got: List[List[bytes]] = [[] for _ in range(3)]
+    clients = []
+    for i in range(3):
+        cli = ChatUdpClient(*proxy.addr, interval=0.1, secret=key, on_message=lambda d, a, b=got[i]: b.append(d))
+        cli.start()
+        stopper(cli)
+        clients.append(cli)
+    wait_for(lambda: len(srv.clients) == 3, what="three clients")
+    for i in range(60):
+        clients[i % 3].send(f"m{i}")
+        time.sleep(0.003)
+    wait_for(lambda: all(len(b) >= 60 for b in got), what="60 Acks at each client")
+    wait_for(lambda: proxy.pending() == 0, what="the last duplicated Acks")
+    time.sleep(0.1)  # for the clients to read them
+    for cli in clients:
+        cli.stop()  # no more heartbeats: the counts below stand still
+    wait_for(lambda: proxy.pending() == 0 and srv.stats["received"] == proxy.counts()["up"]["delivered"], what="quiet")
+    time.sleep(0.05)
+    counts, stats, ups = proxy.counts(), srv.stats, proxy.upstream_addrs()
+    assert stats["dropped"]["auth"] == counts["up"]["duplicated"], (stats, counts)
+    assert stats["relayed"] == 60
+    for i, box in enumerate(got):
+        expected = {original_ack(f"m{n}".encode(), ups[clients[n % 3].addr]) for n in range(60)}
+        assert sorted(box) == sorted(expected), f"client {i}"
+    client_drops = sum(c.stats["dropped"]["auth"] for c in clients)
+    assert client_drops == counts["down"]["duplicated"], (client_drops, counts)
+    record_figures(
+        "test_faults::test_authenticated_mode_drops_every_duplicate_as_a_replay",
+        server_auth_drops=stats["dropped"]["auth"],
+        client_auth_drops=client_drops,
+        proxy=counts,
+    )
+
+
 # -- server restart and ICMP port unreachable --------------------------------------------------
 
 
-@pytest.mark.parametrize("path", ["direct", "through_proxy"])
+@pytest.mark.parametrize("path", ["direct", "through_proxy", "validate", "secret"])
 def test_server_restart_while_clients_run(stopper: Any, proxies: Any, path: str) -> None:
     """Stop the server and start a new one on the same port: the clients keep running (the
     closed port answers their heartbeats and messages with ICMP port unreachable, which they
-    count) and are back in the new server's table with their next heartbeat."""
+    count) and are back in the new server's table with their next heartbeat. Also with
+    `validate=True` (the new server has a new cookie key: the clients answer its challenge) and
+    with `secret=` (the new server's replay windows start empty, its counter from the clock)."""
     hb = 0.2
-    srv = ChatUdpServer(port=0, interval=5)
+    options: Dict[str, Any] = {}
+    client_options: Dict[str, Any] = {}
+    if path == "validate":
+        options = {"validate": True}
+    elif path == "secret":
+        options = client_options = {"secret": b"restart-test-secret-0123456789ab"}
+    srv = ChatUdpServer(port=0, interval=5, **options)
     srv.start()
     port = srv.addr[1]
     target: Address = (LOOPBACK, port)
@@ -227,7 +278,7 @@ def test_server_restart_while_clients_run(stopper: Any, proxies: Any, path: str)
     got: List[List[bytes]] = [[] for _ in range(5)]
     clients = []
     for i in range(5):
-        cli = ChatUdpClient(*target, interval=hb, on_message=lambda d, a, box=got[i]: box.append(d))
+        cli = ChatUdpClient(*target, interval=hb, on_message=lambda d, a, box=got[i]: box.append(d), **client_options)
         cli.start()
         stopper(cli)
         clients.append(cli)
@@ -249,7 +300,7 @@ def test_server_restart_while_clients_run(stopper: Any, proxies: Any, path: str)
     assert all(c.running for c in clients)
     if proxy is None:
         assert all(c.stats["unreachable"] > 0 for c in clients), [c.stats for c in clients]
-    new = ChatUdpServer(port=port, interval=5)
+    new = ChatUdpServer(port=port, interval=5, **options)
     new.start()
     stopper(new)
     restarted = time.monotonic()

@@ -12,12 +12,19 @@ Conventions shared by every subcommand: ``--ip``/``--port`` (servers bind there,
 that address; defaults as in the tutorial); prompts and program output on stdout, errors on
 stderr; end of input (Ctrl-D), Ctrl-C and SIGTERM end the program with status 0 and no traceback;
 a port in use or a bad address is one line on stderr and status 2.
+
+On a terminal, the chat's ``server`` and ``client`` edit the input line with prompt_toolkit (the
+``cli`` extra) when it is installed: messages logged while a line is half typed are printed above
+the prompt, and the line stays as typed. Without it, when stdin or stdout is not a terminal, when
+``TERM`` is ``dumb``, or when ``CHATUDP_PLAIN`` is set (to anything but ``0``), they read plain lines.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import collections
+import contextlib
 import logging
 import os
 import queue
@@ -28,7 +35,7 @@ import socket
 import sys
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 __all__ = ["main"]
 
@@ -217,6 +224,98 @@ def _read(prompt: str) -> Optional[str]:
     return line.strip()
 
 
+Reader = Callable[[str], Optional[str]]
+PLAIN_ENV = "CHATUDP_PLAIN"
+
+
+def _plain_forced() -> bool:
+    return os.environ.get(PLAIN_ENV, "") not in ("", "0")
+
+
+def _is_tty(stream: Any) -> bool:
+    try:
+        return stream is not None and bool(stream.isatty())
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+class _LineEditor:
+    """Lines read with prompt_toolkit, for a chat whose messages are logged while the user types.
+
+    Every prompt runs on one event loop, kept open until :meth:`close`: the writer thread of
+    ``patch_stdout`` hands text to the loop of the prompt it saw running, and a loop closed under
+    it (as ``PromptSession.prompt`` closes its own after each line) would lose that text.
+    """
+
+    #: Set once a prompt has ended on Ctrl-C or SIGTERM: prompt_toolkit leaves the cursor on a
+    #: fresh line then, so `main` need not print one.
+    interrupted_at_prompt = False
+
+    def __init__(self) -> None:
+        from prompt_toolkit import PromptSession
+
+        self._session: "PromptSession[str]" = PromptSession()
+        self._loop = asyncio.new_event_loop()
+
+    def read(self, prompt: str) -> Optional[str]:
+        """``input(prompt).strip()``; None at Ctrl-D, KeyboardInterrupt at Ctrl-C."""
+        task = self._loop.create_task(self._session.prompt_async(prompt))
+        try:
+            line = self._loop.run_until_complete(task)
+        except EOFError:
+            return None
+        except BaseException as exc:
+            # SIGTERM raises KeyboardInterrupt out of the loop, past the prompt: cancel it, so it
+            # puts the terminal back the way it was.
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(BaseException):
+                    self._loop.run_until_complete(task)
+            if isinstance(exc, KeyboardInterrupt):
+                _LineEditor.interrupted_at_prompt = True
+            raise
+        return line.strip()
+
+    def close(self) -> None:
+        """Runs what the writer thread handed to the loop last, then closes the loop."""
+        try:
+            for _ in range(3):
+                self._loop.run_until_complete(asyncio.sleep(0))
+            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
+        finally:
+            self._loop.close()
+
+
+@contextlib.contextmanager
+def _chat_input() -> Iterator[Reader]:
+    """The line reader of the interactive chat: prompt_toolkit's, with ``patch_stdout`` so that
+    what is printed or logged meanwhile goes above the input line, on a terminal where it is
+    installed; else `_read`, plain lines."""
+    editor: Optional[_LineEditor] = None
+    patch: Any = None
+    if not _plain_forced() and _is_tty(sys.stdin) and _is_tty(sys.stdout):
+        try:
+            from prompt_toolkit.patch_stdout import patch_stdout
+            from prompt_toolkit.utils import is_dumb_terminal
+
+            if not is_dumb_terminal():
+                editor = _LineEditor()
+                patch = patch_stdout
+        except Exception:  # not installed, or cannot drive this terminal: plain lines
+            editor = None
+    if editor is None:
+        yield _read
+        return
+    stderr = sys.stderr
+    try:
+        with patch():
+            if not _is_tty(stderr):
+                sys.stderr = stderr  # errors stay on their own stream when it is not the terminal
+            yield editor.read
+    finally:
+        editor.close()
+
+
 def _cleanup(*steps: Callable[[], object]) -> None:
     """Runs shutdown steps with Ctrl-C and SIGTERM held off, so a second Ctrl-C cannot leave a
     traceback or half-stopped threads behind."""
@@ -242,13 +341,29 @@ def _wait_for_signal(event: Optional[threading.Event] = None) -> None:
         time.sleep(0.2)
 
 
+class _StdoutHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """A StreamHandler on whatever ``sys.stdout`` is when a record is written, so that records
+    go through prompt_toolkit's ``patch_stdout`` while a prompt is up."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stdout)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass  # always sys.stdout
+
+
 def _setup_logging(args: argparse.Namespace) -> None:
     """The tutorial's ``logging.basicConfig``, on stdout (it is the program's output)."""
     try:
         logging.Formatter(args.log_format).format(logging.makeLogRecord({"msg": "check"}))
     except (ValueError, KeyError, TypeError) as exc:
         raise Fatal(f"bad --log-format {args.log_format!r}: {exc}") from None
-    logging.basicConfig(format=args.log_format, level=getattr(logging, args.log_level), stream=sys.stdout)
+    logging.basicConfig(format=args.log_format, level=getattr(logging, args.log_level), handlers=[_StdoutHandler()])
 
 
 def _stats_line(stats: Dict[str, Any], keys: Sequence[str] = ("received", "relayed", "sent")) -> str:
@@ -387,12 +502,13 @@ def cmd_server(args: argparse.Namespace) -> int:
     server = _open("bind", args.ip, args.port, lambda: _started(ChatUdpServer(args.ip, args.port, args.interval)))
     try:
         _out(f"chat server on {_hostport(*server.addr[:2])}; type quit to stop, any other line shows the clients")
-        while True:
-            cmd = _read(">> ")
-            if cmd is None or cmd == "quit":
-                break
-            logging.info(threading.enumerate())
-            logging.info(server.clients)
+        with _chat_input() as read:
+            while True:
+                cmd = read(">> ")
+                if cmd is None or cmd == "quit":
+                    break
+                logging.info(threading.enumerate())
+                logging.info(server.clients)
     finally:
         _cleanup(server.stop)
     return EXIT_OK
@@ -408,14 +524,15 @@ def cmd_client(args: argparse.Namespace) -> int:
         client.send("quit")  # as the tutorial does before stop(), so the server forgets us now
 
     try:
-        while True:
-            cmd = _read(">> ")
-            if cmd is None or cmd == "quit":
-                break
-            try:
-                client.send(cmd)
-            except OSError as exc:
-                _err(f"cannot send: {_error_text(exc)}")
+        with _chat_input() as read:
+            while True:
+                cmd = read(">> ")
+                if cmd is None or cmd == "quit":
+                    break
+                try:
+                    client.send(cmd)
+                except OSError as exc:
+                    _err(f"cannot send: {_error_text(exc)}")
     finally:
         _cleanup(leave, client.stop)
     return EXIT_OK
@@ -661,6 +778,10 @@ def _qq_exchange(peer: Any, name: str, addr: Address, msg: str, timeout: float) 
 # -- argument parsing ------------------------------------------------------------------------
 
 _STOP_NOTE = "Ctrl-D (end of input) or Ctrl-C ends it with status 0."
+_EDIT_NOTE = (
+    "; on a terminal, with prompt_toolkit installed (the 'cli' extra), above the line being typed, which "
+    f"stays as it is ({PLAIN_ENV}=1 reads plain lines instead). "
+)
 _SERVICE_NOTE = (
     "It has no input loop: it runs until Ctrl-C or SIGTERM (status 0) and ignores standard input. "
     "A port in use or a bad address: one line on stderr, status 2."
@@ -755,7 +876,7 @@ def build_parser() -> argparse.ArgumentParser:
         "server",
         "the tutorial's group-chat server (ChatUdpServer) with its '>> ' prompt",
         "Type quit to stop; any other line shows the live threads and the clients table. "
-        "Received messages are logged to stdout. " + _STOP_NOTE,
+        "Received messages are logged to stdout" + _EDIT_NOTE + _STOP_NOTE,
         cmd_server,
         "127.0.0.1",
         9999,
@@ -770,7 +891,7 @@ def build_parser() -> argparse.ArgumentParser:
         "client",
         "the tutorial's group-chat client (ChatUdpClient) with its '>> ' prompt",
         "Each line is sent to the server; quit (and Ctrl-D, Ctrl-C) sends quit to the server and stops. "
-        "Received messages are logged to stdout.",
+        "Received messages are logged to stdout" + _EDIT_NOTE.rstrip(),
         cmd_client,
         "127.0.0.1",
         9999,
@@ -895,7 +1016,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args.func(args))
     except KeyboardInterrupt:
-        if sys.stdout is not None and sys.stdout.isatty():
+        if sys.stdout is not None and sys.stdout.isatty() and not _LineEditor.interrupted_at_prompt:
             _out()
         return EXIT_OK
     except Fatal as exc:
