@@ -17,7 +17,7 @@ use crate::net::{self, RecvBatch, SocketOptions, Waiter};
 use crate::protocol::{self, HEARTBEAT, MAX_DATAGRAM};
 use crate::server::{validate_bufsize, validate_interval, validate_queue_size, RECV_BATCH};
 use crate::stats::{Counters, DropReason, Stats};
-use crate::worker::{wall_clock, Control, Worker};
+use crate::worker::{wall_clock, Control, Endpoint, Worker};
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -122,10 +122,6 @@ impl Client {
         send_counted(&self.shared, data).map_err(ChatError::Io)
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-
     pub fn remote_addr(&self) -> SocketAddr {
         self.remote
     }
@@ -134,31 +130,27 @@ impl Client {
         self.shared.counters.snapshot()
     }
 
-    pub fn counters(&self) -> &Counters {
-        &self.shared.counters
-    }
-
     /// Received datagrams, as [`Event::Message`].
     pub fn events(&self) -> &Receiver<Event> {
         &self.events
     }
+}
 
-    pub fn stop(&self) {
-        self.worker.stop();
+impl Endpoint for Client {
+    fn worker(&self) -> &Worker {
+        &self.worker
     }
 
-    pub fn is_running(&self) -> bool {
-        self.worker.is_running()
+    fn counters(&self) -> &Counters {
+        &self.shared.counters
     }
 
-    pub fn failure(&self) -> Option<String> {
-        self.worker.failure()
+    fn event_queue(&self) -> Option<&Receiver<Event>> {
+        Some(&self.events)
     }
 
-    /// Test seam: makes the socket thread panic.
-    #[doc(hidden)]
-    pub fn inject_panic(&self) {
-        self.worker.inject_panic();
+    fn local_addr(&self) -> SocketAddr {
+        self.local
     }
 }
 

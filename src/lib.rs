@@ -25,3 +25,4 @@ pub use error::ChatError;
 pub use events::{Event, LeaveReason};
 pub use server::{Server, ServerConfig};
 pub use stats::{DropReason, Stats};
+pub use worker::Endpoint;

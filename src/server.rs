@@ -19,7 +19,7 @@ use crate::protocol::{self, BYE, MAX_DATAGRAM};
 use crate::relay::DEFAULT_MAX_CLIENTS;
 use crate::relay::{Outcome, Relay};
 use crate::stats::{Counters, DropReason, Stats};
-use crate::worker::{wall_clock, Control, Worker};
+use crate::worker::{wall_clock, Control, Endpoint, Worker};
 
 /// Datagrams read per system call.
 pub const RECV_BATCH: usize = 32;
@@ -173,10 +173,6 @@ impl Server {
         Ok(Server { shared, local, events, worker })
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-
     /// A snapshot of the clients table: address and wall-clock time last heard from.
     pub fn clients(&self) -> Vec<(SocketAddr, f64)> {
         self.shared.relay.lock().iter().map(|(a, t)| (*a, t)).collect()
@@ -186,32 +182,27 @@ impl Server {
         self.shared.counters.snapshot()
     }
 
-    pub fn counters(&self) -> &Counters {
-        &self.shared.counters
-    }
-
     /// Joins, leaves and chat messages, in the order the socket thread saw them.
     pub fn events(&self) -> &Receiver<Event> {
         &self.events
     }
+}
 
-    /// Sends `Bye!` to every client in the table, then ends the socket thread. Idempotent.
-    pub fn stop(&self) {
-        self.worker.stop();
+impl Endpoint for Server {
+    fn worker(&self) -> &Worker {
+        &self.worker
     }
 
-    pub fn is_running(&self) -> bool {
-        self.worker.is_running()
+    fn counters(&self) -> &Counters {
+        &self.shared.counters
     }
 
-    pub fn failure(&self) -> Option<String> {
-        self.worker.failure()
+    fn event_queue(&self) -> Option<&Receiver<Event>> {
+        Some(&self.events)
     }
 
-    /// Test seam: makes the socket thread panic.
-    #[doc(hidden)]
-    pub fn inject_panic(&self) {
-        self.worker.inject_panic();
+    fn local_addr(&self) -> SocketAddr {
+        self.local
     }
 }
 

@@ -24,7 +24,7 @@ use crate::net::{self, RecvBatch, SocketOptions, Waiter};
 use crate::protocol::{DEFAULT_BUFSIZE, MAX_DATAGRAM};
 use crate::server::{validate_bufsize, RECV_BATCH};
 use crate::stats::{Counters, DropReason};
-use crate::worker::{Control, Worker};
+use crate::worker::{Control, Endpoint, Worker};
 
 /// What the seed's time server uses for an empty datagram.
 pub const DEFAULT_TIME_FORMAT: &str = "%Y-%m-%d %X";
@@ -320,19 +320,6 @@ impl ServiceServer {
         self.service
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local
-    }
-
-    pub fn counters(&self) -> &Counters {
-        &self.shared.counters
-    }
-
-    /// The requests, as [`Event::Message`], when [`ServiceConfig::events`] asked for them.
-    pub fn events(&self) -> Option<&Receiver<Event>> {
-        self.events.as_ref()
-    }
-
     pub fn stats(&self) -> ServiceStats {
         let base = self.shared.counters.snapshot();
         ServiceStats {
@@ -346,18 +333,23 @@ impl ServiceServer {
             kernel_drops: self.shared.kernel_drops(),
         }
     }
+}
 
-    /// Ends the socket thread and closes the socket; prompt and idempotent.
-    pub fn stop(&self) {
-        self.worker.stop();
+impl Endpoint for ServiceServer {
+    fn worker(&self) -> &Worker {
+        &self.worker
     }
 
-    pub fn is_running(&self) -> bool {
-        self.worker.is_running()
+    fn counters(&self) -> &Counters {
+        &self.shared.counters
     }
 
-    pub fn failure(&self) -> Option<String> {
-        self.worker.failure()
+    fn event_queue(&self) -> Option<&Receiver<Event>> {
+        self.events.as_ref()
+    }
+
+    fn local_addr(&self) -> SocketAddr {
+        self.local
     }
 }
 
@@ -620,11 +612,11 @@ mod tests {
         let client = peer();
         assert_eq!(ask(&client, &server, b"one"), b"ONE");
         assert_eq!(ask(&client, &server, b"two"), b"TWO");
-        let events: Vec<Event> = server.events().unwrap().try_iter().collect();
+        let events: Vec<Event> = server.event_queue().unwrap().try_iter().collect();
         let from = client.local_addr().unwrap();
         assert_eq!(events, vec![Event::Message { data: b"one".to_vec(), from }]);
         assert_eq!(server.stats().dropped(DropReason::CallbackQueueFull), 1);
-        assert!(start(Service::Time).events().is_none());
+        assert!(start(Service::Time).event_queue().is_none());
     }
 
     #[test]

@@ -7,9 +7,14 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use std::net::SocketAddr;
+
+use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 
+use crate::events::Event;
 use crate::net::Waker;
+use crate::stats::Counters;
 
 /// Wall-clock seconds, as the original's `datetime.now().timestamp()`.
 pub fn wall_clock() -> f64 {
@@ -80,6 +85,36 @@ impl Worker {
     /// The panic message, when the thread died of one.
     pub fn failure(&self) -> Option<String> {
         self.control.failure.lock().clone()
+    }
+}
+
+/// What every object with a socket thread (server, client, echo and time servers) offers.
+pub trait Endpoint {
+    fn worker(&self) -> &Worker;
+    fn counters(&self) -> &Counters;
+    /// Events for the owner, in the order the socket thread saw them; `None` when not asked for.
+    fn event_queue(&self) -> Option<&Receiver<Event>>;
+    /// The address actually bound.
+    fn local_addr(&self) -> SocketAddr;
+
+    /// Ends the socket thread (a server first says `Bye!` to its clients). Prompt, idempotent.
+    fn stop(&self) {
+        self.worker().stop();
+    }
+
+    fn is_running(&self) -> bool {
+        self.worker().is_running()
+    }
+
+    /// The panic message, when the socket thread died of one.
+    fn failure(&self) -> Option<String> {
+        self.worker().failure()
+    }
+
+    /// Test seam: makes the socket thread panic.
+    #[doc(hidden)]
+    fn inject_panic(&self) {
+        self.worker().inject_panic();
     }
 }
 

@@ -13,7 +13,7 @@ use crate::events::Event;
 use crate::limits::{Network, Rate};
 use crate::net::SocketOptions;
 use crate::stats::{Counters, DropReason, Stats};
-use crate::{Client, ClientConfig, Server, ServerConfig};
+use crate::{Client, ClientConfig, Endpoint, Server, ServerConfig};
 
 mod services;
 
@@ -173,13 +173,70 @@ fn socket_options(defaults: SocketOptions, rcvbuf: Option<usize>, sndbuf: Option
     SocketOptions { rcvbuf: rcvbuf.or(defaults.rcvbuf), sndbuf: sndbuf.or(defaults.sndbuf) }
 }
 
+/// `#[pymethods]` for a class wrapping an [`Endpoint`] in `inner`: its own methods, given to
+/// the macro, and the ones every socket-thread object shares.
+macro_rules! endpoint_pymethods {
+    (impl $class:ident { $($own:tt)* }) => {
+        #[pymethods]
+        impl $class {
+            $($own)*
+
+            fn local_addr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
+                address(py, &Endpoint::local_addr(&self.inner))
+            }
+
+            /// The next events as `(kind, addr, detail)` tuples; `[]` after `timeout`; `None`
+            /// once the socket thread is gone and the queue is empty (or was never asked for).
+            #[pyo3(signature = (max_events=1024, timeout=None))]
+            fn next_events<'py>(
+                &self,
+                py: Python<'py>,
+                max_events: usize,
+                timeout: Option<f64>,
+            ) -> PyResult<Option<Vec<Bound<'py, PyTuple>>>> {
+                match self.inner.event_queue() {
+                    Some(events) => next_events(py, events, max_events, timeout),
+                    None => Ok(None),
+                }
+            }
+
+            /// Empties the event queue and counts it, with `unprocessed` events already taken,
+            /// as dropped; returns how many were dropped in all.
+            #[pyo3(signature = (unprocessed=0))]
+            fn discard_events(&self, unprocessed: usize) -> usize {
+                match self.inner.event_queue() {
+                    Some(events) => discard_events(events, self.inner.counters(), unprocessed),
+                    None => 0,
+                }
+            }
+
+            fn stop(&self, py: Python<'_>) {
+                py.detach(|| Endpoint::stop(&self.inner));
+            }
+
+            fn is_running(&self) -> bool {
+                self.inner.is_running()
+            }
+
+            fn failure(&self) -> Option<String> {
+                self.inner.failure()
+            }
+
+            fn _inject_panic(&self) {
+                self.inner.inject_panic();
+            }
+        }
+    };
+}
+pub(crate) use endpoint_pymethods;
+
 /// A running group-chat server (the Rust half of `chatudp.ChatUdpServer`).
 #[pyclass(frozen, name = "Server", module = "chatudp._core")]
 struct PyServer {
     inner: Server,
 }
 
-#[pymethods]
+endpoint_pymethods! {
 impl PyServer {
     #[new]
     #[pyo3(signature = (host, port, interval, *, bufsize=1024, expiry_grace=None, queue_size=65536, rcvbuf=None, sndbuf=None, drop_unreachable=true, max_clients=crate::relay::DEFAULT_MAX_CLIENTS, rate=None, allow=None, validate=false, secret=None))]
@@ -221,10 +278,6 @@ impl PyServer {
         Ok(PyServer { inner })
     }
 
-    fn local_addr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        address(py, &self.inner.local_addr())
-    }
-
     fn clients<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let snapshot = py.detach(|| self.inner.clients());
         let dict = PyDict::new(py);
@@ -238,38 +291,7 @@ impl PyServer {
         stats_dict(py, &self.inner.stats())
     }
 
-    #[pyo3(signature = (max_events=1024, timeout=None))]
-    fn next_events<'py>(
-        &self,
-        py: Python<'py>,
-        max_events: usize,
-        timeout: Option<f64>,
-    ) -> PyResult<Option<Vec<Bound<'py, PyTuple>>>> {
-        next_events(py, self.inner.events(), max_events, timeout)
-    }
-
-    /// Empties the event queue and counts it, with `unprocessed` events already taken, as
-    /// dropped; returns how many were dropped in all.
-    #[pyo3(signature = (unprocessed=0))]
-    fn discard_events(&self, unprocessed: usize) -> usize {
-        discard_events(self.inner.events(), self.inner.counters(), unprocessed)
-    }
-
-    fn stop(&self, py: Python<'_>) {
-        py.detach(|| self.inner.stop());
-    }
-
-    fn is_running(&self) -> bool {
-        self.inner.is_running()
-    }
-
-    fn failure(&self) -> Option<String> {
-        self.inner.failure()
-    }
-
-    fn _inject_panic(&self) {
-        self.inner.inject_panic();
-    }
+}
 }
 
 /// A running chat client (the Rust half of `chatudp.ChatUdpClient`).
@@ -278,7 +300,7 @@ struct PyClient {
     inner: Client,
 }
 
-#[pymethods]
+endpoint_pymethods! {
 impl PyClient {
     #[new]
     #[pyo3(signature = (host, port, interval, *, bufsize=1024, queue_size=65536, rcvbuf=None, sndbuf=None, secret=None))]
@@ -307,10 +329,6 @@ impl PyClient {
         py.detach(|| self.inner.send(data)).map_err(|e| PyChatError(e).into())
     }
 
-    fn local_addr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        address(py, &self.inner.local_addr())
-    }
-
     fn remote_addr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
         address(py, &self.inner.remote_addr())
     }
@@ -319,38 +337,7 @@ impl PyClient {
         stats_dict(py, &self.inner.stats())
     }
 
-    #[pyo3(signature = (max_events=1024, timeout=None))]
-    fn next_events<'py>(
-        &self,
-        py: Python<'py>,
-        max_events: usize,
-        timeout: Option<f64>,
-    ) -> PyResult<Option<Vec<Bound<'py, PyTuple>>>> {
-        next_events(py, self.inner.events(), max_events, timeout)
-    }
-
-    /// Empties the event queue and counts it, with `unprocessed` events already taken, as
-    /// dropped; returns how many were dropped in all.
-    #[pyo3(signature = (unprocessed=0))]
-    fn discard_events(&self, unprocessed: usize) -> usize {
-        discard_events(self.inner.events(), self.inner.counters(), unprocessed)
-    }
-
-    fn stop(&self, py: Python<'_>) {
-        py.detach(|| self.inner.stop());
-    }
-
-    fn is_running(&self) -> bool {
-        self.inner.is_running()
-    }
-
-    fn failure(&self) -> Option<String> {
-        self.inner.failure()
-    }
-
-    fn _inject_panic(&self) {
-        self.inner.inject_panic();
-    }
+}
 }
 
 #[pymodule(gil_used = false)]

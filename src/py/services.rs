@@ -8,12 +8,13 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
-use super::{address, discard_events, next_events, PyChatError, SIGNAL_SLICE};
+use super::{address, discard_events, endpoint_pymethods, next_events, PyChatError, SIGNAL_SLICE};
 use crate::error::ChatError;
 use crate::net::{self, SocketOptions};
 use crate::peer::{Request, RequestPoll, UdpPeer};
 use crate::services::{Service, ServiceConfig, ServiceServer, ServiceStats};
 use crate::stats::DropReason;
+use crate::Endpoint;
 
 /// Socket receive buffer the servers ask for by default (the kernel caps it at `rmem_max`), so a
 /// burst waits in the kernel instead of being dropped there.
@@ -70,7 +71,7 @@ macro_rules! service_class {
             inner: ServiceServer,
         }
 
-        #[pymethods]
+        endpoint_pymethods! {
         impl $rust {
             #[new]
             /// `queue_size`: when given, every request is also queued as an event for
@@ -90,51 +91,11 @@ macro_rules! service_class {
                 Ok($rust { inner })
             }
 
-            /// The next requests as `("message", addr, data)` tuples; `[]` after `timeout`;
-            /// `None` once the server is stopped and the queue is empty (or was never asked for).
-            #[pyo3(signature = (max_events=1024, timeout=None))]
-            fn next_events<'py>(
-                &self,
-                py: Python<'py>,
-                max_events: usize,
-                timeout: Option<f64>,
-            ) -> PyResult<Option<Vec<Bound<'py, PyTuple>>>> {
-                match self.inner.events() {
-                    Some(events) => next_events(py, events, max_events, timeout),
-                    None => Ok(None),
-                }
-            }
-
-            /// Empties the event queue and counts it, with `unprocessed` events already taken,
-            /// as dropped; returns how many were dropped in all.
-            #[pyo3(signature = (unprocessed=0))]
-            fn discard_events(&self, unprocessed: usize) -> usize {
-                match self.inner.events() {
-                    Some(events) => discard_events(events, self.inner.counters(), unprocessed),
-                    None => 0,
-                }
-            }
-
-            fn local_addr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-                address(py, &self.inner.local_addr())
-            }
-
             fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
                 let stats = py.detach(|| self.inner.stats());
                 service_stats(py, &stats)
             }
-
-            fn stop(&self, py: Python<'_>) {
-                py.detach(|| self.inner.stop());
-            }
-
-            fn is_running(&self) -> bool {
-                self.inner.is_running()
-            }
-
-            fn failure(&self) -> Option<String> {
-                self.inner.failure()
-            }
+        }
         }
     };
 }
