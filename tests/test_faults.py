@@ -320,7 +320,10 @@ def test_server_restart_while_clients_run(stopper: Any, proxies: Any, path: str)
     for i, box in enumerate(got):
         wait_for(lambda: any(b"AFTER THE RESTART" in d for d in box), what=f"Ack at client {i}")
     if proxy is None:
-        assert all(box == [original_ack(b"after the restart", clients[0].addr)] for box in got), got
+        # With validate=True a client that answers the new server's challenge sends its last
+        # message ("anyone?", lost while the port was closed) again: its Acks may come too.
+        fresh = [[d for d in box if b"ANYONE?" not in d] for box in got]
+        assert all(box == [original_ack(b"after the restart", clients[0].addr)] for box in fresh), got
     assert all(c.running for c in clients) and new.running
     record_figures(
         f"test_faults::test_server_restart_while_clients_run[{path}]",
@@ -328,6 +331,36 @@ def test_server_restart_while_clients_run(stopper: Any, proxies: Any, path: str)
         clients_back_after_s=round(back_after, 3),
         unreachable_counted=[c.stats["unreachable"] for c in clients],
     )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: with validate=True, after a server restart a chatudp client answers the new "
+    "server's challenge and sends its last chat message again, although the old server had "
+    "already relayed it: every client gets that message a second time",
+)
+def test_validate_restart_does_not_repeat_a_delivered_message(stopper: Any) -> None:
+    srv = ChatUdpServer(port=0, interval=5, validate=True)
+    srv.start()
+    port = srv.addr[1]
+    got: List[bytes] = []
+    cli = ChatUdpClient(LOOPBACK, port, interval=0.1, on_message=lambda d, a: got.append(d))
+    cli.start()
+    stopper(cli)
+    try:
+        wait_for(lambda: cli.addr in srv.clients, what="the client to join (through the challenge)")
+        cli.send("hello once")
+        wait_for(lambda: original_ack(b"hello once", cli.addr) in got, what="its Ack")
+    finally:
+        srv.stop()
+    relayed: List[bytes] = []
+    new = ChatUdpServer(port=port, interval=5, validate=True, on_message=lambda d, a: relayed.append(d))
+    new.start()
+    stopper(new)
+    wait_for(lambda: cli.addr in new.clients, what="the client back in the new table")
+    time.sleep(0.3)
+    assert relayed == [] and new.stats["relayed"] == 0, relayed
+    assert got.count(original_ack(b"hello once", cli.addr)) == 1, got
 
 
 def test_client_never_dies_on_icmp_port_unreachable(stopper: Any) -> None:
