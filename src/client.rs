@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use socket2::Socket;
 
 use crate::auth::{self, Opener, Sealer};
@@ -54,7 +54,8 @@ impl ClientConfig {
 }
 
 struct Shared {
-    socket: Arc<Socket>,
+    /// `None` once stopped: `stop()` closes the socket, as the original does.
+    socket: RwLock<Option<Arc<Socket>>>,
     counters: Counters,
     sealer: Option<Mutex<Sealer>>,
     /// The last chat message sent, sent again after answering an address-validation challenge
@@ -86,12 +87,13 @@ impl Client {
         let (sender, events) = events::channel(config.queue_size);
         let now = wall_clock();
         let shared = Arc::new(Shared {
-            socket,
+            socket: RwLock::new(Some(Arc::clone(&socket))),
             counters: Counters::default(),
             sealer: config.secret.as_deref().map(|secret| Mutex::new(Sealer::new(secret, now))),
             last_sent: Mutex::new(Vec::new()),
         });
         let mut client_loop = ClientLoop {
+            socket,
             shared: Arc::clone(&shared),
             waiter,
             events: sender,
@@ -115,11 +117,12 @@ impl Client {
         if data.len() > MAX_DATAGRAM {
             return Err(ChatError::TooLong { len: data.len(), max: MAX_DATAGRAM });
         }
+        let socket = self.shared.socket.read().clone().ok_or(ChatError::Closed("this ChatUdpClient"))?;
         let mut last = self.shared.last_sent.lock();
         last.clear();
         last.extend_from_slice(data);
         drop(last);
-        send_counted(&self.shared, data).map_err(ChatError::Io)
+        send_counted(&self.shared, &socket, data).map_err(ChatError::Io)
     }
 
     pub fn remote_addr(&self) -> SocketAddr {
@@ -141,6 +144,12 @@ impl Endpoint for Client {
         &self.worker
     }
 
+    /// Ends the thread and closes the socket.
+    fn stop(&self) {
+        self.worker.stop();
+        self.shared.socket.write().take();
+    }
+
     fn counters(&self) -> &Counters {
         &self.shared.counters
     }
@@ -154,7 +163,7 @@ impl Endpoint for Client {
     }
 }
 
-fn send_counted(shared: &Shared, data: &[u8]) -> io::Result<()> {
+fn send_counted(shared: &Shared, socket: &Socket, data: &[u8]) -> io::Result<()> {
     let mut sealed = Vec::new();
     let wire = match &shared.sealer {
         Some(sealer) => {
@@ -163,7 +172,7 @@ fn send_counted(shared: &Shared, data: &[u8]) -> io::Result<()> {
         }
         None => data,
     };
-    match net::send_one(&shared.socket, wire, None) {
+    match net::send_one(socket, wire, None) {
         Ok(_) => {
             Counters::add(&shared.counters.sent, 1);
             Ok(())
@@ -181,16 +190,18 @@ fn send_counted(shared: &Shared, data: &[u8]) -> io::Result<()> {
     }
 }
 
-/// Echoes the server's cookie, then sends again the message it dropped while waiting for it.
-fn answer_challenge(shared: &Shared, challenge: &[u8]) {
-    let _ = send_counted(shared, challenge);
-    let last = shared.last_sent.lock().clone();
-    if !last.is_empty() {
-        let _ = send_counted(shared, &last);
+/// Echoes the server's cookie, then sends again the message it dropped while waiting for it,
+/// unless that message was answered already (the server answers every message it relays).
+fn answer_challenge(shared: &Shared, socket: &Socket, challenge: &[u8]) {
+    let _ = send_counted(shared, socket, challenge);
+    let unanswered = std::mem::take(&mut *shared.last_sent.lock());
+    if !unanswered.is_empty() {
+        let _ = send_counted(shared, socket, &unanswered);
     }
 }
 
 struct ClientLoop {
+    socket: Arc<Socket>,
     shared: Arc<Shared>,
     waiter: Waiter,
     events: EventSender,
@@ -211,7 +222,7 @@ impl ClientLoop {
             }
             if Instant::now() >= next_heartbeat && !control.is_stopping() {
                 // Errors other than an absent server are counted too: the loop must go on.
-                if let Err(e) = send_counted(&self.shared, HEARTBEAT) {
+                if let Err(e) = send_counted(&self.shared, &self.socket, HEARTBEAT) {
                     self.shared.counters.send_failed(e.raw_os_error().unwrap_or(0));
                 }
                 next_heartbeat += self.interval;
@@ -224,7 +235,7 @@ impl ClientLoop {
     fn drain(&mut self, control: &Control) {
         let counters = &self.shared.counters;
         while !control.is_stopping() {
-            match self.recv.recv(&self.shared.socket) {
+            match self.recv.recv(&self.socket) {
                 Ok(0) => return,
                 Ok(count) => {
                     Counters::add(&counters.received, count as u64);
@@ -245,9 +256,11 @@ impl ClientLoop {
                             None => datagram.data,
                         };
                         if auth::is_challenge(payload) {
-                            answer_challenge(&self.shared, payload);
+                            answer_challenge(&self.shared, &self.socket, payload);
                             continue;
                         }
+                        // Any answer means the server has our last message.
+                        self.shared.last_sent.lock().clear();
                         Counters::add(&counters.relayed, 1);
                         self.events.emit(Event::Message { data: payload.to_vec(), from: datagram.from }, counters);
                     }

@@ -72,8 +72,17 @@ pub fn write_upper_bytes_repr(data: &[u8], out: &mut Vec<u8>) {
 
 /// Appends `host` as Python's socket module spells the first item of an address tuple.
 pub fn write_host(addr: &SocketAddr, out: &mut Vec<u8>) {
-    // `Ipv4Addr`/`Ipv6Addr` Display follow inet_ntop, which CPython uses too.
-    let _ = write!(out, "{}", addr.ip());
+    match addr.ip() {
+        // glibc's inet_ntop (which CPython uses) writes the deprecated IPv4-compatible form
+        // `::a.b.c.d`; Rust writes `::102:304`. Every other form is spelled alike.
+        std::net::IpAddr::V6(v6) if v6.segments()[..6] == [0; 6] && v6.segments()[6] != 0 => {
+            let [.., a, b, c, d] = v6.octets();
+            let _ = write!(out, "::{a}.{b}.{c}.{d}");
+        }
+        ip => {
+            let _ = write!(out, "{ip}");
+        }
+    }
 }
 
 /// Fills `out` with the Ack the original server sends for `data` received from `from`.
@@ -146,5 +155,9 @@ mod tests {
         assert_eq!(ack(b"hello", &v4), b"Ack b'HELLO'. from 127.0.0.1:54321");
         let v6: SocketAddr = "[::1]:9".parse().unwrap();
         assert_eq!(ack(b"x", &v6), b"Ack b'X'. from ::1:9");
+        let compatible: SocketAddr = "[::1.2.3.4]:9".parse().unwrap();
+        assert_eq!(ack(b"x", &compatible), b"Ack b'X'. from ::1.2.3.4:9");
+        let mapped: SocketAddr = "[::ffff:1.2.3.4]:9".parse().unwrap();
+        assert_eq!(ack(b"x", &mapped), b"Ack b'X'. from ::ffff:1.2.3.4:9");
     }
 }

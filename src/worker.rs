@@ -41,7 +41,8 @@ impl Control {
 
 pub struct Worker {
     control: Arc<Control>,
-    waker: Waker,
+    /// Dropped by `stop()`: with the thread's own handle gone too, the poller's descriptors close.
+    waker: Mutex<Option<Waker>>,
     thread: Mutex<Option<JoinHandle<()>>>,
 }
 
@@ -57,7 +58,7 @@ impl Worker {
                 *thread_control.failure.lock() = Some(panic_message(&*payload));
             }
         })?;
-        Ok(Worker { control, waker, thread: Mutex::new(Some(thread)) })
+        Ok(Worker { control, waker: Mutex::new(Some(waker)), thread: Mutex::new(Some(thread)) })
     }
 
     /// Asks the thread to finish and waits for it. Safe to call any number of times from any
@@ -65,7 +66,9 @@ impl Worker {
     pub fn stop(&self) {
         let mut thread = self.thread.lock();
         self.control.stopping.store(true, Ordering::Release);
-        self.waker.wake();
+        if let Some(waker) = self.waker.lock().take() {
+            waker.wake();
+        }
         if let Some(handle) = thread.take() {
             // The body catches its own panics, so join cannot fail.
             let _ = handle.join();
@@ -79,7 +82,9 @@ impl Worker {
     /// Makes the socket thread panic at its next turn: a test seam for the panic path.
     pub fn inject_panic(&self) {
         self.control.panic_requested.store(true, Ordering::Relaxed);
-        self.waker.wake();
+        if let Some(waker) = self.waker.lock().as_ref() {
+            waker.wake();
+        }
     }
 
     /// The panic message, when the thread died of one.

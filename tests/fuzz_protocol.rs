@@ -104,15 +104,6 @@ fn python_ack(data: &[u8], from: &SocketAddr) -> Vec<u8> {
     format!("Ack {}. from {}:{}", py_bytes_repr(&py_upper(data)), python_host(from), from.port()).into_bytes()
 }
 
-/// True for the IPv6 addresses that inet_ntop writes with a dotted IPv4 tail although they are not
-/// IPv4-mapped (`::a.b.c.d`, the deprecated IPv4-compatible form): see the bug test below.
-fn ipv4_compatible_spelling(addr: &SocketAddr) -> bool {
-    match addr {
-        SocketAddr::V6(v6) => v6.ip().to_ipv4_mapped().is_none() && python_host(addr).contains('.'),
-        SocketAddr::V4(_) => false,
-    }
-}
-
 // -- strategies ------------------------------------------------------------------------------------
 
 /// Bytes that matter to strip, classify and repr, mixed with any byte.
@@ -187,7 +178,6 @@ proptest! {
 
     #[test]
     fn ack_is_byte_identical_to_the_original(data in small_datagram(), from in socket_addr()) {
-        prop_assume!(!ipv4_compatible_spelling(&from));
         let mut out = vec![1, 2, 3]; // write_ack clears what was there
         protocol::write_ack(&data, &from, &mut out);
         let expected = python_ack(&data, &from);
@@ -238,14 +228,10 @@ fn edge_cases_by_hand() {
     assert_eq!(python_host(&v6), "::ffff:1.2.3.4");
 }
 
-/// BUG (kept as a test that passes while the bug is there, like pytest's strict xfail: when it is
-/// fixed this test fails, and should then become a plain assertion). For an IPv6 source in the
-/// deprecated IPv4-compatible form `::a.b.c.d`, CPython's socket module spells the host with
-/// `inet_ntop`, `::1.2.3.4`, so the original server's Ack says `from ::1.2.3.4:9`; chatudp's
-/// `write_host` uses Rust's `Ipv6Addr` Display and says `from ::102:304:9`.
+/// For an IPv6 source in the deprecated IPv4-compatible form `::a.b.c.d`, CPython's socket
+/// module spells the host with `inet_ntop`, `::1.2.3.4`, and so must the Ack.
 #[test]
-#[should_panic(expected = "IPv4-compatible IPv6 host")]
-fn bug_ipv4_compatible_ipv6_host_is_spelled_unlike_python() {
+fn ipv4_compatible_ipv6_host_is_spelled_as_python_does() {
     let from: SocketAddr = "[::102:304]:9".parse().unwrap();
     assert_eq!(python_host(&from), "::1.2.3.4");
     let ours = protocol::ack(b"x", &from);

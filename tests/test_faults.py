@@ -4,7 +4,6 @@ once. Every socket is on 127.0.0.1 and every wait is bounded."""
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import random
@@ -333,12 +332,6 @@ def test_server_restart_while_clients_run(stopper: Any, proxies: Any, path: str)
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: with validate=True, after a server restart a chatudp client answers the new "
-    "server's challenge and sends its last chat message again, although the old server had "
-    "already relayed it: every client gets that message a second time",
-)
 def test_validate_restart_does_not_repeat_a_delivered_message(stopper: Any) -> None:
     srv = ChatUdpServer(port=0, interval=5, validate=True)
     srv.start()
@@ -493,12 +486,6 @@ def test_callbacks_that_raise_never_stop_the_dispatcher(
     assert cli._dispatcher is not None and cli._dispatcher.is_alive()
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a callback that raises SystemExit (sys.exit() in a callback) ends the dispatcher "
-    "thread, because _Endpoint._call catches Exception only; every later event is never delivered",
-)
 def test_a_callback_calling_sys_exit_does_not_kill_the_dispatcher(stopper: Any, peers: Any) -> None:
     calls: List[bytes] = []
 
@@ -639,10 +626,7 @@ def test_many_threads_call_send_clients_stats_and_stop_at_once(stopper: Any) -> 
         assert obj.event.is_set() and not obj.running
     wait_for(lambda: thread_count() <= threads_before, timeout=3, what="threads back to the start")
     fds_stopped = fd_count()
-    # stop() leaves each object's poller fds (and a client's socket) open until the object is
-    # dropped: see test_soak.py::test_stop_releases_every_fd (xfail, a bug).
-    del everything, clients, srv
-    gc.collect()
+    # stop() itself closes every socket and poller descriptor.
     wait_for(lambda: fd_count() <= fds_before, timeout=3, what="fds back to the start")
     record_figures(
         "test_faults::test_many_threads_call_send_clients_stats_and_stop_at_once",

@@ -35,7 +35,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 import original_model  # noqa: E402
 from chatudp import ChatUdpClient, ChatUdpServer  # noqa: E402
-from conftest import LOOPBACK, wait_for  # noqa: E402
+from conftest import LOOPBACK  # noqa: E402
 from faultproxy import record_figures  # noqa: E402
 
 Address = Tuple[str, int]

@@ -310,12 +310,6 @@ def test_start_stop_cycles_leak_nothing() -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: stop() keeps OS resources until the Python object is garbage-collected: a stopped "
-    "server keeps 3 fds (epoll, eventfd, timerfd), a stopped client 4, among them its UDP socket, "
-    "still bound to its port (the original client's stop() closes its socket)",
-)
 def test_stop_releases_every_fd() -> None:
     fds0, _ = settle()
     srv = ChatUdpServer(port=0)

@@ -367,7 +367,7 @@ class _Endpoint:
     def _call(self, callback: Callable[..., object], *args: Any) -> None:
         try:
             callback(*args)
-        except Exception:
+        except BaseException:  # SystemExit too: a callback must not end the dispatcher
             self._log.exception("%s callback %r raised; %s goes on", self._kind, callback, self._kind)
 
 

@@ -179,7 +179,7 @@ class _Service:
                     return
                 try:
                     callback(data, addr)
-                except Exception:
+                except BaseException:  # SystemExit too: a callback must not end the dispatcher
                     _log.exception("%s on_request callback %r raised; the server goes on", self._kind, callback)
 
     def __repr__(self) -> str:
