@@ -8,59 +8,32 @@ the core in batches, so a slow callback never slows the relay.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import collections
 import ipaddress
 import logging
 import threading
 import time
-import weakref
-from typing import (
-    Any,
-    AsyncIterator,
-    Callable,
-    ClassVar,
-    Deque,
-    Dict,
-    Iterable,
-    Iterator,
-    List,
-    Optional,
-    Tuple,
-    TypeVar,
-    Union,
-)
+from typing import Any, AsyncIterator, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 from . import _core
+from ._base import Address, Event, SocketThreadObject, check_bufsize, check_callback, check_count
 from .errors import ClosedError
 
 __all__ = ["ChatUdpServer", "ChatUdpClient"]
 
-Address = Tuple[Any, ...]
 MessageCallback = Callable[[bytes, Address], object]
 PeerCallback = Callable[[Address], object]
 LeaveCallback = Callable[[Address, str], object]
 
 Message = Tuple[bytes, Address]
 
-MAX_DATAGRAM = 65507
 _DEFAULT_QUEUE_SIZE = 65536
 _DEFAULT_BACKLOG = 1024
 DEFAULT_MAX_CLIENTS = 1 << 20
 # Longest a blocking wait sleeps before it looks again (Ctrl-C is seen at once regardless).
 _WAIT_SLICE = 0.25
 
-_E = TypeVar("_E", bound="_Endpoint")
-
 logger = logging.getLogger("chatudp")
-
-_live: "weakref.WeakSet[_Endpoint]" = weakref.WeakSet()
-
-
-@atexit.register
-def _stop_all_at_exit() -> None:
-    for endpoint in list(_live):
-        endpoint.stop()
 
 
 def _check_interval(interval: float) -> float:
@@ -69,14 +42,6 @@ def _check_interval(interval: float) -> float:
     if not interval > 0:
         raise ValueError(f"interval must be > 0 seconds, not {interval!r}")
     return interval
-
-
-def _check_bufsize(bufsize: int) -> int:
-    if isinstance(bufsize, bool) or not isinstance(bufsize, int):
-        raise TypeError(f"bufsize must be an int, not {type(bufsize).__name__}")
-    if not 1 <= bufsize <= MAX_DATAGRAM:
-        raise ValueError(f"bufsize must be between 1 and {MAX_DATAGRAM} bytes, not {bufsize}")
-    return bufsize
 
 
 def _check_port(port: int) -> int:
@@ -111,112 +76,38 @@ def _check_secret(secret: Optional[bytes]) -> Optional[bytes]:
     return bytes(secret)
 
 
-def _check_callback(name: str, callback: Optional[Callable[..., object]]) -> None:
-    if callback is not None and not callable(callback):
-        raise TypeError(f"{name} must be callable or None, not {type(callback).__name__}")
-
-
 def _resolve(future: "asyncio.Future[None]") -> None:
     if not future.done():
         future.set_result(None)
 
 
-class _Endpoint:
-    """Life cycle shared by the server and the client: start, dispatcher, stop, context manager."""
+class _Endpoint(SocketThreadObject):
+    """What the server and the client share: the checks of the tutorial's arguments, logging of
+    messages, and the pull and asyncio consumers."""
 
-    _kind: ClassVar[str]
-    _log: ClassVar[logging.Logger]
+    on_message: Optional[MessageCallback]
 
     def __init__(self, interval: float, bufsize: int, queue_size: int, backlog: int) -> None:
+        super().__init__()
         self.interval = _check_interval(interval)
-        self.bufsize = _check_bufsize(bufsize)
-        for name, value in (("queue_size", queue_size), ("backlog", backlog)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int >= 1, not {value!r}")
-        self._queue_size = queue_size
+        self.bufsize = check_bufsize(bufsize)
+        self._queue_size = check_count("queue_size", queue_size)
         # Messages kept for recv_message(), iteration and arecv() when no on_message is set.
-        self._backlog = backlog
+        self._backlog = check_count("backlog", backlog)
         self._inbox: Deque[Message] = collections.deque()
         self._inbox_ready = threading.Condition(threading.Lock())
         self._inbox_overflow = 0
         self._inbox_closed = False
         self._async_waiters: List[Tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]] = []
-        self.event = threading.Event()
-        self._lock = threading.Lock()
-        self._core: Any = None
-        self._dispatcher: Optional[threading.Thread] = None
-        self._stopping = False
-
-    # -- life cycle -------------------------------------------------------------------------
-
-    def _open(self) -> Any:
-        raise NotImplementedError
-
-    def _on_started(self) -> None:
-        """Called with the core running, before the dispatcher starts."""
-
-    def start(self) -> None:
-        """Bind (server) or connect (client) and start the socket and dispatcher threads."""
-        with self._lock:
-            if self._stopping:
-                raise RuntimeError(f"this {self._kind} was stopped; create a new one to start again")
-            if self._core is not None:
-                raise RuntimeError(f"this {self._kind} is already started")
-            self._core = self._open()
-            self._on_started()
-            self._dispatcher = threading.Thread(
-                target=self._dispatch, name=f"chatudp-{self._kind}-dispatch", daemon=True
-            )
-            self._dispatcher.start()
-            _live.add(self)
-
-    def stop(self) -> None:
-        """Stop promptly: end the socket thread (the server first sends ``Bye!`` to its clients),
-        drop events not yet delivered (they are counted), and join every thread. Idempotent;
-        safe to call from a callback."""
-        with self._lock:
-            self._stopping = True
-            core, dispatcher = self._core, self._dispatcher
-        if core is not None:
-            core.stop()
-        if dispatcher is not None and dispatcher is not threading.current_thread():
-            dispatcher.join()
-        _live.discard(self)
-        self._close_inbox()
-        self.event.set()
-
-    def __enter__(self: _E) -> _E:
-        with self._lock:
-            started = self._core is not None
-        if not started:
-            self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    async def __aenter__(self: _E) -> _E:
-        return self.__enter__()
-
-    async def __aexit__(self, *exc_info: object) -> None:
-        # stop() waits for a running callback: keep the event loop free meanwhile.
-        await asyncio.get_running_loop().run_in_executor(None, self.stop)
-
-    @property
-    def running(self) -> bool:
-        """True between ``start()`` and ``stop()`` while the socket thread is alive."""
-        core = self._core
-        return core is not None and not self._stopping and core.is_running()
+        self._log_messages = False
 
     @property
     def stats(self) -> Dict[str, Any]:
-        """Counters: received, relayed, sent, truncated, expired, joins, leaves, dropped by
-        reason, and send errors by errno."""
-        core = self._core
-        if core is None:
-            return {}
-        stats: Dict[str, Any] = core.stats()
-        stats["dropped"]["backlog_full"] = self._inbox_overflow
+        """Counters: received, relayed, sent, truncated, expired, unreachable, joins, leaves,
+        heartbeats, dropped by reason, and send errors by errno; ``{}`` before ``start()``."""
+        stats = super().stats
+        if stats:
+            stats["dropped"]["backlog_full"] = self._inbox_overflow
         return stats
 
     def _require_core(self) -> Any:
@@ -225,45 +116,26 @@ class _Endpoint:
             raise RuntimeError(f"this {self._kind} is not started; call start() first")
         return core
 
-    # -- dispatcher -------------------------------------------------------------------------
+    def _on_stopped(self) -> None:
+        self._close_inbox()
 
-    def _dispatch(self) -> None:
-        core = self._core
-        while True:
-            batch = core.next_events()
-            if batch is None:
-                # The channel closes while a panicking thread unwinds, just before its
-                # failure is recorded: give it a moment to finish.
-                deadline = time.monotonic() + 2
-                while not self._stopping and core.is_running() and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                failure = core.failure()
-                if failure is not None:
-                    self._log.error(
-                        "%s socket thread failed: %s; call stop() and create a new one",
-                        self._kind,
-                        failure,
-                        extra={"chatudp_failure": failure},
-                    )
-                return
-            log_messages = self._logs_messages()
-            pulled: List[Message] = []
-            for done, (kind, addr, detail) in enumerate(batch):
-                if self._stopping:
-                    core.discard_events(len(batch) - done)
-                    break
-                if kind == "message" and self.on_message is None:
-                    pulled.append((detail, addr))
-                self._deliver(kind, addr, detail, log_messages)
-            if pulled:
-                self._fill_inbox(pulled)
+    def _deliver_batch(self, batch: List[Event]) -> int:
+        # Asked once per batch: a logger disabled for INFO costs nothing per message.
+        self._log_messages = self.on_message is None and logger.isEnabledFor(logging.INFO)
+        pulled: List[Message] = []
+        handled = 0
+        for kind, addr, detail in batch:
             if self._stopping:
-                core.discard_events(0)
-                return
+                break
+            if kind == "message" and self.on_message is None:
+                pulled.append((detail, addr))
+            self._deliver(kind, addr, detail)
+            handled += 1
+        if pulled:
+            self._fill_inbox(pulled)
+        return handled
 
     # -- pull and asyncio consumers ------------------------------------------------------------
-
-    on_message: Optional[MessageCallback]
 
     def _fill_inbox(self, messages: List[Message]) -> None:
         with self._inbox_ready:
@@ -358,17 +230,6 @@ class _Endpoint:
             except ClosedError:
                 return
 
-    def _logs_messages(self) -> bool:
-        return False
-
-    def _deliver(self, kind: str, addr: Address, detail: Any, log_messages: bool) -> None:
-        raise NotImplementedError
-
-    def _call(self, callback: Callable[..., object], *args: Any) -> None:
-        try:
-            callback(*args)
-        except BaseException:  # SystemExit too: a callback must not end the dispatcher
-            self._log.exception("%s callback %r raised; %s goes on", self._kind, callback, self._kind)
 
 
 class ChatUdpServer(_Endpoint):
@@ -407,7 +268,7 @@ class ChatUdpServer(_Endpoint):
         super().__init__(interval, bufsize, queue_size, backlog)
         callbacks = (("on_message", on_message), ("on_join", on_join), ("on_leave", on_leave), ("on_reject", on_reject))
         for name, callback in callbacks:
-            _check_callback(name, callback)
+            check_callback(name, callback)
         if isinstance(max_clients, bool) or not isinstance(max_clients, int) or max_clients < 1:
             raise ValueError(f"max_clients must be an int >= 1, not {max_clients!r}")
         if expiry_grace is not None and not expiry_grace >= 0:
@@ -435,9 +296,6 @@ class ChatUdpServer(_Endpoint):
             ip, port, float(self.interval), bufsize=self.bufsize, queue_size=self._queue_size, **self._options
         )
 
-    def _on_started(self) -> None:
-        self.addr = self._core.local_addr()
-
     @property
     def clients(self) -> Dict[Address, float]:
         """A snapshot of the clients table: ``{(ip, port): last_seen}`` (``time.time()`` floats)."""
@@ -447,14 +305,11 @@ class ChatUdpServer(_Endpoint):
         clients: Dict[Address, float] = core.clients()
         return clients
 
-    def _logs_messages(self) -> bool:
-        return self.on_message is None and logger.isEnabledFor(logging.INFO)
-
-    def _deliver(self, kind: str, addr: Address, detail: Any, log_messages: bool) -> None:
+    def _deliver(self, kind: str, addr: Address, detail: Any) -> None:
         if kind == "message":
             if self.on_message is not None:
                 self._call(self.on_message, detail, addr)
-            elif log_messages:
+            elif self._log_messages:
                 # The tutorial logs the data, then the address, at INFO.
                 logger.info("%s", detail, extra={"chatudp_addr": addr})
                 logger.info("%s", addr, extra={"chatudp_addr": addr})
@@ -497,7 +352,7 @@ class ChatUdpClient(_Endpoint):
         secret: Optional[bytes] = None,
     ) -> None:
         super().__init__(interval, bufsize, queue_size, backlog)
-        _check_callback("on_message", on_message)
+        check_callback("on_message", on_message)
         self.raddr: Address = (rip, _check_port(rport))
         self.on_message = on_message
         self.addr: Optional[Address] = None
@@ -508,9 +363,6 @@ class ChatUdpClient(_Endpoint):
         return _core.Client(
             rip, rport, float(self.interval), bufsize=self.bufsize, queue_size=self._queue_size, **self._options
         )
-
-    def _on_started(self) -> None:
-        self.addr = self._core.local_addr()
 
     def send(self, msg: Union[str, bytes, bytearray, memoryview]) -> None:
         """Send ``msg`` to the server (a ``str`` is encoded as UTF-8, as the original does)."""
@@ -525,13 +377,10 @@ class ChatUdpClient(_Endpoint):
             raise ClosedError(f"this {self._kind} is stopped; create a new one to talk again")
         core.send(data)
 
-    def _logs_messages(self) -> bool:
-        return self.on_message is None and logger.isEnabledFor(logging.INFO)
-
-    def _deliver(self, kind: str, addr: Address, detail: Any, log_messages: bool) -> None:
+    def _deliver(self, kind: str, addr: Address, detail: Any) -> None:
         if self.on_message is not None:
             self._call(self.on_message, detail, addr)
-        elif log_messages:
+        elif self._log_messages:
             logger.info("%s", detail, extra={"chatudp_addr": addr})
 
     def __repr__(self) -> str:

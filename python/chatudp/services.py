@@ -8,45 +8,23 @@ lost). Every wait is cut in short slices, so Ctrl-C works while Python waits on 
 
 from __future__ import annotations
 
-import atexit
 import logging
-import threading
-import weakref
 from typing import Any, Callable, ClassVar, Dict, Optional, Tuple, TypeVar, Union
 
 from . import _core
+from ._base import MAX_DATAGRAM, Address, SocketThreadObject, check_bufsize, check_callback, check_count
 from .errors import NoReplyError
 
 __all__ = ["EchoServer", "TimeServer", "EchoClient", "TimeClient", "QQPeer"]
 
-Address = Tuple[Any, ...]
 RequestCallback = Callable[[bytes, Address], object]
 BytesLike = Union[bytes, bytearray, memoryview]
 
-MAX_DATAGRAM = 65507
 _DEFAULT_QUEUE_SIZE = 65536
 
 _log = logging.getLogger("chatudp.services")
 
-_S = TypeVar("_S", bound="_Service")
 _C = TypeVar("_C", bound="_RequestClient")
-
-_live: "weakref.WeakSet[_Service]" = weakref.WeakSet()
-
-
-@atexit.register
-def _stop_all_at_exit() -> None:
-    for server in list(_live):
-        server.stop()
-
-
-def _check_bufsize(bufsize: int) -> int:
-    if isinstance(bufsize, bool) or not isinstance(bufsize, int):
-        raise TypeError(f"bufsize must be an int, not {type(bufsize).__name__}")
-    if not 1 <= bufsize <= MAX_DATAGRAM:
-        raise ValueError(f"bufsize must be between 1 and {MAX_DATAGRAM} bytes, not {bufsize}")
-    return bufsize
-
 
 def _check_seconds(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -73,11 +51,11 @@ def _as_bytes(name: str, data: object) -> bytes:
 # -- servers ---------------------------------------------------------------------------------
 
 
-class _Service:
+class _Service(SocketThreadObject):
     """Life cycle shared by the echo and time servers: start, stop, context manager, stats."""
 
-    _kind: ClassVar[str]
     _core_class: ClassVar[Any]
+    _log = _log
 
     def __init__(
         self,
@@ -90,68 +68,25 @@ class _Service:
         rcvbuf: Optional[int] = None,
         sndbuf: Optional[int] = None,
     ) -> None:
-        self.bufsize = _check_bufsize(bufsize)
-        if on_request is not None and not callable(on_request):
-            raise TypeError(f"on_request must be callable or None, not {type(on_request).__name__}")
-        if isinstance(queue_size, bool) or not isinstance(queue_size, int) or queue_size < 1:
-            raise ValueError(f"queue_size must be an int >= 1, not {queue_size!r}")
+        super().__init__()
+        self.bufsize = check_bufsize(bufsize)
+        check_callback("on_request", on_request)
+        self._queue_size = check_count("queue_size", queue_size)
         self.addr: Address = (ip, port)
         self.on_request = on_request
-        self.event = threading.Event()
-        self._queue_size = queue_size
         self._options = {"rcvbuf": rcvbuf, "sndbuf": sndbuf}
-        self._lock = threading.Lock()
-        self._core: Any = None
-        self._dispatcher: Optional[threading.Thread] = None
-        self._stopping = False
 
-    def start(self) -> None:
-        """Bind ``(ip, port)`` and start answering in a Rust thread. ``OSError`` when the port is
-        in use or the address is bad; ``RuntimeError`` when already started or stopped."""
-        with self._lock:
-            if self._stopping:
-                raise RuntimeError(f"this {self._kind} was stopped; create a new one to start again")
-            if self._core is not None:
-                raise RuntimeError(f"this {self._kind} is already started")
-            ip, port = self.addr[0], self.addr[1]
-            queue_size = self._queue_size if self.on_request is not None else None
-            self._core = self._core_class(ip, port, bufsize=self.bufsize, queue_size=queue_size, **self._options)
-            self.addr = self._core.local_addr()
-            if self.on_request is not None:
-                self._dispatcher = threading.Thread(
-                    target=self._dispatch, name=f"chatudp-{self._kind}-dispatch", daemon=True
-                )
-                self._dispatcher.start()
-            _live.add(self)
+    def _open(self) -> Any:
+        ip, port = self.addr[0], self.addr[1]
+        queue_size = self._queue_size if self.on_request is not None else None
+        return self._core_class(ip, port, bufsize=self.bufsize, queue_size=queue_size, **self._options)
 
-    def stop(self) -> None:
-        """Stop promptly: end the socket thread, close the socket, join every thread.
-        Idempotent; safe to call from ``on_request``."""
-        with self._lock:
-            self._stopping = True
-            core, dispatcher = self._core, self._dispatcher
-        if core is not None:
-            core.stop()
-        if dispatcher is not None and dispatcher is not threading.current_thread():
-            dispatcher.join()
-        _live.discard(self)
-        self.event.set()
+    def _wants_events(self) -> bool:
+        return self.on_request is not None
 
-    def __enter__(self: _S) -> _S:
-        with self._lock:
-            started = self._core is not None
-        if not started:
-            self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    @property
-    def running(self) -> bool:
-        """True between ``start()`` and ``stop()`` while the socket thread is alive."""
-        core = self._core
-        return core is not None and not self._stopping and core.is_running()
+    def _deliver(self, kind: str, addr: Address, detail: Any) -> None:
+        if self.on_request is not None:
+            self._call(self.on_request, detail, addr)
 
     @property
     def stats(self) -> Dict[str, Any]:
@@ -159,28 +94,7 @@ class _Service:
         ``sent``, ``truncated`` (requests longer than ``bufsize``), ``kernel_drops`` (datagrams
         the kernel dropped for a full receive buffer; Linux, else None), ``dropped`` by reason and
         ``send_errors`` by errno. ``{}`` before ``start()``."""
-        core = self._core
-        if core is None:
-            return {}
-        stats: Dict[str, Any] = core.stats()
-        return stats
-
-    def _dispatch(self) -> None:
-        core = self._core
-        callback = self.on_request
-        assert callback is not None
-        while True:
-            batch = core.next_events()
-            if batch is None:
-                return
-            for done, (_kind, addr, data) in enumerate(batch):
-                if self._stopping:
-                    core.discard_events(len(batch) - done)
-                    return
-                try:
-                    callback(data, addr)
-                except BaseException:  # SystemExit too: a callback must not end the dispatcher
-                    _log.exception("%s on_request callback %r raised; the server goes on", self._kind, callback)
+        return super().stats
 
     def __repr__(self) -> str:
         return f"{self._kind}(addr={self.addr!r}, bufsize={self.bufsize}, running={self.running})"
@@ -230,7 +144,7 @@ class _RequestClient:
     ) -> None:
         self.timeout = _check_seconds("timeout", timeout)
         self.retries = _check_retries(retries)
-        self.bufsize = _check_bufsize(bufsize)
+        self.bufsize = check_bufsize(bufsize)
         self.raddr: Address = (rip, rport)
         self._peer, self._remote = _core.Peer.for_remote(rip, rport, bufsize=bufsize, rcvbuf=rcvbuf, sndbuf=sndbuf)
         self.addr: Address = self._peer.local_addr()
@@ -344,7 +258,7 @@ class QQPeer:
         rcvbuf: Optional[int] = None,
         sndbuf: Optional[int] = None,
     ) -> None:
-        self.bufsize = _check_bufsize(bufsize)
+        self.bufsize = check_bufsize(bufsize)
         host, port = bind[0], bind[1]
         self._peer = _core.Peer(host, port, bufsize=bufsize, rcvbuf=rcvbuf, sndbuf=sndbuf)
         self.addr: Address = self._peer.local_addr()
