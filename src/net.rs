@@ -8,7 +8,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
 
-use polling::{Event, Events, PollMode, Poller};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 /// Resolves `(host, port)` the way Python's `socket.bind`/`connect` on an AF_INET socket
@@ -60,40 +59,120 @@ pub fn local_addr(socket: &Socket) -> io::Result<SocketAddr> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "socket has no IP address"))
 }
 
-const SOCKET_KEY: usize = 1;
-
 /// Waits for a socket to become readable, or for a wake-up from [`Waker`].
+///
+/// On Linux: one epoll set holding the socket and an eventfd, and a plain `epoll_wait` with a
+/// millisecond timeout: two system calls per wake-up at most. Elsewhere: the `polling` crate.
 pub struct Waiter {
-    poller: Arc<Poller>,
-    events: Events,
+    #[cfg(target_os = "linux")]
+    epoll: std::os::fd::OwnedFd,
+    #[cfg(target_os = "linux")]
+    wake: Arc<std::os::fd::OwnedFd>,
+    #[cfg(not(target_os = "linux"))]
+    poller: Arc<polling::Poller>,
+    #[cfg(not(target_os = "linux"))]
+    events: polling::Events,
 }
 
 /// Wakes the thread blocked in [`Waiter::wait`]; cheap to clone, usable from any thread.
 #[derive(Clone)]
-pub struct Waker(Arc<Poller>);
+pub struct Waker {
+    #[cfg(target_os = "linux")]
+    wake: Arc<std::os::fd::OwnedFd>,
+    #[cfg(not(target_os = "linux"))]
+    poller: Arc<polling::Poller>,
+}
+
+const SOCKET_KEY: u64 = 1;
+const WAKE_KEY: u64 = 2;
 
 impl Waker {
     pub fn wake(&self) {
-        // A failed notify means the poller is gone, and with it the thread to wake.
-        let _ = self.0.notify();
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let one: u64 = 1;
+            // SAFETY: writes 8 bytes from a live u64 to an eventfd. A full counter (EAGAIN)
+            // means a wake-up is pending already.
+            unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            // A failed notify means the poller is gone, and with it the thread to wake.
+            let _ = self.poller.notify();
+        }
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
+    if rc < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(rc)
     }
 }
 
 impl Waiter {
     /// Registers `socket`; the socket must stay open for as long as the waiter lives.
+    #[cfg(target_os = "linux")]
     pub fn new(socket: &Arc<Socket>) -> io::Result<(Waiter, Waker)> {
-        let poller = Arc::new(Poller::new()?);
-        // SAFETY: every caller keeps the socket open (an `Arc` held by the same thread state)
-        // until after the waiter is dropped, and the poller never outlives that state.
-        unsafe { poller.add_with_mode(&**socket, Event::readable(SOCKET_KEY), PollMode::Level)? };
-        Ok((Waiter { poller: Arc::clone(&poller), events: Events::new() }, Waker(poller)))
+        use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+        // SAFETY: plain system calls; each new descriptor is owned at once.
+        let epoll = unsafe { OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
+        let wake = unsafe { OwnedFd::from_raw_fd(cvt(libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))?) };
+        for (fd, key) in [(socket.as_raw_fd(), SOCKET_KEY), (wake.as_raw_fd(), WAKE_KEY)] {
+            // Level-triggered: whatever is left unread is reported again on the next wait.
+            let mut event = libc::epoll_event { events: libc::EPOLLIN as u32, u64: key };
+            // SAFETY: valid descriptors and a live epoll_event.
+            cvt(unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) })?;
+        }
+        let wake = Arc::new(wake);
+        Ok((Waiter { epoll, wake: Arc::clone(&wake) }, Waker { wake }))
     }
 
-    /// Blocks up to `timeout`; true when the socket is readable.
+    /// Blocks up to `timeout`; true when the socket is readable (or has an error queued).
+    #[cfg(target_os = "linux")]
+    pub fn wait(&mut self, timeout: Duration) -> io::Result<bool> {
+        use std::os::fd::AsRawFd;
+        // Rounded up, so a deadline a few microseconds away is not a busy loop.
+        let millis = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int;
+        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 2];
+        // SAFETY: a live array of 2 events.
+        let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), 2, millis) };
+        if n < 0 {
+            let error = io::Error::last_os_error();
+            return if error.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(error) };
+        }
+        let mut readable = false;
+        for event in &events[..n as usize] {
+            if event.u64 == WAKE_KEY {
+                let mut count: u64 = 0;
+                // SAFETY: reads 8 bytes into a live u64; resets the eventfd.
+                unsafe { libc::read(self.wake.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
+            } else {
+                readable = true;
+            }
+        }
+        Ok(readable)
+    }
+
+    #[cfg(not(target_os = "linux"))]
+    pub fn new(socket: &Arc<Socket>) -> io::Result<(Waiter, Waker)> {
+        let poller = Arc::new(polling::Poller::new()?);
+        // SAFETY: every caller keeps the socket open (an `Arc` held by the same thread state)
+        // until after the waiter is dropped, and the poller never outlives that state.
+        unsafe {
+            poller.add_with_mode(&**socket, polling::Event::readable(SOCKET_KEY as usize), polling::PollMode::Level)?
+        };
+        Ok((Waiter { poller: Arc::clone(&poller), events: polling::Events::new() }, Waker { poller }))
+    }
+
+    #[cfg(not(target_os = "linux"))]
     pub fn wait(&mut self, timeout: Duration) -> io::Result<bool> {
         self.events.clear();
         match self.poller.wait(&mut self.events, Some(timeout)) {
-            Ok(_) => Ok(self.events.iter().any(|e| e.key == SOCKET_KEY)),
+            Ok(_) => Ok(self.events.iter().any(|e| e.key == SOCKET_KEY as usize)),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(false),
             Err(e) => Err(e),
         }
@@ -214,26 +293,77 @@ pub struct SendReport {
 /// Reusable state for sending one payload to many destinations.
 #[derive(Default)]
 pub struct SendBatch {
+    scratch: Outgoing,
     #[cfg(target_os = "linux")]
     sys: linux::SendArrays,
 }
 
+/// Datagrams waiting for one [`SendBatch::send_many`]: each payload stored once, and one entry
+/// per destination pointing at it.
+#[derive(Default)]
+pub struct Outgoing {
+    bytes: Vec<u8>,
+    entries: Vec<(usize, usize, SocketAddr)>,
+}
+
+impl Outgoing {
+    /// Queues `payload` for every address in `to`.
+    pub fn push(&mut self, payload: &[u8], to: &[SocketAddr]) {
+        let start = self.bytes.len();
+        self.bytes.extend_from_slice(payload);
+        self.entries.extend(to.iter().map(|&addr| (start, payload.len(), addr)));
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    pub fn clear(&mut self) {
+        self.bytes.clear();
+        self.entries.clear();
+    }
+
+    fn get(&self, index: usize) -> (&[u8], SocketAddr) {
+        let (start, len, addr) = self.entries[index];
+        (&self.bytes[start..start + len], addr)
+    }
+}
+
 impl SendBatch {
-    /// Sends `payload` to every address in `to`; `on_error(addr, errno)` hears about each failure.
-    /// When the send buffer is full it waits for room (bounded), so nothing is dropped that the
-    /// kernel would take a moment later.
+    /// Sends `payload` to every address in `to`; see [`SendBatch::send_many`].
     pub fn send_to_all(
         &mut self,
         socket: &Socket,
         payload: &[u8],
         to: &[SocketAddr],
+        on_error: impl FnMut(SocketAddr, i32),
+    ) -> SendReport {
+        let mut one = std::mem::take(&mut self.scratch);
+        one.clear();
+        one.push(payload, to);
+        let report = self.send_many(socket, &one, on_error);
+        self.scratch = one;
+        report
+    }
+
+    /// Sends every queued datagram, as few system calls as the kernel allows; `on_error(addr,
+    /// errno)` hears about each failure. When the send buffer is full it waits for room
+    /// (bounded), so nothing is dropped that the kernel would take a moment later.
+    pub fn send_many(
+        &mut self,
+        socket: &Socket,
+        out: &Outgoing,
         mut on_error: impl FnMut(SocketAddr, i32),
     ) -> SendReport {
         let mut report = SendReport::default();
         let mut next = 0;
         let mut stalls = 0;
-        while next < to.len() {
-            match self.send_some(socket, payload, &to[next..]) {
+        while next < out.len() {
+            match self.send_some(socket, out, next) {
                 Ok(n) => {
                     report.sent += n;
                     next += n;
@@ -250,7 +380,7 @@ impl SendBatch {
                     report.deferred_errors += 1;
                 }
                 Err(e) => {
-                    on_error(to[next], e.raw_os_error().unwrap_or(0));
+                    on_error(out.get(next).1, e.raw_os_error().unwrap_or(0));
                     report.failed += 1;
                     next += 1;
                     stalls = 0;
@@ -261,16 +391,17 @@ impl SendBatch {
     }
 
     #[cfg(target_os = "linux")]
-    fn send_some(&mut self, socket: &Socket, payload: &[u8], to: &[SocketAddr]) -> io::Result<usize> {
+    fn send_some(&mut self, socket: &Socket, out: &Outgoing, first: usize) -> io::Result<usize> {
         use std::os::fd::AsRawFd;
-        self.sys.sendmmsg(socket.as_raw_fd(), payload, to)
+        self.sys.sendmmsg(socket.as_raw_fd(), out, first)
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn send_some(&mut self, socket: &Socket, payload: &[u8], to: &[SocketAddr]) -> io::Result<usize> {
+    fn send_some(&mut self, socket: &Socket, out: &Outgoing, first: usize) -> io::Result<usize> {
         let mut n = 0;
-        for addr in to {
-            match socket.send_to(payload, &SockAddr::from(*addr)) {
+        for index in first..out.len() {
+            let (payload, addr) = out.get(index);
+            match socket.send_to(payload, &SockAddr::from(addr)) {
                 Ok(_) => n += 1,
                 Err(e) => return if n > 0 { Ok(n) } else { Err(e) },
             }
@@ -527,6 +658,7 @@ mod linux {
     #[derive(Default)]
     pub(super) struct SendArrays {
         headers: Vec<libc::mmsghdr>,
+        iovecs: Vec<libc::iovec>,
         names: Vec<SockAddr>,
     }
 
@@ -534,24 +666,31 @@ mod linux {
     unsafe impl Send for SendArrays {}
 
     impl SendArrays {
-        pub(super) fn sendmmsg(&mut self, fd: RawFd, payload: &[u8], to: &[SocketAddr]) -> io::Result<usize> {
-            let count = to.len().min(SEND_SLOTS);
+        /// One `sendmmsg` for up to `SEND_SLOTS` entries of `out`, from `first` on.
+        pub(super) fn sendmmsg(&mut self, fd: RawFd, out: &super::Outgoing, first: usize) -> io::Result<usize> {
+            let count = (out.len() - first).min(SEND_SLOTS);
             self.names.clear();
-            self.names.extend(to[..count].iter().map(|&a| SockAddr::from(a)));
-            let mut iovec = libc::iovec { iov_base: payload.as_ptr() as *mut libc::c_void, iov_len: payload.len() };
+            self.iovecs.clear();
+            for index in first..first + count {
+                let (payload, addr) = out.get(index);
+                self.names.push(SockAddr::from(addr));
+                self.iovecs
+                    .push(libc::iovec { iov_base: payload.as_ptr() as *mut libc::c_void, iov_len: payload.len() });
+            }
             // SAFETY: all-zero is a valid mmsghdr.
             self.headers.resize(count, unsafe { zeroed() });
-            for (header, name) in self.headers.iter_mut().zip(&self.names) {
+            for ((header, name), iovec) in self.headers.iter_mut().zip(&self.names).zip(&mut self.iovecs) {
                 header.msg_hdr.msg_name = name.as_ptr() as *mut libc::c_void;
                 header.msg_hdr.msg_namelen = name.len();
-                header.msg_hdr.msg_iov = &mut iovec;
+                header.msg_hdr.msg_iov = iovec;
                 header.msg_hdr.msg_iovlen = 1;
                 header.msg_hdr.msg_control = std::ptr::null_mut();
                 header.msg_hdr.msg_controllen = 0;
                 header.msg_hdr.msg_flags = 0;
                 header.msg_len = 0;
             }
-            // SAFETY: headers, names and the payload outlive the call; the kernel only reads them.
+            // SAFETY: headers, names, iovecs and the payloads outlive the call; the kernel only
+            // reads them.
             let n = unsafe { libc::sendmmsg(fd, self.headers.as_mut_ptr(), count as libc::c_uint, libc::MSG_DONTWAIT) };
             if n < 0 {
                 return Err(io::Error::last_os_error());

@@ -70,9 +70,34 @@ pub fn write_upper_bytes_repr(data: &[u8], out: &mut Vec<u8>) {
     out.push(quote);
 }
 
+/// Appends `n` in decimal (the hot path avoids `core::fmt`).
+fn push_decimal(out: &mut Vec<u8>, n: u16) {
+    let mut digits = [0u8; 5];
+    let mut at = digits.len();
+    let mut rest = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (rest % 10) as u8;
+        rest /= 10;
+        if rest == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
+}
+
 /// Appends `host` as Python's socket module spells the first item of an address tuple.
 pub fn write_host(addr: &SocketAddr, out: &mut Vec<u8>) {
     match addr.ip() {
+        std::net::IpAddr::V4(v4) => {
+            let [a, b, c, d] = v4.octets();
+            for (i, octet) in [a, b, c, d].into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                push_decimal(out, u16::from(octet));
+            }
+        }
         // glibc's inet_ntop (which CPython uses) writes the deprecated IPv4-compatible form
         // `::a.b.c.d`; Rust writes `::102:304`. Every other form is spelled alike.
         std::net::IpAddr::V6(v6) if v6.segments()[..6] == [0; 6] && v6.segments()[6] != 0 => {
@@ -92,7 +117,8 @@ pub fn write_ack(data: &[u8], from: &SocketAddr, out: &mut Vec<u8>) {
     write_upper_bytes_repr(data, out);
     out.extend_from_slice(b". from ");
     write_host(from, out);
-    let _ = write!(out, ":{}", from.port());
+    out.push(b':');
+    push_decimal(out, from.port());
 }
 
 /// The Ack as a new vector; see [`write_ack`].

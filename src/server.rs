@@ -14,7 +14,7 @@ use crate::auth::{CookieJar, Opener, Sealer};
 use crate::error::{ChatError, Result};
 use crate::events::{self, Event, EventSender, LeaveReason};
 use crate::limits::{Network, Rate};
-use crate::net::{self, RecvBatch, SendBatch, SocketOptions, Waiter};
+use crate::net::{self, Outgoing, RecvBatch, SendBatch, SocketOptions, Waiter};
 use crate::protocol::{self, BYE, MAX_DATAGRAM};
 use crate::relay::DEFAULT_MAX_CLIENTS;
 use crate::relay::{Outcome, Relay};
@@ -153,6 +153,7 @@ impl Server {
                 batch: SendBatch::default(),
                 sealer: config.secret.as_deref().map(|secret| Sealer::new(secret, now)),
                 sealed: Vec::new(),
+                queued: Outgoing::default(),
                 icmp_seen: false,
             },
             socket,
@@ -161,6 +162,7 @@ impl Server {
             events: sender,
             recv: RecvBatch::new(RECV_BATCH, config.bufsize),
             ack: Vec::with_capacity(config.bufsize * 4 + 64),
+            pending: Vec::new(),
             live: Vec::new(),
             gone: Vec::new(),
             max_age: config.interval + config.expiry_grace,
@@ -212,22 +214,37 @@ struct Outbox {
     batch: SendBatch,
     sealer: Option<Sealer>,
     sealed: Vec<u8>,
+    queued: Outgoing,
     /// A send met an ICMP error about an earlier datagram: the error queue has news.
     icmp_seen: bool,
 }
 
 impl Outbox {
-    fn send(&mut self, payload: &[u8], to: &[SocketAddr], counters: &Counters) {
-        let wire = match &mut self.sealer {
+    /// Queues `payload` for every address in `to`, sealed first in authenticated mode.
+    fn queue(&mut self, payload: &[u8], to: &[SocketAddr]) {
+        match &mut self.sealer {
             Some(sealer) => {
                 sealer.seal(payload, wall_clock(), &mut self.sealed);
-                &self.sealed[..]
+                self.queued.push(&self.sealed, to);
             }
-            None => payload,
-        };
-        let report = self.batch.send_to_all(&self.socket, wire, to, |_, errno| counters.send_failed(errno));
+            None => self.queued.push(payload, to),
+        }
+    }
+
+    /// Sends everything queued: the Acks of a whole receive batch in as few calls as possible.
+    fn flush(&mut self, counters: &Counters) {
+        if self.queued.is_empty() {
+            return;
+        }
+        let report = self.batch.send_many(&self.socket, &self.queued, |_, errno| counters.send_failed(errno));
+        self.queued.clear();
         Counters::add(&counters.sent, report.sent as u64);
         self.icmp_seen |= report.deferred_errors > 0;
+    }
+
+    fn send(&mut self, payload: &[u8], to: &[SocketAddr], counters: &Counters) {
+        self.queue(payload, to);
+        self.flush(counters);
     }
 }
 
@@ -239,6 +256,8 @@ struct RelayLoop {
     recv: RecvBatch,
     out: Outbox,
     ack: Vec<u8>,
+    /// Events of the batch being handled, handed over once its Acks are sent.
+    pending: Vec<Event>,
     live: Vec<SocketAddr>,
     gone: Vec<SocketAddr>,
     max_age: f64,
@@ -327,7 +346,7 @@ impl RelayLoop {
             }
             if !self.allow.is_empty() && !self.allow.iter().any(|net| net.contains(from.ip())) {
                 counters.drop_one(DropReason::NotAllowed);
-                self.events.emit(Event::Reject(from, DropReason::NotAllowed), counters);
+                self.pending.push(Event::Reject(from, DropReason::NotAllowed));
                 continue;
             }
             let payload = match &mut self.opener {
@@ -346,13 +365,13 @@ impl RelayLoop {
                     if cookies.is_valid_echo(payload, &from, now) {
                         if relay.refresh(from, now) {
                             Counters::add(&counters.joins, 1);
-                            self.events.emit(Event::Join(from), counters);
+                            self.pending.push(Event::Join(from));
                         }
                     } else {
                         counters.drop_one(DropReason::Auth);
                         if protocol::classify(payload) != protocol::Kind::Quit {
                             if let Some(challenge) = cookies.challenge(&from, now, datagram.data.len()) {
-                                self.out.send(&challenge, &[from], counters);
+                                self.out.queue(&challenge, &[from]);
                             }
                         }
                     }
@@ -371,30 +390,40 @@ impl RelayLoop {
             };
             if joined {
                 Counters::add(&counters.joins, 1);
-                self.events.emit(Event::Join(from), counters);
+                self.pending.push(Event::Join(from));
             }
             match outcome {
                 Outcome::Heartbeat { .. } => {}
                 Outcome::Quit { left } => {
                     if left {
                         Counters::add(&counters.leaves, 1);
-                        self.events.emit(Event::Leave(from, LeaveReason::Quit), counters);
+                        self.pending.push(Event::Leave(from, LeaveReason::Quit));
                     }
                 }
                 Outcome::RateLimited { .. } => counters.drop_one(DropReason::Rate),
                 Outcome::TableFull => {
                     counters.drop_one(DropReason::TableFull);
-                    self.events.emit(Event::Reject(from, DropReason::TableFull), counters);
+                    self.pending.push(Event::Reject(from, DropReason::TableFull));
                 }
                 Outcome::Chat { .. } => {
-                    // The Acks go out first: the event costs the round trip nothing.
                     protocol::write_ack(payload, &from, &mut self.ack);
-                    self.out.send(&self.ack, &self.live, counters);
+                    self.out.queue(&self.ack, &self.live);
                     Counters::add(&counters.relayed, 1);
-                    self.events.emit(Event::Message { data: payload.to_vec(), from }, counters);
+                    self.pending.push(Event::Message { data: payload.to_vec(), from });
                 }
             }
-            emit_expired(&self.gone, &self.events, counters);
+            expired_events(&self.gone, counters, &mut self.pending);
+        }
+        drop(relay);
+        // The Acks of the whole batch go out first, in as few calls as possible; the events
+        // cost the round trip nothing.
+        self.out.flush(counters);
+        self.flush_events();
+    }
+
+    fn flush_events(&mut self) {
+        for event in self.pending.drain(..) {
+            self.events.emit(event, &self.shared.counters);
         }
     }
 
@@ -402,7 +431,8 @@ impl RelayLoop {
     fn sweep(&mut self, now: f64) -> f64 {
         self.gone.clear();
         let next = self.shared.relay.lock().sweep(now, self.max_age, &mut self.gone);
-        emit_expired(&self.gone, &self.events, &self.shared.counters);
+        expired_events(&self.gone, &self.shared.counters, &mut self.pending);
+        self.flush_events();
         // Never sooner than a small slice of the interval, so a table of many clients with
         // spread-out deadlines is not rescanned continuously.
         let min_gap = (self.max_age / 50.0).clamp(0.001, 0.1);
@@ -416,11 +446,11 @@ impl RelayLoop {
     }
 }
 
-fn emit_expired(gone: &[SocketAddr], events: &EventSender, counters: &Counters) {
+fn expired_events(gone: &[SocketAddr], counters: &Counters, events: &mut Vec<Event>) {
     for addr in gone {
         Counters::add(&counters.expired, 1);
         Counters::add(&counters.leaves, 1);
-        events.emit(Event::Leave(*addr, LeaveReason::Expired), counters);
+        events.push(Event::Leave(*addr, LeaveReason::Expired));
     }
 }
 
