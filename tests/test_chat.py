@@ -423,3 +423,22 @@ def test_port_out_of_range_is_an_overflow_error_as_in_socket() -> None:
         ChatUdpClient(rport=-1)
     with pytest.raises(TypeError):
         ChatUdpServer(port="9999")  # type: ignore[arg-type]
+
+
+def test_joins_and_leaves_are_debug_records_with_extra_fields(
+    stopper: Any, peers: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    srv = ChatUdpServer(port=0)
+    srv.start()
+    stopper(srv)
+    a = peers()
+    with caplog.at_level(logging.DEBUG, logger="chatudp.server"):
+        a.send(b"^hb^", srv.addr)
+        a.send(b"quit", srv.addr)
+        wait_for(lambda: len([r for r in caplog.records if r.name == "chatudp.server"]) >= 2, what="records")
+    records = [r for r in caplog.records if r.name == "chatudp.server"]
+    assert [(r.chatudp_event, r.chatudp_addr, r.chatudp_reason) for r in records[:2]] == [  # type: ignore[attr-defined]
+        ("join", a.addr, None),
+        ("leave", a.addr, "quit"),
+    ]
+    assert records[1].getMessage() == f"leave {a.addr} (quit)"

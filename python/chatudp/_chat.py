@@ -313,15 +313,22 @@ class ChatUdpServer(_Endpoint):
                 # The tutorial logs the data, then the address, at INFO.
                 logger.info("%s", detail, extra={"chatudp_addr": addr})
                 logger.info("%s", addr, extra={"chatudp_addr": addr})
-        elif kind == "join":
-            if self.on_join is not None:
-                self._call(self.on_join, addr)
-        elif kind == "leave":
-            if self.on_leave is not None:
-                self._call(self.on_leave, addr, detail)
-        elif kind == "reject":
-            if self.on_reject is not None:
-                self._call(self.on_reject, addr, detail)
+        else:
+            # Joins, leaves and refusals: the callback if any, and a DEBUG record either way.
+            callback = {"join": self.on_join, "leave": self.on_leave, "reject": self.on_reject}.get(kind)
+            if self._log.isEnabledFor(logging.DEBUG):
+                self._log.debug(
+                    "%s %s%s",
+                    kind,
+                    addr,
+                    "" if detail is None else f" ({detail})",
+                    extra={"chatudp_event": kind, "chatudp_addr": addr, "chatudp_reason": detail},
+                )
+            if callback is not None:
+                if kind == "join":
+                    self._call(callback, addr)
+                else:
+                    self._call(callback, addr, detail)
 
     def __repr__(self) -> str:
         try:
