@@ -76,9 +76,28 @@ fn address<'py>(py: Python<'py>, addr: &SocketAddr) -> PyResult<Bound<'py, PyTup
     }
 }
 
-fn stats_dict<'py>(py: Python<'py>, stats: &Stats) -> PyResult<Bound<'py, PyDict>> {
+/// `{name: count, ..., "dropped": {reason: count}, "send_errors": {errno: count}}`.
+pub(super) fn counters_dict<'py>(
+    py: Python<'py>,
+    counts: &[(&str, u64)],
+    dropped: impl Fn(DropReason) -> u64,
+    send_errors: &std::collections::BTreeMap<i32, u64>,
+) -> PyResult<Bound<'py, PyDict>> {
     let dict = PyDict::new(py);
-    for (name, value) in [
+    for (name, value) in counts {
+        dict.set_item(name, value)?;
+    }
+    let by_reason = PyDict::new(py);
+    for reason in DropReason::ALL {
+        by_reason.set_item(reason.name(), dropped(reason))?;
+    }
+    dict.set_item("dropped", by_reason)?;
+    dict.set_item("send_errors", send_errors.clone())?;
+    Ok(dict)
+}
+
+fn stats_dict<'py>(py: Python<'py>, stats: &Stats) -> PyResult<Bound<'py, PyDict>> {
+    let counts = [
         ("received", stats.received),
         ("relayed", stats.relayed),
         ("sent", stats.sent),
@@ -88,16 +107,8 @@ fn stats_dict<'py>(py: Python<'py>, stats: &Stats) -> PyResult<Bound<'py, PyDict
         ("joins", stats.joins),
         ("leaves", stats.leaves),
         ("heartbeats", stats.heartbeats),
-    ] {
-        dict.set_item(name, value)?;
-    }
-    let dropped = PyDict::new(py);
-    for reason in DropReason::ALL {
-        dropped.set_item(reason.name(), stats.dropped(reason))?;
-    }
-    dict.set_item("dropped", dropped)?;
-    dict.set_item("send_errors", stats.send_errors.clone())?;
-    Ok(dict)
+    ];
+    counters_dict(py, &counts, |reason| stats.dropped(reason), &stats.send_errors)
 }
 
 fn event_tuple<'py>(py: Python<'py>, event: &Event) -> PyResult<Bound<'py, PyTuple>> {

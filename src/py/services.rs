@@ -8,12 +8,11 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
-use super::{address, discard_events, endpoint_pymethods, next_events, PyChatError, SIGNAL_SLICE};
+use super::{address, counters_dict, discard_events, endpoint_pymethods, next_events, PyChatError, SIGNAL_SLICE};
 use crate::error::ChatError;
 use crate::net::{self, SocketOptions};
 use crate::peer::{Request, RequestPoll, UdpPeer};
 use crate::services::{Service, ServiceConfig, ServiceServer, ServiceStats};
-use crate::stats::DropReason;
 use crate::Endpoint;
 
 /// Socket receive buffer the servers ask for by default (the kernel caps it at `rmem_max`), so a
@@ -25,23 +24,15 @@ fn py_err(error: ChatError) -> PyErr {
 }
 
 fn service_stats<'py>(py: Python<'py>, stats: &ServiceStats) -> PyResult<Bound<'py, PyDict>> {
-    let dict = PyDict::new(py);
-    for (name, value) in [
+    let counts = [
         ("received", stats.received),
         ("answered", stats.answered),
         ("bad_requests", stats.bad_requests),
         ("sent", stats.sent),
         ("truncated", stats.truncated),
-    ] {
-        dict.set_item(name, value)?;
-    }
+    ];
+    let dict = counters_dict(py, &counts, |reason| stats.dropped(reason), &stats.send_errors)?;
     dict.set_item("kernel_drops", stats.kernel_drops)?;
-    let dropped = PyDict::new(py);
-    for reason in DropReason::ALL {
-        dropped.set_item(reason.name(), stats.dropped(reason))?;
-    }
-    dict.set_item("dropped", dropped)?;
-    dict.set_item("send_errors", stats.send_errors.clone())?;
     Ok(dict)
 }
 
