@@ -133,12 +133,12 @@ class _RequestClient:
 
     def __init__(
         self,
-        rip: str,
-        rport: int,
+        rip: str = "127.0.0.1",
+        rport: int = 9000,
         *,
-        timeout: float,
-        retries: int,
-        bufsize: int,
+        timeout: float = 2.0,
+        retries: int = 2,
+        bufsize: int = MAX_DATAGRAM,
         rcvbuf: Optional[int] = None,
         sndbuf: Optional[int] = None,
     ) -> None:
@@ -193,19 +193,6 @@ class EchoClient(_RequestClient):
 
     _kind = "EchoClient"
 
-    def __init__(
-        self,
-        rip: str = "127.0.0.1",
-        rport: int = 9000,
-        *,
-        timeout: float = 2.0,
-        retries: int = 2,
-        bufsize: int = MAX_DATAGRAM,
-        rcvbuf: Optional[int] = None,
-        sndbuf: Optional[int] = None,
-    ) -> None:
-        super().__init__(rip, rport, timeout=timeout, retries=retries, bufsize=bufsize, rcvbuf=rcvbuf, sndbuf=sndbuf)
-
     def request(self, data: Union[str, BytesLike]) -> bytes:
         """Send ``data`` (a ``str`` is UTF-8 encoded, as the tutorial's client does) and return
         the reply."""
@@ -219,19 +206,6 @@ class TimeClient(_RequestClient):
     seconds up to ``retries`` more times; then it raises :class:`chatudp.errors.NoReplyError`."""
 
     _kind = "TimeClient"
-
-    def __init__(
-        self,
-        rip: str = "127.0.0.1",
-        rport: int = 9000,
-        *,
-        timeout: float = 2.0,
-        retries: int = 2,
-        bufsize: int = MAX_DATAGRAM,
-        rcvbuf: Optional[int] = None,
-        sndbuf: Optional[int] = None,
-    ) -> None:
-        super().__init__(rip, rport, timeout=timeout, retries=retries, bufsize=bufsize, rcvbuf=rcvbuf, sndbuf=sndbuf)
 
     def request(self, fmt: str = "") -> str:
         """Ask for the time in ``fmt``; the answer decoded as UTF-8."""
