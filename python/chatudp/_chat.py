@@ -122,6 +122,14 @@ class _Endpoint(SocketThreadObject):
     def _deliver_batch(self, batch: List[Event]) -> int:
         # Asked once per batch: a logger disabled for INFO costs nothing per message.
         self._log_messages = self.on_message is None and logger.isEnabledFor(logging.INFO)
+        if self.on_message is None and not self._log_messages:
+            # Nothing to call per message: keep them for the pull consumers in one go.
+            kept = [(detail, addr) for kind, addr, detail in batch if kind == "message"]
+            if kept:
+                self._fill_inbox(kept)
+            others = [event for event in batch if event[0] != "message"]
+            unhandled = len(others) - super()._deliver_batch(others) if others else 0
+            return len(batch) - unhandled
         pulled: List[Message] = []
         handled = 0
         for kind, addr, detail in batch:

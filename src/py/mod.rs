@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
+use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
@@ -112,13 +113,13 @@ fn stats_dict<'py>(py: Python<'py>, stats: &Stats) -> PyResult<Bound<'py, PyDict
 }
 
 fn event_tuple<'py>(py: Python<'py>, event: &Event) -> PyResult<Bound<'py, PyTuple>> {
-    let (kind, addr, detail): (&str, &SocketAddr, Bound<'py, PyAny>) = match event {
-        Event::Message { data, from } => ("message", from, PyBytes::new(py, data).into_any()),
-        Event::Join(addr) => ("join", addr, py.None().into_bound(py)),
-        Event::Leave(addr, reason) => ("leave", addr, reason.name().into_pyobject(py)?.into_any()),
-        Event::Reject(addr, reason) => ("reject", addr, reason.name().into_pyobject(py)?.into_any()),
+    let (kind, addr, detail) = match event {
+        Event::Message { data, from } => (intern!(py, "message"), from, PyBytes::new(py, data).into_any()),
+        Event::Join(addr) => (intern!(py, "join"), addr, py.None().into_bound(py)),
+        Event::Leave(addr, reason) => (intern!(py, "leave"), addr, reason.name().into_pyobject(py)?.into_any()),
+        Event::Reject(addr, reason) => (intern!(py, "reject"), addr, reason.name().into_pyobject(py)?.into_any()),
     };
-    PyTuple::new(py, [kind.into_pyobject(py)?.into_any(), address(py, addr)?.into_any(), detail])
+    PyTuple::new(py, [kind.clone().into_any(), address(py, addr)?.into_any(), detail])
 }
 
 /// Waits for the next batch of events, detached and in slices so Ctrl-C is seen.
