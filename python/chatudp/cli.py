@@ -806,6 +806,14 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _add_request_options(parser: argparse.ArgumentParser) -> None:
+    """--timeout and --retries of the echo and time clients."""
+    parser.add_argument("--timeout", type=_positive_seconds, default=2.0, help="seconds to wait for a reply (default 2)")
+    parser.add_argument(
+        "--retries", type=_count, default=2, help="times a request is sent again when no reply comes (default 2)"
+    )
+
+
 def _positive_seconds(text: str) -> float:
     """A finite number of seconds, > 0."""
     value = _seconds(text)
@@ -919,10 +927,7 @@ def build_parser() -> argparse.ArgumentParser:
         9000,
         "client",
     )
-    p.add_argument("--timeout", type=_positive_seconds, default=2.0, help="seconds to wait for a reply (default 2)")
-    p.add_argument(
-        "--retries", type=_count, default=2, help="times a request is sent again when no reply comes (default 2)"
-    )
+    _add_request_options(p)
 
     add(
         "time-server",
@@ -944,10 +949,7 @@ def build_parser() -> argparse.ArgumentParser:
         9000,
         "client",
     )
-    p.add_argument("--timeout", type=_positive_seconds, default=2.0, help="seconds to wait for a reply (default 2)")
-    p.add_argument(
-        "--retries", type=_count, default=2, help="times a request is sent again when no reply comes (default 2)"
-    )
+    _add_request_options(p)
 
     add(
         "qq-server",
