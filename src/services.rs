@@ -18,11 +18,12 @@ use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 use socket2::Socket;
 
-use crate::error::{ChatError, Result};
+use crate::error::Result;
 use crate::events::{self, Event, EventSender};
-use crate::net::{self, RecvBatch, SocketOptions, Waiter};
-use crate::protocol::{DEFAULT_BUFSIZE, MAX_DATAGRAM};
-use crate::server::{validate_bufsize, RECV_BATCH};
+use crate::net::{self, RecvBatch, Waiter};
+use crate::protocol::MAX_DATAGRAM;
+pub use crate::config::ServiceConfig;
+use crate::config::RECV_BATCH;
 use crate::stats::{Counters, DropReason};
 use crate::worker::{Control, Endpoint, Worker};
 
@@ -178,39 +179,6 @@ extern "C" {
         format: *const libc::wchar_t,
         tm: *const libc::tm,
     ) -> libc::size_t;
-}
-
-#[derive(Debug, Clone)]
-pub struct ServiceConfig {
-    pub host: String,
-    pub port: u16,
-    /// Bytes read per datagram, as the seed's `recvfrom(1024)`; longer datagrams are cut.
-    pub bufsize: usize,
-    pub socket: SocketOptions,
-    /// When set, every request is also queued as an [`Event::Message`] for a consumer (the
-    /// seed's servers print each request), in a queue of this many events; when the consumer
-    /// is behind, further events are dropped and counted, and the answers go on.
-    pub events: Option<usize>,
-}
-
-impl ServiceConfig {
-    pub fn new(host: impl Into<String>, port: u16) -> ServiceConfig {
-        ServiceConfig {
-            host: host.into(),
-            port,
-            bufsize: DEFAULT_BUFSIZE,
-            socket: SocketOptions::default(),
-            events: None,
-        }
-    }
-
-    pub fn validate(&self) -> Result<()> {
-        validate_bufsize(self.bufsize)?;
-        if self.events == Some(0) {
-            return Err(ChatError::InvalidArgument("queue_size must be at least 1".to_owned()));
-        }
-        Ok(())
-    }
 }
 
 /// A point-in-time copy of a service's counters.
@@ -473,6 +441,7 @@ fn parse_kernel_drops(table: &str, inode: u64) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::error::ChatError;
+    use crate::protocol::DEFAULT_BUFSIZE;
     use std::net::UdpSocket;
     use std::time::Instant;
 
@@ -549,6 +518,11 @@ mod tests {
         assert_eq!(ask(&client, &server, b""), b"");
         let long = vec![b'a'; MAX_DATAGRAM];
         assert_eq!(ask(&client, &server, &long), vec![b'A'; DEFAULT_BUFSIZE]);
+        // The reply can arrive before the server thread has counted its send.
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while server.stats().sent < 3 && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let stats = server.stats();
         assert_eq!((stats.received, stats.answered, stats.sent, stats.truncated), (3, 3, 3, 1));
         if cfg!(target_os = "linux") {
