@@ -107,6 +107,81 @@ impl CookieJar {
     }
 }
 
+/// Sources a request/response server remembers as validated at once; beyond it the oldest
+/// validation is forgotten (that client only answers one more challenge).
+pub const MAX_VALIDATED: usize = 65_536;
+/// Seconds a validation lasts. Requests do not extend it (a spoofer could): the client answers
+/// a new challenge after it, so a validated address can be used as a reflector for at most this.
+pub const VALIDATED_FOR: f64 = 60.0;
+
+/// What [`AddressGuard::check`] says about one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The source is validated: answer it.
+    Serve,
+    /// A good cookie echo: the source is validated now; nothing to answer.
+    Validated,
+    /// An unvalidated source: send it this challenge, and nothing else.
+    Challenge(Vec<u8>),
+    /// An unvalidated source whose request cannot pay for a challenge, or a bad echo.
+    Drop,
+}
+
+/// The reflection guard of the request/response servers (`validate=True` on the echo and time
+/// servers): an unvalidated source gets only a 12-byte cookie challenge, never more than 3x
+/// the bytes it sent on the wire (IP and UDP headers included, so even the time server's empty
+/// request, the tutorial's default format, can be challenged: 40 bytes for 28 over IPv4).
+pub struct AddressGuard {
+    cookies: CookieJar,
+    /// Address -> when it echoed its cookie, oldest first.
+    validated: indexmap::IndexMap<SocketAddr, f64>,
+}
+
+impl Default for AddressGuard {
+    fn default() -> Self {
+        AddressGuard { cookies: CookieJar::default(), validated: indexmap::IndexMap::new() }
+    }
+}
+
+/// IP and UDP header bytes of a datagram from `addr`.
+fn header_bytes(addr: &SocketAddr) -> usize {
+    if addr.is_ipv4() {
+        28
+    } else {
+        48
+    }
+}
+
+impl AddressGuard {
+    pub fn check(&mut self, request: &[u8], from: SocketAddr, now: f64) -> Verdict {
+        if let Some(&since) = self.validated.get(&from) {
+            if now - since <= VALIDATED_FOR && now >= since {
+                // A repeated echo (a duplicate, or an answer to a second challenge) is absorbed.
+                let echo = is_challenge(request) && self.cookies.is_valid_echo(request, &from, now);
+                return if echo { Verdict::Validated } else { Verdict::Serve };
+            }
+            self.validated.shift_remove(&from);
+        }
+        if self.cookies.is_valid_echo(request, &from, now) {
+            if self.validated.len() >= MAX_VALIDATED {
+                self.validated.shift_remove_index(0);
+            }
+            self.validated.insert(from, now);
+            return Verdict::Validated;
+        }
+        let header = header_bytes(&from);
+        if CHALLENGE_LEN + header > (request.len() + header).saturating_mul(3) {
+            return Verdict::Drop;
+        }
+        Verdict::Challenge(self.cookies.challenge_bytes(&from, now))
+    }
+
+    /// Sources validated now (some may be past [`VALIDATED_FOR`], forgotten when next heard).
+    pub fn validated(&self) -> usize {
+        self.validated.len()
+    }
+}
+
 /// A challenge, and its echo, have this shape: `^ck^` and 8 bytes.
 pub fn is_challenge(data: &[u8]) -> bool {
     data.len() == CHALLENGE_LEN && data.starts_with(COOKIE_PREFIX)
@@ -362,6 +437,26 @@ mod tests {
         assert!(jar.challenge(&addr(1), 0.0, 0).is_none());
         assert!(jar.challenge(&addr(1), 0.0, 3).is_none());
         assert!(jar.challenge(&addr(1), 0.0, 4).is_some());
+    }
+
+    #[test]
+    fn the_guard_serves_only_validated_sources_and_only_for_a_while() {
+        let mut guard = AddressGuard::default();
+        let Verdict::Challenge(challenge) = guard.check(b"", addr(1), 100.0) else { panic!("challenge expected") };
+        assert_eq!(challenge.len(), CHALLENGE_LEN);
+        assert!(matches!(guard.check(b"%Y", addr(1), 100.0), Verdict::Challenge(_)));
+        // Another address cannot use the cookie.
+        assert!(matches!(guard.check(&challenge, addr(2), 100.0), Verdict::Challenge(_)));
+        assert_eq!(guard.check(&challenge, addr(1), 100.5), Verdict::Validated);
+        assert_eq!(guard.check(b"%Y", addr(1), 101.0), Verdict::Serve);
+        // A second echo is absorbed, never served as a request.
+        assert_eq!(guard.check(&challenge, addr(1), 101.0), Verdict::Validated);
+        // ... while a request of the same shape that is no cookie of ours is served.
+        assert_eq!(guard.check(b"^ck^12345678", addr(1), 101.0), Verdict::Serve);
+        // Requests do not extend the validation.
+        assert_eq!(guard.check(b"%Y", addr(1), 100.5 + VALIDATED_FOR), Verdict::Serve);
+        assert!(matches!(guard.check(b"%Y", addr(1), 101.0 + VALIDATED_FOR), Verdict::Challenge(_)));
+        assert_eq!(guard.validated(), 0);
     }
 
     #[test]
