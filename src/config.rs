@@ -118,7 +118,11 @@ pub fn check_secret(secret: &[u8]) -> Result<()> {
     if secret.len() >= MIN_SECRET_LEN {
         Ok(())
     } else {
-        Err(invalid("secret", &format!("at least {MIN_SECRET_LEN} bytes (use os.urandom(32))"), format!("{} bytes", secret.len())))
+        Err(invalid(
+            "secret",
+            &format!("at least {MIN_SECRET_LEN} bytes (use os.urandom(32))"),
+            format!("{} bytes", secret.len()),
+        ))
     }
 }
 
@@ -250,6 +254,9 @@ pub struct ServiceConfig {
     /// print each request), in a queue of this many events; when the consumer is behind,
     /// further events are dropped and counted, and the answers go on.
     pub events: Option<usize>,
+    /// Reflection guard: a new source gets only a cookie challenge until it echoes it (see
+    /// `auth::AddressGuard`). Off by default: the tutorial's clients cannot answer it.
+    pub validate: bool,
 }
 
 impl ServiceConfig {
@@ -261,6 +268,7 @@ impl ServiceConfig {
             // A burst waits in the kernel instead of being dropped there.
             socket: SocketOptions { rcvbuf: Some(DEFAULT_SOCKET_BUFFER), sndbuf: None },
             events: None,
+            validate: false,
         }
     }
 

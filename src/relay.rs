@@ -64,7 +64,6 @@ pub struct Relay {
     rate: Option<Rate>,
 }
 
-
 impl Relay {
     pub fn new(interval: f64) -> Relay {
         Relay::with_limits(interval, DEFAULT_MAX_CLIENTS, None)

@@ -34,7 +34,7 @@ use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 use socket2::Socket;
 
-use crate::auth::{CookieJar, Opener, Sealer};
+use crate::auth::{CookieJar, Direction, Opener, Refused, Sealer, TRAILER_LEN};
 pub use crate::config::ServerConfig;
 use crate::config::RECV_BATCH;
 use crate::error::Result;
@@ -73,6 +73,8 @@ impl Server {
     /// (see [the pipeline](self#where-to-plug-in-sink)).
     pub fn start_with_sinks(config: ServerConfig, sinks: Vec<Box<dyn Sink>>) -> Result<Server> {
         config.validate()?;
+        // Taken before binding: nothing sealed before this server could receive it is accepted.
+        let started = wall_clock();
         let bind = net::resolve(&config.host, config.port)?;
         let socket = Arc::new(net::udp_socket(bind, true, config.socket)?);
         let local = net::local_addr(&socket)?;
@@ -83,18 +85,21 @@ impl Server {
             relay: Mutex::new(Relay::with_limits(config.interval, config.max_clients, config.rate)),
             counters: Counters::default(),
         });
-        let now = wall_clock();
+        // `bufsize` counts payload bytes: in authenticated mode the trailer comes on top.
+        let recv_len = config.bufsize + if config.secret.is_some() { TRAILER_LEN } else { 0 };
         let mut relay_loop = RelayLoop {
             filter: Filter {
                 allow: config.allow,
-                opener: config.secret.as_deref().map(|secret| Opener::new(secret, config.max_clients)),
+                opener: config.secret.as_deref().map(|secret| {
+                    Opener::new(secret, Direction::ToServer, started, replay_cache_size(config.max_clients))
+                }),
             },
             admission: Admission { cookies: config.validate.then(CookieJar::default) },
             fanout: Fanout {
                 local: Outbox {
                     socket: Arc::clone(&socket),
                     batch: SendBatch::default(),
-                    sealer: config.secret.as_deref().map(|secret| Sealer::new(secret, now)),
+                    sealer: config.secret.as_deref().map(|secret| Sealer::new(secret, Direction::ToClient)),
                     sealed: Vec::new(),
                     queued: Outgoing::default(),
                     icmp_seen: false,
@@ -106,7 +111,7 @@ impl Server {
             socket,
             waiter,
             shared: Arc::clone(&shared),
-            recv: RecvBatch::new(RECV_BATCH, config.bufsize),
+            recv: RecvBatch::new(RECV_BATCH, recv_len),
             live: Vec::new(),
             gone: Vec::new(),
             max_age: config.interval + config.expiry_grace,
@@ -247,12 +252,12 @@ struct Filter {
 
 impl Filter {
     /// The payload to go on with (trailer removed), or why the datagram is dropped.
-    fn pass<'a>(&mut self, data: &'a [u8], from: SocketAddr, now: f64) -> std::result::Result<&'a [u8], DropReason> {
+    fn pass<'a>(&mut self, data: &'a [u8], from: SocketAddr, now: f64) -> std::result::Result<&'a [u8], Refusal> {
         if !self.allow.is_empty() && !self.allow.iter().any(|net| net.contains(from.ip())) {
-            return Err(DropReason::NotAllowed);
+            return Err(Refusal::Drop(DropReason::NotAllowed));
         }
         match &mut self.opener {
-            Some(opener) => opener.open(data, from, now).map_err(|_| DropReason::Auth),
+            Some(opener) => opener.open(data, now).map_err(Refusal::Sealed),
             None => Ok(data),
         }
     }
@@ -289,6 +294,20 @@ impl Admission {
     }
 }
 
+/// Why a stage refused a datagram.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    Drop(DropReason),
+    /// The authentication trailer did not verify (counted as [`DropReason::Auth`] too).
+    Sealed(Refused),
+}
+
+impl From<DropReason> for Refusal {
+    fn from(reason: DropReason) -> Refusal {
+        Refusal::Drop(reason)
+    }
+}
+
 /// Stage 4: counters and events, handed to the consumer once the batch's Acks are sent.
 struct Handover {
     events: EventSender,
@@ -322,10 +341,14 @@ impl Handover {
     }
 
     /// Counts a refused datagram; refusals a server owner acts on (`on_reject`) are reported.
-    fn refuse(&mut self, from: SocketAddr, reason: DropReason, counters: &Counters) {
-        counters.drop_one(reason);
-        if matches!(reason, DropReason::NotAllowed | DropReason::TableFull) {
-            self.pending.push(Event::Reject(from, reason));
+    fn refuse(&mut self, from: SocketAddr, refusal: impl Into<Refusal>, counters: &Counters) {
+        match refusal.into() {
+            Refusal::Drop(reason @ (DropReason::NotAllowed | DropReason::TableFull)) => {
+                counters.drop_one(reason);
+                self.pending.push(Event::Reject(from, reason));
+            }
+            Refusal::Drop(reason) => counters.drop_one(reason),
+            Refusal::Sealed(why) => counters.refuse(why),
         }
     }
 
@@ -526,6 +549,12 @@ impl RelayLoop {
         self.live.extend(self.shared.relay.lock().addresses().copied());
         self.fanout.local.send(BYE, &self.live, &self.shared.counters);
     }
+}
+
+/// Senders the replay cache remembers at once: every client of a full table, restarted once
+/// within the freshness window, and some room for a small table's churn.
+fn replay_cache_size(max_clients: usize) -> usize {
+    max_clients.saturating_mul(2).max(1024)
 }
 
 #[cfg(test)]
