@@ -7,7 +7,8 @@ use std::net::SocketAddr;
 
 use indexmap::IndexMap;
 
-use crate::limits::{Bucket, Rate};
+use crate::config::DEFAULT_MAX_CLIENTS;
+use crate::limits::{Rate, RateLimiter};
 use crate::protocol::{classify, Kind};
 
 /// What one datagram did to the table.
@@ -25,11 +26,31 @@ pub enum Outcome {
     TableFull,
 }
 
+impl Outcome {
+    /// True when the datagram added its source to the table.
+    pub fn joined(self) -> bool {
+        match self {
+            Outcome::Heartbeat { joined } | Outcome::Chat { joined } | Outcome::RateLimited { joined } => joined,
+            Outcome::Quit { .. } | Outcome::TableFull => false,
+        }
+    }
+}
+
+/// What [`Relay::refresh`] did with a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// It was new and is now in the table.
+    Joined,
+    /// It was in the table already; its time was refreshed.
+    Known,
+    /// It was new and the table is full of live clients: not added.
+    TableFull,
+}
+
 /// What the table keeps per client.
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     last_seen: f64,
-    bucket: Bucket,
 }
 
 /// The `clients` dict of the original server: address -> last time heard from, bounded by
@@ -39,11 +60,9 @@ pub struct Relay {
     clients: IndexMap<SocketAddr, Entry>,
     interval: f64,
     max_clients: usize,
-    rate: Option<Rate>,
+    /// Kept apart from `clients`: leaving and joining again never refills a bucket.
+    limiter: Option<RateLimiter>,
 }
-
-/// Default bound of the clients table: far beyond any chat, small enough to bound memory.
-pub const DEFAULT_MAX_CLIENTS: usize = 1 << 20;
 
 impl Relay {
     pub fn new(interval: f64) -> Relay {
@@ -51,7 +70,8 @@ impl Relay {
     }
 
     pub fn with_limits(interval: f64, max_clients: usize, rate: Option<Rate>) -> Relay {
-        Relay { clients: IndexMap::new(), interval, max_clients: max_clients.max(1), rate }
+        let limiter = rate.map(|rate| RateLimiter::new(rate, max_clients.max(1024)));
+        Relay { clients: IndexMap::new(), interval, max_clients: max_clients.max(1), limiter }
     }
 
     pub fn interval(&self) -> f64 {
@@ -99,9 +119,8 @@ impl Relay {
                 let Some(joined) = self.admit(from, now, expired) else {
                     return Outcome::TableFull;
                 };
-                if let Some(rate) = self.rate {
-                    let entry = self.clients.get_mut(&from).expect("admitted above");
-                    if !entry.bucket.take(rate, now) {
+                if let Some(limiter) = &mut self.limiter {
+                    if !limiter.take(from, now) {
                         return Outcome::RateLimited { joined };
                     }
                 }
@@ -111,10 +130,16 @@ impl Relay {
         }
     }
 
-    /// Records `addr` as heard from at `now`; true when it is new to the table.
-    pub fn refresh(&mut self, addr: SocketAddr, now: f64) -> bool {
-        let mut expired = Vec::new();
-        self.admit(addr, now, &mut expired).unwrap_or(false)
+    /// Records `addr` as heard from at `now`, as a heartbeat would, without classifying any
+    /// payload (a validated cookie echo): `Admission::Joined` when new to the table,
+    /// `Admission::TableFull` when there is no room. Clients removed to make room go to
+    /// `expired`, so the caller can tell them they left.
+    pub fn refresh(&mut self, addr: SocketAddr, now: f64, expired: &mut Vec<SocketAddr>) -> Admission {
+        match self.admit(addr, now, expired) {
+            Some(true) => Admission::Joined,
+            Some(false) => Admission::Known,
+            None => Admission::TableFull,
+        }
     }
 
     /// Refreshes or adds `addr`: `Some(joined)`, or `None` when the table is full even after
@@ -125,16 +150,20 @@ impl Relay {
             entry.last_seen = now;
             return Some(false);
         }
+        if !self.make_room(now, expired) {
+            return None;
+        }
+        self.clients.insert(addr, Entry { last_seen: now });
+        Some(true)
+    }
+
+    /// True when a newcomer would fit, after removing the clients that are past `interval`
+    /// (into `expired`) if the table is full.
+    pub fn make_room(&mut self, now: f64, expired: &mut Vec<SocketAddr>) -> bool {
         if self.clients.len() >= self.max_clients {
             self.sweep(now, self.interval, expired);
-            if self.clients.len() >= self.max_clients {
-                return None;
-            }
         }
-        let bucket =
-            self.rate.map_or(Bucket::full(Rate { per_second: 1.0, burst: 1.0 }, now), |r| Bucket::full(r, now));
-        self.clients.insert(addr, Entry { last_seen: now, bucket });
-        Some(true)
+        self.clients.len() < self.max_clients
     }
 
     /// Removes `addr`; true when it was in the table.
@@ -145,6 +174,9 @@ impl Relay {
     /// Removes clients silent for more than `max_age` seconds into `expired`, and returns when
     /// the next one would expire if nothing is heard.
     pub fn sweep(&mut self, now: f64, max_age: f64, expired: &mut Vec<SocketAddr>) -> Option<f64> {
+        if let Some(limiter) = &mut self.limiter {
+            limiter.forget_full(now);
+        }
         let mut oldest = f64::INFINITY;
         self.clients.retain(|addr, entry| {
             if now - entry.last_seen > max_age {
@@ -244,6 +276,20 @@ mod tests {
     }
 
     #[test]
+    fn refresh_reports_a_full_table_and_the_clients_it_expired() {
+        let mut relay = Relay::with_limits(10.0, 2, None);
+        let mut expired = Vec::new();
+        assert_eq!(relay.refresh(addr(1), 0.0, &mut expired), Admission::Joined);
+        assert_eq!(relay.refresh(addr(2), 5.0, &mut expired), Admission::Joined);
+        assert_eq!(relay.refresh(addr(2), 6.0, &mut expired), Admission::Known);
+        assert_eq!(relay.refresh(addr(3), 6.0, &mut expired), Admission::TableFull);
+        assert!(expired.is_empty() && !relay.contains(&addr(3)));
+        // At 11.0 client 1 is past `interval`: it makes room, and the caller learns it left.
+        assert_eq!(relay.refresh(addr(3), 11.0, &mut expired), Admission::Joined);
+        assert_eq!(expired, vec![addr(1)]);
+    }
+
+    #[test]
     fn rate_limit_drops_chat_but_keeps_the_source_alive() {
         let mut relay = Relay::with_limits(10.0, 100, Some(Rate::new(1.0, 2.0).unwrap()));
         assert_eq!(run(&mut relay, b"a", 1, 0.0).0, Outcome::Chat { joined: true });
@@ -252,6 +298,22 @@ mod tests {
         assert_eq!(run(&mut relay, b"^hb^", 1, 0.6).0, Outcome::Heartbeat { joined: false });
         assert_eq!(relay.iter().next().unwrap().1, 0.6);
         assert_eq!(run(&mut relay, b"d", 1, 1.5).0, Outcome::Chat { joined: false });
+    }
+
+    #[test]
+    fn leaving_and_joining_again_never_refills_the_bucket() {
+        let mut relay = Relay::with_limits(10.0, 100, Some(Rate::new(1.0, 2.0).unwrap()));
+        let mut relayed = 0;
+        for i in 0..50 {
+            let now = f64::from(i) * 0.01;
+            run(&mut relay, b"quit", 1, now);
+            if let Outcome::Chat { joined } = run(&mut relay, b"m", 1, now).0 {
+                assert!(joined);
+                relayed += 1;
+            }
+        }
+        assert_eq!(relayed, 2);
+        assert_eq!(run(&mut relay, b"m", 1, 1.5).0, Outcome::Chat { joined: false });
     }
 
     #[test]
