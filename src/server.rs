@@ -686,6 +686,30 @@ mod tests {
     }
 
     #[test]
+    fn messages_wait_for_validation_and_echoes_are_never_chat() {
+        let mut config = ServerConfig::new("127.0.0.1", 0, 10.0);
+        config.validate = true;
+        let server = Server::start(config).unwrap();
+        let a = peer();
+        a.send_to(b"hello", server.local_addr()).unwrap();
+        a.send_to(b"world", server.local_addr()).unwrap();
+        let challenge = recv(&a);
+        assert!(crate::auth::is_challenge(&challenge));
+        assert_eq!(recv(&a), challenge);
+        assert!(server.clients().is_empty());
+        a.send_to(&challenge, server.local_addr()).unwrap();
+        let port = a.local_addr().unwrap().port();
+        assert_eq!(recv(&a), format!("Ack b'HELLO'. from 127.0.0.1:{port}").into_bytes());
+        assert_eq!(recv(&a), format!("Ack b'WORLD'. from 127.0.0.1:{port}").into_bytes());
+        // A second echo, then a message: only the message is relayed.
+        a.send_to(&challenge, server.local_addr()).unwrap();
+        a.send_to(b"three", server.local_addr()).unwrap();
+        assert_eq!(recv(&a), format!("Ack b'THREE'. from 127.0.0.1:{port}").into_bytes());
+        let stats = server.stats();
+        assert_eq!((stats.relayed, stats.joins, stats.dropped(DropReason::Unvalidated)), (3, 1, 0));
+    }
+
+    #[test]
     fn stop_is_prompt_while_idle() {
         let server = start(10.0);
         let started = Instant::now();
