@@ -5,6 +5,9 @@
 //!
 //! `cargo bench --bench table` (plain timed loop; `TABLE_BENCH_MS` sets the time per run).
 
+// A benchmark reports on stdout.
+#![allow(clippy::print_stdout)]
+
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
