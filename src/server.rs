@@ -3,6 +3,7 @@
 //! clients on a timer.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use crate::net::{self, Outgoing, RecvBatch, SendBatch, SocketOptions, Waiter};
 use crate::protocol::{self, BYE, MAX_DATAGRAM};
 use crate::relay::DEFAULT_MAX_CLIENTS;
 use crate::relay::{Outcome, Relay};
+use crate::reuseport;
 use crate::stats::{Counters, DropReason, Stats};
 use crate::worker::{wall_clock, Control, Endpoint, Worker};
 
@@ -26,6 +28,8 @@ pub const RECV_BATCH: usize = 32;
 /// Kernel buffer asked for by default (the kernel caps it at `net.core.rmem_max`/`wmem_max`): a
 /// relay takes bursts from many clients at once, and every Ack fans out to all of them.
 pub const DEFAULT_SOCKET_BUFFER: usize = 4 << 20;
+/// Most socket threads one server runs: far more than cores, few enough to be a typo's bound.
+pub const MAX_WORKERS: usize = 256;
 /// Batches handled per wake-up before the timer gets a look in.
 const BATCHES_PER_WAKE: usize = 64;
 
@@ -57,6 +61,9 @@ pub struct ServerConfig {
     pub validate: bool,
     /// Shared secret: every datagram carries an authentication trailer (see `auth`).
     pub secret: Option<Vec<u8>>,
+    /// Socket threads, each with its own `SO_REUSEPORT` socket on the one port (see
+    /// `reuseport`); they share the clients table, the limits and the replay state.
+    pub workers: usize,
 }
 
 impl ServerConfig {
@@ -75,6 +82,7 @@ impl ServerConfig {
             allow: Vec::new(),
             validate: false,
             secret: None,
+            workers: 1,
         }
     }
 
@@ -87,6 +95,12 @@ impl ServerConfig {
             )));
         }
         validate_bufsize(self.bufsize)?;
+        if !(1..=MAX_WORKERS).contains(&self.workers) {
+            return Err(ChatError::InvalidArgument(format!(
+                "workers must be between 1 and {MAX_WORKERS}, not {}",
+                self.workers
+            )));
+        }
         if self.max_clients == 0 {
             return Err(ChatError::InvalidArgument("max_clients must be at least 1".to_owned()));
         }
@@ -139,45 +153,38 @@ impl Server {
         // Taken before binding: nothing sealed before this server could receive it is accepted.
         let started = wall_clock();
         let bind = net::resolve(&config.host, config.port)?;
-        let socket = Arc::new(net::udp_socket(bind, true, config.socket)?);
-        let local = net::local_addr(&socket)?;
-        let error_queue = config.drop_unreachable && net::enable_error_queue(&socket, local.is_ipv6())?;
-        let (waiter, waker) = Waiter::new(&socket)?;
+        let sockets = reuseport::bind_group(bind, config.workers, config.socket)?;
+        let local = net::local_addr(&sockets[0])?;
         let (sender, events) = events::channel(config.queue_size);
         let shared = Arc::new(Shared {
             relay: Mutex::new(Relay::with_limits(config.interval, config.max_clients, config.rate)),
             counters: Counters::default(),
         });
-        // `bufsize` counts payload bytes: in authenticated mode the trailer comes on top.
-        let recv_len = config.bufsize + if config.secret.is_some() { TRAILER_LEN } else { 0 };
-        let mut relay_loop = RelayLoop {
-            out: Outbox {
-                socket: Arc::clone(&socket),
-                batch: SendBatch::default(),
-                sealer: config.secret.as_deref().map(|secret| Sealer::new(secret, Direction::ToClient)),
-                sealed: Vec::new(),
-                queued: Outgoing::default(),
-                icmp_seen: false,
-            },
-            socket,
-            waiter,
-            shared: Arc::clone(&shared),
-            events: sender,
-            recv: RecvBatch::new(RECV_BATCH, recv_len),
-            ack: Vec::with_capacity(config.bufsize * 4 + 64),
-            pending: Vec::new(),
-            live: Vec::new(),
-            gone: Vec::new(),
-            max_age: config.interval + config.expiry_grace,
-            error_queue,
-            allow: config.allow,
-            cookies: config.validate.then(CookieJar::default),
-            opener: config
-                .secret
-                .as_deref()
-                .map(|secret| Opener::new(secret, Direction::ToServer, started, replay_cache_size(config.max_clients))),
-        };
-        let worker = Worker::spawn("chatudp-server", waker, move |control| relay_loop.run(control))?;
+        let opener = config.secret.as_deref().map(|secret| {
+            let opener = Opener::new(secret, Direction::ToServer, started, replay_cache_size(config.max_clients));
+            Arc::new(Mutex::new(opener))
+        });
+        let cookies = config.validate.then(|| Arc::new(CookieJar::default()));
+        let mut loops = Vec::with_capacity(sockets.len());
+        let mut wakers = Vec::with_capacity(sockets.len());
+        for socket in sockets {
+            let socket = Arc::new(socket);
+            let error_queue = config.drop_unreachable && net::enable_error_queue(&socket, local.is_ipv6())?;
+            let (waiter, waker) = Waiter::new(&socket)?;
+            wakers.push(waker);
+            loops.push(RelayLoop::new(&config, socket, waiter, error_queue, &shared, &sender, &opener, &cookies));
+        }
+        let mut leader = loops.remove(0);
+        let waker = wakers.remove(0);
+        let (ready, group_started) = crossbeam_channel::bounded(1);
+        let worker = Worker::spawn("chatudp-server", waker, move |control| {
+            run_group(&mut leader, loops, wakers, control, ready);
+        })?;
+        // Returns once every socket thread runs (or could not be started).
+        if let Ok(Err(error)) = group_started.recv_timeout(Duration::from_secs(10)) {
+            worker.stop();
+            return Err(ChatError::Io(error));
+        }
         Ok(Server { shared, local, events, worker })
     }
 
@@ -270,27 +277,126 @@ struct RelayLoop {
     /// ICMP errors are queued on the socket (see `ServerConfig::drop_unreachable`).
     error_queue: bool,
     allow: Vec<Network>,
-    cookies: Option<CookieJar>,
-    opener: Option<Opener>,
+    cookies: Option<Arc<CookieJar>>,
+    /// One replay cache for every worker: a source moved to another worker is still known.
+    opener: Option<Arc<Mutex<Opener>>>,
+}
+
+/// Runs the leader's loop on this thread and the other workers' loops on threads of their own;
+/// returns once every one has finished. Only the leader sweeps the table and says `Bye!`, so
+/// each client hears it once.
+fn run_group(
+    leader: &mut RelayLoop,
+    followers: Vec<RelayLoop>,
+    wakers: Vec<net::Waker>,
+    control: &Control,
+    ready: crossbeam_channel::Sender<std::io::Result<()>>,
+) {
+    // Set when the leader ends for any reason, so no follower outlives it.
+    let group_done = AtomicBool::new(false);
+    let (started, follower_started) = crossbeam_channel::unbounded();
+    std::thread::scope(|scope| {
+        let count = followers.len();
+        let mut outcome = Ok(());
+        for (index, mut follower) in followers.into_iter().enumerate() {
+            let (group_done, started) = (&group_done, started.clone());
+            let spawned = std::thread::Builder::new().name(format!("chatudp-server{}", index + 1)).spawn_scoped(
+                scope,
+                move || {
+                    let _ = started.send(());
+                    follower.serve(control, group_done, None);
+                },
+            );
+            if let Err(error) = spawned {
+                outcome = Err(error);
+                break;
+            }
+        }
+        if outcome.is_ok() {
+            for _ in 0..count {
+                let _ = follower_started.recv();
+            }
+        }
+        let failed = outcome.is_err();
+        let _ = ready.send(outcome);
+        if !failed {
+            leader.run(control, &group_done);
+        }
+        group_done.store(true, Ordering::Release);
+        for waker in &wakers {
+            waker.wake();
+        }
+    });
 }
 
 impl RelayLoop {
-    fn run(&mut self, control: &Control) {
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        config: &ServerConfig,
+        socket: Arc<Socket>,
+        waiter: Waiter,
+        error_queue: bool,
+        shared: &Arc<Shared>,
+        events: &EventSender,
+        opener: &Option<Arc<Mutex<Opener>>>,
+        cookies: &Option<Arc<CookieJar>>,
+    ) -> RelayLoop {
+        // `bufsize` counts payload bytes: in authenticated mode the trailer comes on top.
+        let recv_len = config.bufsize + if config.secret.is_some() { TRAILER_LEN } else { 0 };
+        RelayLoop {
+            out: Outbox {
+                socket: Arc::clone(&socket),
+                batch: SendBatch::default(),
+                sealer: config.secret.as_deref().map(|secret| Sealer::new(secret, Direction::ToClient)),
+                sealed: Vec::new(),
+                queued: Outgoing::default(),
+                icmp_seen: false,
+            },
+            socket,
+            waiter,
+            shared: Arc::clone(shared),
+            events: events.clone(),
+            recv: RecvBatch::new(RECV_BATCH, recv_len),
+            ack: Vec::with_capacity(config.bufsize * 4 + 64),
+            pending: Vec::new(),
+            live: Vec::new(),
+            gone: Vec::new(),
+            max_age: config.interval + config.expiry_grace,
+            error_queue,
+            allow: config.allow.clone(),
+            cookies: cookies.clone(),
+            opener: opener.clone(),
+        }
+    }
+
+    /// The leader: serves, sweeps the table on its timer, and says `Bye!` at the end.
+    fn run(&mut self, control: &Control, group_done: &AtomicBool) {
         let mut next_sweep = wall_clock() + self.max_age;
-        while !control.is_stopping() {
-            let wait = Duration::from_secs_f64((next_sweep - wall_clock()).clamp(0.0, self.max_age));
+        self.serve(control, group_done, Some(&mut next_sweep));
+        self.say_goodbye();
+    }
+
+    /// Reads and relays until stopped; with `next_sweep`, also expires silent clients on time.
+    fn serve(&mut self, control: &Control, group_done: &AtomicBool, mut next_sweep: Option<&mut f64>) {
+        while !control.is_stopping() && !group_done.load(Ordering::Acquire) {
+            let wait = match next_sweep.as_deref() {
+                Some(&at) => Duration::from_secs_f64((at - wall_clock()).clamp(0.0, self.max_age)),
+                // A follower only waits for datagrams; the leader wakes it to stop.
+                None => Duration::from_secs(3600),
+            };
             match self.waiter.wait(wait) {
                 Ok(true) => self.drain(control),
                 Ok(false) => {}
                 // A poller that cannot wait any more leaves nothing to do but stop.
                 Err(_) => break,
             }
-            let now = wall_clock();
-            if now >= next_sweep {
-                next_sweep = self.sweep(now);
+            if let Some(at) = next_sweep.as_deref_mut() {
+                let now = wall_clock();
+                if now >= *at {
+                    *at = self.sweep(now);
+                }
             }
         }
-        self.say_goodbye();
     }
 
     fn drain(&mut self, control: &Control) {
@@ -355,8 +461,8 @@ impl RelayLoop {
                 self.pending.push(Event::Reject(from, DropReason::NotAllowed));
                 continue;
             }
-            let payload = match &mut self.opener {
-                Some(opener) => match opener.open(datagram.data, now) {
+            let payload = match &self.opener {
+                Some(opener) => match opener.lock().open(datagram.data, now) {
                     Ok(payload) => payload,
                     Err(why) => {
                         counters.refuse(why);
@@ -543,6 +649,42 @@ mod tests {
         let events: Vec<Event> = server.events().try_iter().collect();
         assert!(events.contains(&Event::Leave(dead_addr, LeaveReason::Unreachable)), "{events:?}");
         assert_eq!(server.stats().unreachable, 1);
+    }
+
+    #[test]
+    fn workers_share_one_table_and_say_bye_once() {
+        let mut config = ServerConfig::new("127.0.0.1", 0, 10.0);
+        config.workers = 3;
+        let server = Server::start(config).unwrap();
+        let clients: Vec<UdpSocket> = (0..12).map(|_| peer()).collect();
+        for client in &clients {
+            client.send_to(b"^hb^", server.local_addr()).unwrap();
+        }
+        wait_for("12 clients to join", || server.clients().len() == 12);
+        clients[0].send_to(b"hi", server.local_addr()).unwrap();
+        let port = clients[0].local_addr().unwrap().port();
+        let expected = format!("Ack b'HI'. from 127.0.0.1:{port}").into_bytes();
+        for client in &clients {
+            assert_eq!(recv(client), expected);
+        }
+        let started = Instant::now();
+        server.stop();
+        assert!(started.elapsed() < Duration::from_millis(500));
+        for client in &clients {
+            assert_eq!(recv(client), b"Bye!");
+            client.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            assert!(client.recv(&mut [0u8; 16]).is_err(), "a second Bye!");
+        }
+        assert_eq!(server.stats().joins, 12);
+    }
+
+    #[test]
+    fn workers_out_of_range_are_refused() {
+        for workers in [0, MAX_WORKERS + 1] {
+            let mut config = ServerConfig::new("127.0.0.1", 0, 1.0);
+            config.workers = workers;
+            assert!(matches!(Server::start(config), Err(ChatError::InvalidArgument(m)) if m.contains("workers")));
+        }
     }
 
     #[test]
