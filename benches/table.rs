@@ -34,7 +34,7 @@ fn addr(i: u16) -> SocketAddr {
 fn run(threads: usize, per_lock: usize, work: Work, length: Duration) -> f64 {
     let table = Arc::new(Mutex::new(Relay::with_limits(3600.0, 1 << 20, None)));
     for i in 0..CLIENTS {
-        table.lock().refresh(addr(i), 0.0);
+        table.lock().refresh(addr(i), 0.0, &mut Vec::new());
     }
     let stop = Arc::new(AtomicBool::new(false));
     let done = Arc::new(AtomicU64::new(0));
