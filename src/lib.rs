@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod collector;
 pub mod error;
 pub mod events;
 pub mod limits;
@@ -12,6 +13,7 @@ pub mod net;
 pub mod peer;
 pub mod protocol;
 pub mod relay;
+pub mod reuseport;
 pub mod server;
 pub mod services;
 pub mod stats;
