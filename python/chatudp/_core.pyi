@@ -21,6 +21,7 @@ __all__ = [
     "Peer",
     "REUSEPORT",
     "Server",
+    "TRAILER_LEN",
     "TimeServer",
     "__version__",
 ]
@@ -30,6 +31,9 @@ __version__: Final[str]
 
 MAX_DATAGRAM: Final[int]
 """The largest UDP payload over IPv4, 65507 bytes: the upper bound of every ``bufsize``."""
+
+TRAILER_LEN: Final[int]
+"""Bytes the authenticated mode (``secret=``) adds to every datagram: 40."""
 
 _Address: TypeAlias = tuple[str, int] | tuple[str, int, int, int]
 """``(host, port)`` for IPv4, ``(host, port, flowinfo, scope_id)`` for IPv6, as ``socket``."""
@@ -52,6 +56,7 @@ class _ChatStats(TypedDict):
     leaves: int
     heartbeats: int
     dropped: dict[str, int]
+    auth_refused: dict[str, int]
     send_errors: dict[int, int]
 
 @type_check_only
@@ -184,10 +189,12 @@ class EchoServer:
         queue_size: int | None = None,
         rcvbuf: int | None = None,
         sndbuf: int | None = None,
+        validate: bool = False,
     ) -> EchoServer:
         """Bind and start answering. ``queue_size``: when given, every request is also queued
         as an event for ``next_events`` (a queue of that many events); ``None``: no events.
-        ``rcvbuf`` defaults to 4 MiB (capped by the kernel)."""
+        ``rcvbuf`` defaults to 4 MiB (capped by the kernel). ``validate``: the reflection guard
+        (a new source gets only a 12-byte cookie challenge until it echoes it)."""
 
     def next_events(self, max_events: int = 1024, timeout: float | None = None) -> list[_MessageEvent] | None:
         """The next requests as ``("message", addr, data)``; ``[]`` after ``timeout``; ``None``
@@ -225,6 +232,7 @@ class TimeServer:
         queue_size: int | None = None,
         rcvbuf: int | None = None,
         sndbuf: int | None = None,
+        validate: bool = False,
     ) -> TimeServer:
         """Bind and start answering; the keywords as for ``EchoServer``."""
 
@@ -300,7 +308,7 @@ class Peer:
 
     def stats(self) -> dict[str, int]:
         """Counters: ``received``, ``sent``, ``retries``, ``truncated``, ``ignored``,
-        ``send_errors``."""
+        ``send_errors``, ``challenges`` (address-validation challenges answered)."""
 
 BATCH_BUFFER: Final[bool]
 """True when ``Batch`` objects offer the buffer protocol (``memoryview(batch)``)."""
