@@ -95,6 +95,7 @@ class Server:
         allow: list[str] | tuple[str, ...] | None = None,
         validate: bool = False,
         secret: bytes | None = None,
+        workers: int = 1,
     ) -> Server:
         """Bind and start. ``max_clients`` defaults to ``1 << 20``; ``rate`` is
         ``(messages_per_second, burst)`` per source; ``allow`` lists networks (``"10.0.0.0/8"``);
