@@ -195,3 +195,52 @@ def test_ipv6_workers(stopper: Any) -> None:
     finally:
         for sock in socks:
             sock.close()
+
+
+def test_a_sealed_datagram_is_accepted_once_whatever_worker_reads_it(stopper: Any) -> None:
+    # A capture re-sent from many new ports lands on every worker: each one refuses it.
+    from chatudp import ChatUdpClient
+
+    secret = b"0123456789abcdef-workers"
+    server = ChatUdpServer(LOOPBACK, 0, 30, workers=4, secret=secret)
+    server.start()
+    stopper(server)
+    capture = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    capture.bind((LOOPBACK, 0))
+    capture.settimeout(3.0)
+    client = ChatUdpClient(LOOPBACK, capture.getsockname()[1], 30, secret=secret)
+    client.start()
+    stopper(client)
+    client.send("once")
+    sealed, _ = capture.recvfrom(65535)
+    capture.close()
+    replayers = bound(16)
+    try:
+        for sock in replayers:
+            sock.sendto(sealed, server.addr)
+        wait_for(lambda: server.stats["received"] == 16, what="16 replays read")
+        wait_for(lambda: server.stats["auth_refused"].get("replayed", 0) == 15, what="15 replays refused")
+        assert server.stats["relayed"] == 1
+        assert len(server.clients) == 1
+    finally:
+        for sock in replayers:
+            sock.close()
+
+
+def test_validation_works_on_every_worker(stopper: Any) -> None:
+    from chatudp import ChatUdpClient
+
+    server = ChatUdpServer(LOOPBACK, 0, 30, workers=4, validate=True)
+    server.start()
+    stopper(server)
+    got: List[bytes] = []
+    clients = []
+    for _ in range(8):
+        client = ChatUdpClient(LOOPBACK, server.addr[1], 30, on_message=lambda data, addr: got.append(data))
+        client.start()
+        stopper(client)
+        clients.append(client)
+        client.send("hello")
+    wait_for(lambda: server.stats["relayed"] == 8, what="8 validated messages relayed")
+    assert len(server.clients) == 8
+    assert server.stats["dropped"].get("unvalidated", 0) == 0
