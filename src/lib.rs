@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod collector;
 pub mod config;
 pub mod error;
 pub mod events;

@@ -16,6 +16,7 @@ use crate::net::SocketOptions;
 use crate::stats::{Counters, DropReason, Stats};
 use crate::{Client, ClientConfig, Endpoint, Server, ServerConfig};
 
+mod collector;
 mod services;
 
 pyo3::import_exception!(chatudp.errors, ClosedError);
@@ -367,6 +368,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyServer>()?;
     m.add_class::<PyClient>()?;
     services::register(m)?;
+    collector::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("MAX_DATAGRAM", crate::protocol::MAX_DATAGRAM)?;
     m.add("TRAILER_LEN", crate::auth::TRAILER_LEN)?;

@@ -55,6 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
     for program in PROGRAMS:
         program.register(sub)
+    from .._collect_cli import register as add_collect_commands
+
+    add_collect_commands(sub)
     return parser
 
 
