@@ -6,18 +6,17 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
 use parking_lot::{Mutex, RwLock};
 use socket2::Socket;
 
 use crate::auth::{self, Opener, Sealer};
 use crate::error::{ChatError, Result};
-use crate::events::{self, Event, EventSender};
+use crate::events::{self, Event, EventReceiver, EventSender, Route};
 use crate::net::{self, RecvBatch, SocketOptions, Waiter};
-use crate::protocol::{self, HEARTBEAT, MAX_DATAGRAM};
+use crate::protocol::{self, HEARTBEAT};
 use crate::server::{validate_bufsize, validate_interval, validate_queue_size, RECV_BATCH};
 use crate::stats::{Counters, DropReason, Stats};
-use crate::worker::{wall_clock, Control, Endpoint, Worker};
+use crate::worker::{wall_clock, Control, Endpoint, Worker, MIN_TIMER_PERIOD};
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
@@ -28,6 +27,8 @@ pub struct ClientConfig {
     /// Bytes read per datagram, as the original's `recvfrom(1024)`.
     pub bufsize: usize,
     pub queue_size: usize,
+    /// Which events are queued and how many messages are kept for pull consumers.
+    pub route: Route,
     pub socket: SocketOptions,
     /// Shared secret of the server's authenticated mode.
     pub secret: Option<Vec<u8>>,
@@ -41,6 +42,7 @@ impl ClientConfig {
             interval,
             bufsize: protocol::DEFAULT_BUFSIZE,
             queue_size: 65_536,
+            route: Route::default(),
             socket: SocketOptions::default(),
             secret: None,
         }
@@ -68,7 +70,7 @@ pub struct Client {
     shared: Arc<Shared>,
     local: SocketAddr,
     remote: SocketAddr,
-    events: Receiver<Event>,
+    events: EventReceiver,
     worker: Worker,
 }
 
@@ -84,7 +86,7 @@ impl Client {
         let socket = Arc::new(socket);
         let local = net::local_addr(&socket)?;
         let (waiter, waker) = Waiter::new(&socket)?;
-        let (sender, events) = events::channel(config.queue_size);
+        let (sender, events) = events::channel(config.queue_size, config.route);
         let now = wall_clock();
         let shared = Arc::new(Shared {
             socket: RwLock::new(Some(Arc::clone(&socket))),
@@ -98,7 +100,8 @@ impl Client {
             waiter,
             events: sender,
             recv: RecvBatch::new(RECV_BATCH, config.bufsize),
-            interval: Duration::from_secs_f64(config.interval),
+            // A floor, so a tiny interval cannot make the loop spin.
+            interval: Duration::from_secs_f64(config.interval.max(MIN_TIMER_PERIOD)),
             opener: config.secret.as_deref().map(|secret| Opener::new(secret, 1)),
         };
         let worker = Worker::spawn("chatudp-client", waker, move |control| client_loop.run(control))?;
@@ -114,8 +117,9 @@ impl Client {
         if !self.worker.is_running() {
             return Err(ChatError::Closed("this ChatUdpClient"));
         }
-        if data.len() > MAX_DATAGRAM {
-            return Err(ChatError::TooLong { len: data.len(), max: MAX_DATAGRAM });
+        let max = protocol::max_payload(&self.remote);
+        if data.len() > max {
+            return Err(ChatError::TooLong { len: data.len(), max });
         }
         let socket = self.shared.socket.read().clone().ok_or(ChatError::Closed("this ChatUdpClient"))?;
         let mut last = self.shared.last_sent.lock();
@@ -134,7 +138,7 @@ impl Client {
     }
 
     /// Received datagrams, as [`Event::Message`].
-    pub fn events(&self) -> &Receiver<Event> {
+    pub fn events(&self) -> &EventReceiver {
         &self.events
     }
 }
@@ -146,6 +150,9 @@ impl Endpoint for Client {
 
     /// Ends the thread and closes the socket.
     fn stop(&self) {
+        if self.worker.is_forked_copy() {
+            return;
+        }
         self.worker.stop();
         self.shared.socket.write().take();
     }
@@ -154,7 +161,7 @@ impl Endpoint for Client {
         &self.shared.counters
     }
 
-    fn event_queue(&self) -> Option<&Receiver<Event>> {
+    fn event_queue(&self) -> Option<&EventReceiver> {
         Some(&self.events)
     }
 
@@ -262,7 +269,9 @@ impl ClientLoop {
                         // Any answer means the server has our last message.
                         self.shared.last_sent.lock().clear();
                         Counters::add(&counters.relayed, 1);
-                        self.events.emit(Event::Message { data: payload.to_vec(), from: datagram.from }, counters);
+                        if self.events.wants_messages() {
+                            self.events.emit(Event::Message { data: payload.to_vec(), from: datagram.from }, counters);
+                        }
                     }
                     if count < RECV_BATCH {
                         return;
@@ -283,6 +292,7 @@ impl ClientLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::MAX_DATAGRAM;
     use std::net::UdpSocket;
 
     fn fake_server() -> UdpSocket {
@@ -307,8 +317,9 @@ mod tests {
         let (n, _) = server.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"^hb^");
         server.send_to(b"Ack", from).unwrap();
-        let event = client.events().recv_timeout(Duration::from_secs(3)).unwrap();
-        assert_eq!(event, Event::Message { data: b"Ack".to_vec(), from: server.local_addr().unwrap() });
+        let batch = client.events().next_batch(1, Duration::ZERO, Duration::from_secs(3));
+        let expected = Event::Message { data: b"Ack".to_vec(), from: server.local_addr().unwrap() };
+        assert_eq!(batch, events::Batch::Events(vec![expected], false));
         client.stop();
         assert!(matches!(client.send(b"late"), Err(ChatError::Closed(_))));
     }

@@ -6,20 +6,19 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 use socket2::Socket;
 
 use crate::auth::{CookieJar, Opener, Sealer};
 use crate::error::{ChatError, Result};
-use crate::events::{self, Event, EventSender, LeaveReason};
+use crate::events::{self, Event, EventReceiver, EventSender, LeaveReason, Route};
 use crate::limits::{Network, Rate};
 use crate::net::{self, Outgoing, RecvBatch, SendBatch, SocketOptions, Waiter};
 use crate::protocol::{self, BYE, MAX_DATAGRAM};
 use crate::relay::DEFAULT_MAX_CLIENTS;
 use crate::relay::{Outcome, Relay};
 use crate::stats::{Counters, DropReason, Stats};
-use crate::worker::{wall_clock, Control, Endpoint, Worker};
+use crate::worker::{wall_clock, Control, Endpoint, Worker, MIN_TIMER_PERIOD};
 
 /// Datagrams read per system call.
 pub const RECV_BATCH: usize = 32;
@@ -43,6 +42,9 @@ pub struct ServerConfig {
     pub bufsize: usize,
     /// Events that may wait for the consumer before new ones are dropped (and counted).
     pub queue_size: usize,
+    /// Which events are queued for the consumer and how many messages are kept for pull
+    /// consumers; events nobody asked for are never built.
+    pub route: Route,
     pub socket: SocketOptions,
     /// Remove a client as soon as the network reports its port unreachable, instead of sending
     /// to it until it expires as the original does.
@@ -68,6 +70,7 @@ impl ServerConfig {
             expiry_grace: interval / 2.0,
             bufsize: protocol::DEFAULT_BUFSIZE,
             queue_size: 65_536,
+            route: Route::default(),
             socket: SocketOptions { rcvbuf: Some(DEFAULT_SOCKET_BUFFER), sndbuf: Some(DEFAULT_SOCKET_BUFFER) },
             drop_unreachable: true,
             max_clients: DEFAULT_MAX_CLIENTS,
@@ -111,11 +114,7 @@ pub(crate) fn validate_bufsize(bufsize: usize) -> Result<()> {
 }
 
 pub(crate) fn validate_queue_size(size: usize) -> Result<()> {
-    if size >= 1 {
-        Ok(())
-    } else {
-        Err(ChatError::InvalidArgument("queue_size must be at least 1".to_owned()))
-    }
+    events::validate_bound("queue_size", size)
 }
 
 /// State shared between the socket thread and the owner.
@@ -128,7 +127,7 @@ struct Shared {
 pub struct Server {
     shared: Arc<Shared>,
     local: SocketAddr,
-    events: Receiver<Event>,
+    events: EventReceiver,
     worker: Worker,
 }
 
@@ -141,7 +140,7 @@ impl Server {
         let local = net::local_addr(&socket)?;
         let error_queue = config.drop_unreachable && net::enable_error_queue(&socket, local.is_ipv6())?;
         let (waiter, waker) = Waiter::new(&socket)?;
-        let (sender, events) = events::channel(config.queue_size);
+        let (sender, events) = events::channel(config.queue_size, config.route);
         let shared = Arc::new(Shared {
             relay: Mutex::new(Relay::with_limits(config.interval, config.max_clients, config.rate)),
             counters: Counters::default(),
@@ -185,7 +184,7 @@ impl Server {
     }
 
     /// Joins, leaves and chat messages, in the order the socket thread saw them.
-    pub fn events(&self) -> &Receiver<Event> {
+    pub fn events(&self) -> &EventReceiver {
         &self.events
     }
 }
@@ -199,7 +198,7 @@ impl Endpoint for Server {
         &self.shared.counters
     }
 
-    fn event_queue(&self) -> Option<&Receiver<Event>> {
+    fn event_queue(&self) -> Option<&EventReceiver> {
         Some(&self.events)
     }
 
@@ -272,7 +271,8 @@ impl RelayLoop {
     fn run(&mut self, control: &Control) {
         let mut next_sweep = wall_clock() + self.max_age;
         while !control.is_stopping() {
-            let wait = Duration::from_secs_f64((next_sweep - wall_clock()).clamp(0.0, self.max_age));
+            let wait =
+                Duration::from_secs_f64((next_sweep - wall_clock()).clamp(0.0, self.max_age.max(MIN_TIMER_PERIOD)));
             match self.waiter.wait(wait) {
                 Ok(true) => self.drain(control),
                 Ok(false) => {}
@@ -409,7 +409,9 @@ impl RelayLoop {
                     protocol::write_ack(payload, &from, &mut self.ack);
                     self.out.queue(&self.ack, &self.live);
                     Counters::add(&counters.relayed, 1);
-                    self.pending.push(Event::Message { data: payload.to_vec(), from });
+                    if self.events.wants_messages() {
+                        self.pending.push(Event::Message { data: payload.to_vec(), from });
+                    }
                 }
             }
             expired_events(&self.gone, counters, &mut self.pending);
@@ -422,8 +424,8 @@ impl RelayLoop {
     }
 
     fn flush_events(&mut self) {
-        for event in self.pending.drain(..) {
-            self.events.emit(event, &self.shared.counters);
+        if !self.pending.is_empty() {
+            self.events.emit_all(self.pending.drain(..), &self.shared.counters);
         }
     }
 
@@ -435,7 +437,7 @@ impl RelayLoop {
         self.flush_events();
         // Never sooner than a small slice of the interval, so a table of many clients with
         // spread-out deadlines is not rescanned continuously.
-        let min_gap = (self.max_age / 50.0).clamp(0.001, 0.1);
+        let min_gap = (self.max_age / 50.0).clamp(MIN_TIMER_PERIOD, 0.1);
         next.map_or(now + self.max_age, |deadline| deadline.max(now + min_gap))
     }
 
@@ -510,7 +512,7 @@ mod tests {
         a.send_to(b"^hb^", server.local_addr()).unwrap();
         wait_for("a to join", || server.clients().len() == 1);
         wait_for("a to expire", || server.clients().is_empty());
-        let events: Vec<Event> = server.events().try_iter().collect();
+        let events: Vec<Event> = server.events().take_queued();
         let a_addr = a.local_addr().unwrap();
         assert_eq!(events, vec![Event::Join(a_addr), Event::Leave(a_addr, LeaveReason::Expired)]);
         assert_eq!(server.stats().expired, 1);
@@ -528,7 +530,7 @@ mod tests {
         assert!(recv(&alive).starts_with(b"Ack b'ONE'"));
         wait_for("dead to leave", || server.clients().len() == 1);
         assert_eq!(server.clients()[0].0, alive.local_addr().unwrap());
-        let events: Vec<Event> = server.events().try_iter().collect();
+        let events: Vec<Event> = server.events().take_queued();
         assert!(events.contains(&Event::Leave(dead_addr, LeaveReason::Unreachable)), "{events:?}");
         assert_eq!(server.stats().unreachable, 1);
     }

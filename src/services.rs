@@ -14,12 +14,11 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 use socket2::Socket;
 
-use crate::error::{ChatError, Result};
-use crate::events::{self, Event, EventSender};
+use crate::error::Result;
+use crate::events::{self, Event, EventReceiver, EventSender, Route};
 use crate::net::{self, RecvBatch, SocketOptions, Waiter};
 use crate::protocol::{DEFAULT_BUFSIZE, MAX_DATAGRAM};
 use crate::server::{validate_bufsize, RECV_BATCH};
@@ -206,10 +205,10 @@ impl ServiceConfig {
 
     pub fn validate(&self) -> Result<()> {
         validate_bufsize(self.bufsize)?;
-        if self.events == Some(0) {
-            return Err(ChatError::InvalidArgument("queue_size must be at least 1".to_owned()));
+        match self.events {
+            Some(size) => events::validate_bound("queue_size", size),
+            None => Ok(()),
         }
-        Ok(())
     }
 }
 
@@ -264,7 +263,7 @@ pub struct ServiceServer {
     service: Service,
     shared: Arc<Shared>,
     local: SocketAddr,
-    events: Option<Receiver<Event>>,
+    events: Option<EventReceiver>,
     worker: Worker,
 }
 
@@ -285,7 +284,7 @@ impl ServiceServer {
         });
         let (sender, events) = match config.events {
             Some(size) => {
-                let (sender, receiver) = events::channel(size);
+                let (sender, receiver) = events::channel(size, Route::default());
                 (Some(sender), Some(receiver))
             }
             None => (None, None),
@@ -344,7 +343,7 @@ impl Endpoint for ServiceServer {
         &self.shared.counters
     }
 
-    fn event_queue(&self) -> Option<&Receiver<Event>> {
+    fn event_queue(&self) -> Option<&EventReceiver> {
         self.events.as_ref()
     }
 
@@ -612,7 +611,7 @@ mod tests {
         let client = peer();
         assert_eq!(ask(&client, &server, b"one"), b"ONE");
         assert_eq!(ask(&client, &server, b"two"), b"TWO");
-        let events: Vec<Event> = server.event_queue().unwrap().try_iter().collect();
+        let events: Vec<Event> = server.event_queue().unwrap().take_queued();
         let from = client.local_addr().unwrap();
         assert_eq!(events, vec![Event::Message { data: b"one".to_vec(), from }]);
         assert_eq!(server.stats().dropped(DropReason::CallbackQueueFull), 1);

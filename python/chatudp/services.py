@@ -71,7 +71,7 @@ class _Service(SocketThreadObject):
         super().__init__()
         self.bufsize = check_bufsize(bufsize)
         check_callback("on_request", on_request)
-        self._queue_size = check_count("queue_size", queue_size)
+        self._queue_size = check_count("queue_size", queue_size, _core.MAX_QUEUE)
         self.addr: Address = (ip, port)
         self.on_request = on_request
         self._options = {"rcvbuf": rcvbuf, "sndbuf": sndbuf}
