@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 use socket2::Socket;
 
-use crate::auth::{self, Opener, Sealer};
+use crate::auth::{self, Direction, Opener, Sealer, TRAILER_LEN};
 use crate::error::{ChatError, Result};
 use crate::events::{self, Event, EventReceiver, EventSender, Route};
 use crate::net::{self, RecvBatch, SocketOptions, Waiter};
-use crate::protocol::{self, HEARTBEAT};
+use crate::protocol::{self, HEARTBEAT, MAX_DATAGRAM};
 use crate::server::{validate_bufsize, validate_interval, validate_queue_size, RECV_BATCH};
-use crate::stats::{Counters, DropReason, Stats};
+use crate::stats::{Counters, Stats};
 use crate::worker::{wall_clock, Control, Endpoint, Worker, MIN_TIMER_PERIOD};
 
 #[derive(Debug, Clone)]
@@ -60,6 +60,10 @@ struct Shared {
     socket: RwLock<Option<Arc<Socket>>>,
     counters: Counters,
     sealer: Option<Mutex<Sealer>>,
+    /// The longest message `send` takes: a datagram in plain mode; in authenticated mode
+    /// `bufsize`, since the server (with the same `bufsize`) would have to cut a longer one,
+    /// and a cut datagram cannot be verified.
+    max_message: usize,
     /// The last chat message sent, sent again after answering an address-validation challenge
     /// (the server dropped it while the address was not validated yet).
     last_sent: Mutex<Vec<u8>>,
@@ -88,10 +92,16 @@ impl Client {
         let (waiter, waker) = Waiter::new(&socket)?;
         let (sender, events) = events::channel(config.queue_size, config.route);
         let now = wall_clock();
+        let secret = config.secret.is_some();
         let shared = Arc::new(Shared {
             socket: RwLock::new(Some(Arc::clone(&socket))),
             counters: Counters::default(),
-            sealer: config.secret.as_deref().map(|secret| Mutex::new(Sealer::new(secret, now))),
+            sealer: config.secret.as_deref().map(|secret| Mutex::new(Sealer::new(secret, Direction::ToServer))),
+            max_message: if secret {
+                config.bufsize.min(MAX_DATAGRAM - TRAILER_LEN)
+            } else {
+                protocol::max_payload(&remote)
+            },
             last_sent: Mutex::new(Vec::new()),
         });
         let mut client_loop = ClientLoop {
@@ -99,10 +109,14 @@ impl Client {
             shared: Arc::clone(&shared),
             waiter,
             events: sender,
-            recv: RecvBatch::new(RECV_BATCH, config.bufsize),
+            recv: RecvBatch::new(RECV_BATCH, if secret { sealed_recv_len(config.bufsize) } else { config.bufsize }),
+            bufsize: config.bufsize,
             // A floor, so a tiny interval cannot make the loop spin.
             interval: Duration::from_secs_f64(config.interval.max(MIN_TIMER_PERIOD)),
-            opener: config.secret.as_deref().map(|secret| Opener::new(secret, 1)),
+            opener: config
+                .secret
+                .as_deref()
+                .map(|secret| Opener::new(secret, Direction::ToClient, now, SERVER_SENDERS)),
         };
         let worker = Worker::spawn("chatudp-client", waker, move |control| client_loop.run(control))?;
         Ok(Client { shared, local, remote, events, worker })
@@ -120,6 +134,14 @@ impl Client {
         let max = protocol::max_payload(&self.remote);
         if data.len() > max {
             return Err(ChatError::TooLong { len: data.len(), max });
+        }
+        if data.len() > self.shared.max_message {
+            return Err(ChatError::Undeliverable {
+                len: data.len(),
+                max: self.shared.max_message,
+                why: "in authenticated mode the server cannot verify a datagram longer than its bufsize (cut on \
+                      receipt) nor one beyond a UDP datagram with the trailer; split it, or raise bufsize on both ends",
+            });
         }
         let socket = self.shared.socket.read().clone().ok_or(ChatError::Closed("this ChatUdpClient"))?;
         let mut last = self.shared.last_sent.lock();
@@ -207,12 +229,28 @@ fn answer_challenge(shared: &Shared, socket: &Socket, challenge: &[u8]) {
     }
 }
 
+/// Server instances a client remembers within the freshness window (a restarted server is a
+/// new sender).
+const SERVER_SENDERS: usize = 64;
+/// The longest Ack text beyond the repr of the data: `Ack b''. from ` and the longest host
+/// and port (`ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255:65535`), rounded up.
+const ACK_OVERHEAD: usize = 72;
+
+/// What an authenticated client reads per datagram: the Ack of any message of `bufsize` bytes
+/// (each byte at most 4 in the repr) and its trailer, so the whole datagram can be verified
+/// before its payload is cut at `bufsize`, as plain mode cuts it.
+fn sealed_recv_len(bufsize: usize) -> usize {
+    (bufsize.saturating_mul(4) + ACK_OVERHEAD).min(MAX_DATAGRAM) + TRAILER_LEN
+}
+
 struct ClientLoop {
     socket: Arc<Socket>,
     shared: Arc<Shared>,
     waiter: Waiter,
     events: EventSender,
     recv: RecvBatch,
+    /// Payload bytes delivered per datagram.
+    bufsize: usize,
     interval: Duration,
     opener: Option<Opener>,
 }
@@ -253,10 +291,15 @@ impl ClientLoop {
                             Counters::add(&counters.truncated, 1);
                         }
                         let payload = match &mut self.opener {
-                            Some(opener) => match opener.open(datagram.data, datagram.from, now) {
+                            Some(opener) => match opener.open(datagram.data, now) {
+                                // Verified whole, then cut as plain mode cuts at `bufsize`.
+                                Ok(payload) if payload.len() > self.bufsize => {
+                                    Counters::add(&counters.truncated, 1);
+                                    &payload[..self.bufsize]
+                                }
                                 Ok(payload) => payload,
-                                Err(_) => {
-                                    counters.drop_one(DropReason::Auth);
+                                Err(why) => {
+                                    counters.refuse(why);
                                     continue;
                                 }
                             },
@@ -292,7 +335,6 @@ impl ClientLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::MAX_DATAGRAM;
     use std::net::UdpSocket;
 
     fn fake_server() -> UdpSocket {

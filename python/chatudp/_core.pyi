@@ -11,7 +11,7 @@ from typing import Final, Literal, TypedDict, final, type_check_only
 
 from typing_extensions import TypeAlias
 
-__all__ = ["Client", "EchoServer", "MAX_DATAGRAM", "MAX_QUEUE", "Peer", "Server", "TimeServer", "__version__", "_panic_for_test"]
+__all__ = ["Client", "EchoServer", "MAX_DATAGRAM", "MAX_QUEUE", "Peer", "Server", "TRAILER_LEN", "TimeServer", "__version__", "_panic_for_test"]
 
 __version__: Final[str]
 """The version of the Rust crate, which is the version of the package."""
@@ -25,6 +25,9 @@ with their bound, and a larger bound could not be honoured."""
 
 def _panic_for_test() -> None:
     """Test seam: a panic inside an entry point, which reaches Python as ``RuntimeError``."""
+
+TRAILER_LEN: Final[int]
+"""Bytes the authenticated mode (``secret=``) adds to every datagram: 40."""
 
 _Address: TypeAlias = tuple[str, int] | tuple[str, int, int, int]
 """``(host, port)`` for IPv4, ``(host, port, flowinfo, scope_id)`` for IPv6, as ``socket``."""
@@ -48,6 +51,7 @@ class _ChatStats(TypedDict):
     leaves: int
     heartbeats: int
     dropped: dict[str, int]
+    auth_refused: dict[str, int]
     send_errors: dict[int, int]
 
 @type_check_only
@@ -228,10 +232,12 @@ class EchoServer:
         queue_size: int | None = None,
         rcvbuf: int | None = None,
         sndbuf: int | None = None,
+        validate: bool = False,
     ) -> EchoServer:
         """Bind and start answering. ``queue_size``: when given, every request is also queued
         as an event for ``next_events`` (a queue of that many events); ``None``: no events.
-        ``rcvbuf`` defaults to 4 MiB (capped by the kernel)."""
+        ``rcvbuf`` defaults to 4 MiB (capped by the kernel). ``validate``: the reflection guard
+        (a new source gets only a 12-byte cookie challenge until it echoes it)."""
 
     def next_events(self, max_events: int = 1024, timeout: float | None = None) -> list[_MessageEvent | _KeptEvent] | None:
         """The next requests as ``("message", addr, data)``; ``[]`` after ``timeout``; ``None``
@@ -289,6 +295,7 @@ class TimeServer:
         queue_size: int | None = None,
         rcvbuf: int | None = None,
         sndbuf: int | None = None,
+        validate: bool = False,
     ) -> TimeServer:
         """Bind and start answering; the keywords as for ``EchoServer``."""
 
@@ -384,4 +391,4 @@ class Peer:
 
     def stats(self) -> dict[str, int]:
         """Counters: ``received``, ``sent``, ``retries``, ``truncated``, ``ignored``,
-        ``send_errors``."""
+        ``send_errors``, ``challenges`` (address-validation challenges answered)."""
