@@ -182,6 +182,91 @@ impl AddressGuard {
     }
 }
 
+/// Chat messages held per source while its challenge is in flight.
+pub const HOLD_PER_SOURCE: usize = 8;
+/// Sources whose messages are held at once.
+pub const HOLD_SOURCES: usize = 1024;
+/// Bytes held in all.
+pub const HOLD_BYTES: usize = 1 << 20;
+/// Seconds a held message waits for its source to answer the challenge (a cookie's life).
+pub const HOLD_FOR: f64 = COOKIE_SLOT;
+
+struct Held {
+    since: f64,
+    messages: Vec<Vec<u8>>,
+}
+
+/// Chat messages of sources that have not answered their challenge yet, delivered once they
+/// do (`validate=True` on the chat server): a client's first messages are not lost to the
+/// challenge round trip. Bounded per source, in sources and in bytes; what does not fit, or
+/// waits longer than [`HOLD_FOR`], is dropped and counted by the caller.
+#[derive(Default)]
+pub struct HoldQueue {
+    held: HashMap<SocketAddr, Held>,
+    bytes: usize,
+}
+
+impl HoldQueue {
+    /// Holds `message` from `from`; returns how many held messages were dropped to make room
+    /// (the oldest source's), or 1 when `message` itself cannot be held.
+    pub fn hold(&mut self, from: SocketAddr, message: &[u8], now: f64) -> usize {
+        if message.len() > HOLD_BYTES {
+            return 1;
+        }
+        if self.held.get(&from).is_some_and(|h| h.messages.len() >= HOLD_PER_SOURCE) {
+            return 1;
+        }
+        let mut dropped = 0;
+        while self.bytes + message.len() > HOLD_BYTES
+            || (!self.held.contains_key(&from) && self.held.len() >= HOLD_SOURCES)
+        {
+            let oldest = self.held.iter().min_by(|a, b| a.1.since.total_cmp(&b.1.since)).map(|(addr, _)| *addr);
+            match oldest {
+                Some(addr) => dropped += self.drop_source(&addr),
+                None => return dropped + 1,
+            }
+        }
+        self.bytes += message.len();
+        self.held
+            .entry(from)
+            .or_insert_with(|| Held { since: now, messages: Vec::new() })
+            .messages
+            .push(message.to_vec());
+        dropped
+    }
+
+    /// The messages held for `from`, oldest first, now that it has answered.
+    pub fn release(&mut self, from: &SocketAddr) -> Vec<Vec<u8>> {
+        match self.held.remove(from) {
+            Some(held) => {
+                self.bytes -= held.messages.iter().map(Vec::len).sum::<usize>();
+                held.messages
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Drops what waited longer than [`HOLD_FOR`]; returns how many messages.
+    pub fn expire(&mut self, now: f64) -> usize {
+        let old: Vec<SocketAddr> =
+            self.held.iter().filter(|(_, h)| now - h.since > HOLD_FOR).map(|(addr, _)| *addr).collect();
+        old.iter().map(|addr| self.drop_source(addr)).sum()
+    }
+
+    fn drop_source(&mut self, addr: &SocketAddr) -> usize {
+        self.release(addr).len()
+    }
+
+    /// Messages held now.
+    pub fn len(&self) -> usize {
+        self.held.values().map(|h| h.messages.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+}
+
 /// A challenge, and its echo, have this shape: `^ck^` and 8 bytes.
 pub fn is_challenge(data: &[u8]) -> bool {
     data.len() == CHALLENGE_LEN && data.starts_with(COOKIE_PREFIX)
@@ -457,6 +542,34 @@ mod tests {
         assert_eq!(guard.check(b"%Y", addr(1), 100.5 + VALIDATED_FOR), Verdict::Serve);
         assert!(matches!(guard.check(b"%Y", addr(1), 101.0 + VALIDATED_FOR), Verdict::Challenge(_)));
         assert_eq!(guard.validated(), 0);
+    }
+
+    #[test]
+    fn the_hold_queue_keeps_first_messages_in_order_within_its_bounds() {
+        let mut queue = HoldQueue::default();
+        for i in 0..HOLD_PER_SOURCE {
+            assert_eq!(queue.hold(addr(1), format!("m{i}").as_bytes(), 0.0), 0);
+        }
+        assert_eq!(queue.hold(addr(1), b"one too many", 0.0), 1);
+        assert_eq!(queue.release(&addr(1))[..2], [b"m0".to_vec(), b"m1".to_vec()]);
+        assert!(queue.release(&addr(1)).is_empty());
+        // Bytes: a big message pushes out the oldest source.
+        assert_eq!(queue.hold(addr(2), &vec![0; HOLD_BYTES / 2], 1.0), 0);
+        assert_eq!(queue.hold(addr(3), &vec![0; HOLD_BYTES / 2], 2.0), 0);
+        assert_eq!(queue.hold(addr(4), b"x", 3.0), 1);
+        assert_eq!(queue.release(&addr(2)).len(), 0);
+        assert_eq!(queue.hold(addr(5), &vec![0; HOLD_BYTES + 1], 3.0), 1);
+        // Sources.
+        let mut queue = HoldQueue::default();
+        for port in 0..HOLD_SOURCES as u16 {
+            queue.hold(addr(port), b"x", f64::from(port));
+        }
+        assert_eq!(queue.hold(addr(60_000), b"x", 1e4), 1);
+        assert_eq!(queue.len(), HOLD_SOURCES);
+        assert!(queue.release(&addr(0)).is_empty());
+        assert_eq!(queue.expire(1e4), HOLD_SOURCES - 1);
+        assert_eq!(queue.expire(1e4 + HOLD_FOR + 1.0), 1);
+        assert!(queue.is_empty());
     }
 
     #[test]

@@ -347,3 +347,46 @@ def test_bad_validate_on_services() -> None:
 
     with pytest.raises(TypeError, match="validate"):
         TimeServer(port=0, validate="yes")  # type: ignore[arg-type]
+
+
+# -- rate limits that leaving and re-joining cannot reset --------------------------------------
+
+
+def test_quit_and_rejoin_never_refill_the_bucket(stopper: Any) -> None:
+    """With rate=(1, 2), a quit before each message used to delete the source's bucket: 50 of
+    50 messages were relayed from one address."""
+    from adversary import flood_with_quits
+
+    srv = ChatUdpServer(port=0, rate=(1, 2))
+    srv.start()
+    stopper(srv)
+    started = time.monotonic()
+    _, acks = flood_with_quits(srv.addr, 50)
+    allowed = 2 + (time.monotonic() - started) * 1
+    wait_for(lambda: srv.stats["relayed"] + srv.stats["dropped"]["rate"] == 50, what="50 messages handled")
+    assert srv.stats["relayed"] <= allowed and acks == srv.stats["relayed"], (srv.stats, acks)
+    record_figures(
+        "test_security::test_quit_and_rejoin_never_refill_the_bucket",
+        sent=50,
+        relayed=srv.stats["relayed"],
+        rate_dropped=srv.stats["dropped"]["rate"],
+        joins=srv.stats["joins"],
+    )
+
+
+def test_a_replayed_cookie_echo_does_not_skip_the_rate_limit(stopper: Any, peers: Any) -> None:
+    """With validate=True, the same cookie echo could be replayed for its whole slot to re-join
+    with a fresh bucket."""
+    srv = ChatUdpServer(port=0, rate=(1, 2), validate=True)
+    srv.start()
+    stopper(srv)
+    a = peers()
+    a.send(b"^hb^", srv.addr)
+    cookie = a.recv()
+    started = time.monotonic()
+    for i in range(30):
+        a.send(b"quit", srv.addr)
+        a.send(cookie, srv.addr)
+        a.send(b"again %d" % i, srv.addr)
+    wait_for(lambda: srv.stats["relayed"] + srv.stats["dropped"]["rate"] == 30, what="30 messages handled")
+    assert srv.stats["relayed"] <= 2 + (time.monotonic() - started), srv.stats
