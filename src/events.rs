@@ -23,7 +23,7 @@ use crate::stats::{Counters, DropReason};
 
 /// The largest `queue_size` and `backlog`: bounds beyond it could not be honoured (memory runs
 /// out long before), so they are refused at construction.
-pub const MAX_QUEUE: usize = 1 << 30;
+pub const MAX_QUEUE: usize = 1 << 24;
 
 /// Why a client left the server's table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,7 +82,7 @@ pub fn validate_bound(name: &str, value: usize) -> Result<()> {
     if (1..=MAX_QUEUE).contains(&value) {
         Ok(())
     } else {
-        Err(ChatError::InvalidArgument(format!("{name} must be between 1 and {MAX_QUEUE} (2**30), not {value}")))
+        Err(ChatError::InvalidArgument(format!("{name} must be between 1 and {MAX_QUEUE} (2**24), not {value}")))
     }
 }
 

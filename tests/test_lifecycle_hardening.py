@@ -61,11 +61,11 @@ def test_idle_objects_do_not_preallocate_their_queue() -> None:
 def test_bounds_that_cannot_be_honoured_are_value_errors() -> None:
     # Before: queue_size=2**62 raised PanicException (a BaseException) at start().
     for kwargs in ({"queue_size": 2**62}, {"backlog": 2**62}, {"queue_size": 0}):
-        with pytest.raises(ValueError, match="between 1 and|>= 1"):
+        with pytest.raises(ValueError, match="must be"):
             ChatUdpServer(port=0, **kwargs)
-    with pytest.raises(ValueError, match="queue_size must be between 1 and"):
+    with pytest.raises(ValueError, match="queue_size must be"):
         _core.Server(LOOPBACK, 0, 1.0, queue_size=2**62)
-    with pytest.raises(ValueError, match="backlog must be between 1 and"):
+    with pytest.raises(ValueError, match="backlog must be"):
         _core.Client(LOOPBACK, 9, 1.0, backlog=2**62)
     # The largest bound is honoured: nothing is allocated for it.
     before = rss_kib()

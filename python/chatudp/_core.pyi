@@ -20,7 +20,7 @@ MAX_DATAGRAM: Final[int]
 """The largest UDP payload over IPv4, 65507 bytes: the upper bound of every ``bufsize``."""
 
 MAX_QUEUE: Final[int]
-"""The largest ``queue_size`` and ``backlog``, 2**30: the queues grow with what they hold, not
+"""The largest ``queue_size`` and ``backlog``, 2**24: the queues grow with what they hold, not
 with their bound, and a larger bound could not be honoured."""
 
 def _panic_for_test() -> None:

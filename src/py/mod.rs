@@ -358,7 +358,7 @@ struct PyServer {
 endpoint_pymethods! {
 impl PyServer as "ChatUdpServer" {
     #[new]
-    #[pyo3(signature = (host, port, interval, *, bufsize=1024, expiry_grace=None, queue_size=65536, rcvbuf=None, sndbuf=None, drop_unreachable=true, max_clients=crate::relay::DEFAULT_MAX_CLIENTS, rate=None, allow=None, validate=false, secret=None, messages=true, joins=true, leaves=true, rejects=true, backlog=0))]
+    #[pyo3(signature = (host, port, interval, *, bufsize=1024, expiry_grace=None, queue_size=65536, rcvbuf=None, sndbuf=None, drop_unreachable=true, max_clients=crate::config::DEFAULT_MAX_CLIENTS, rate=None, allow=None, validate=false, secret=None, messages=true, joins=true, leaves=true, rejects=true, backlog=0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
