@@ -33,7 +33,7 @@ use std::time::Duration;
 use parking_lot::Mutex;
 use socket2::Socket;
 
-use crate::auth::{CookieJar, Direction, Opener, Refused, Sealer, TRAILER_LEN};
+use crate::auth::{self, CookieJar, Direction, HoldQueue, Opener, Refused, Sealer, TRAILER_LEN};
 pub use crate::config::ServerConfig;
 use crate::config::RECV_BATCH;
 use crate::error::Result;
@@ -93,7 +93,7 @@ impl Server {
                     Opener::new(secret, Direction::ToServer, started, replay_cache_size(config.max_clients))
                 }),
             },
-            admission: Admission { cookies: config.validate.then(CookieJar::default) },
+            admission: Admission { cookies: config.validate.then(CookieJar::default), held: HoldQueue::default() },
             fanout: Fanout {
                 local: Outbox {
                     socket: Arc::clone(&socket),
@@ -263,32 +263,48 @@ impl Filter {
 }
 
 /// Stage 2, first half: with `validate=True`, a source not in the table must echo a cookie
-/// before anything it sends is looked at.
+/// before anything it sends is looked at. Its chat messages wait for the echo in a bounded
+/// hold queue, so a client's first messages are not lost to the challenge round trip.
 struct Admission {
     cookies: Option<CookieJar>,
+    held: HoldQueue,
 }
 
 /// What [`Admission::check`] decided.
 enum Admitted {
     /// Go on to the table.
     Pass,
-    /// The datagram was a valid cookie echo: its source is admitted like a heartbeat.
+    /// The datagram was a valid cookie echo: its source is admitted like a heartbeat, and the
+    /// messages held for it go on to the table.
     Echo,
+    /// A chat message from a source not validated yet: hold it and send this challenge, if any.
+    Hold(Option<Vec<u8>>),
     /// Refused; answer with this challenge, if any.
     Refused(Option<Vec<u8>>),
+    /// A member sent something shaped like a cookie echo that is none: not chat, dropped.
+    NotChat,
 }
 
 impl Admission {
     fn check(&self, relay: &Relay, payload: &[u8], from: SocketAddr, now: f64, received: usize) -> Admitted {
         let Some(cookies) = &self.cookies else { return Admitted::Pass };
-        if relay.contains(&from) {
-            Admitted::Pass
-        } else if cookies.is_valid_echo(payload, &from, now) {
+        let echo = auth::is_challenge(payload) && cookies.is_valid_echo(payload, &from, now);
+        if echo {
             Admitted::Echo
-        } else if protocol::classify(payload) == protocol::Kind::Quit {
-            Admitted::Refused(None)
+        } else if relay.contains(&from) {
+            // A cookie echo is protocol, never chat, whoever sends it.
+            if auth::is_challenge(payload) {
+                Admitted::NotChat
+            } else {
+                Admitted::Pass
+            }
         } else {
-            Admitted::Refused(cookies.challenge(&from, now, received))
+            match protocol::classify(payload) {
+                protocol::Kind::Quit => Admitted::Refused(None),
+                protocol::Kind::Heartbeat => Admitted::Refused(cookies.challenge(&from, now, received)),
+                protocol::Kind::Chat if auth::is_challenge(payload) => Admitted::Refused(None),
+                protocol::Kind::Chat => Admitted::Hold(cookies.challenge(&from, now, received)),
+            }
         }
     }
 }
@@ -474,10 +490,40 @@ impl RelayLoop {
             let outcome = match self.admission.check(&relay, payload, from, now, datagram.data.len()) {
                 Admitted::Pass => relay.on_datagram(payload, from, now, &mut self.live, &mut self.gone),
                 Admitted::Echo => {
+                    let held = self.admission.held.release(&from);
                     match relay.refresh(from, now, &mut self.gone) {
                         relay::Admission::Joined => self.handover.join(from, counters),
                         relay::Admission::Known => {}
-                        relay::Admission::TableFull => self.handover.refuse(from, DropReason::TableFull, counters),
+                        relay::Admission::TableFull => {
+                            self.handover.refuse(from, DropReason::TableFull, counters);
+                            counters.drop_many(DropReason::Unvalidated, held.len() as u64);
+                            self.handover.expired(&self.gone, counters);
+                            continue;
+                        }
+                    }
+                    self.handover.expired(&self.gone, counters);
+                    // The messages it sent while its challenge was in flight, in order.
+                    for message in &held {
+                        self.gone.clear();
+                        let outcome = relay.on_datagram(message, from, now, &mut self.live, &mut self.gone);
+                        Self::act(outcome, message, from, &self.live, &mut self.fanout, &mut self.handover, counters);
+                        self.handover.expired(&self.gone, counters);
+                    }
+                    continue;
+                }
+                Admitted::NotChat => {
+                    self.handover.refuse(from, DropReason::Auth, counters);
+                    continue;
+                }
+                Admitted::Hold(challenge) => {
+                    if relay.make_room(now, &mut self.gone) {
+                        if let Some(challenge) = challenge {
+                            self.fanout.local.queue(&challenge, &[from]);
+                        }
+                        let dropped = self.admission.held.hold(from, payload, now);
+                        counters.drop_many(DropReason::Unvalidated, dropped as u64);
+                    } else {
+                        self.handover.refuse(from, DropReason::TableFull, counters);
                     }
                     self.handover.expired(&self.gone, counters);
                     continue;
@@ -537,6 +583,8 @@ impl RelayLoop {
 
     /// Expires silent clients; returns when to look again.
     fn sweep(&mut self, now: f64) -> f64 {
+        let unanswered = self.admission.held.expire(now);
+        self.shared.counters.drop_many(DropReason::Unvalidated, unanswered as u64);
         self.gone.clear();
         let next = self.shared.relay.lock().sweep(now, self.max_age, &mut self.gone);
         self.handover.expired(&self.gone, &self.shared.counters);
@@ -638,6 +686,30 @@ mod tests {
         let events: Vec<Event> = server.events().take_queued();
         assert!(events.contains(&Event::Leave(dead_addr, LeaveReason::Unreachable)), "{events:?}");
         assert_eq!(server.stats().unreachable, 1);
+    }
+
+    #[test]
+    fn messages_wait_for_validation_and_echoes_are_never_chat() {
+        let mut config = ServerConfig::new("127.0.0.1", 0, 10.0);
+        config.validate = true;
+        let server = Server::start(config).unwrap();
+        let a = peer();
+        a.send_to(b"hello", server.local_addr()).unwrap();
+        a.send_to(b"world", server.local_addr()).unwrap();
+        let challenge = recv(&a);
+        assert!(crate::auth::is_challenge(&challenge));
+        assert_eq!(recv(&a), challenge);
+        assert!(server.clients().is_empty());
+        a.send_to(&challenge, server.local_addr()).unwrap();
+        let port = a.local_addr().unwrap().port();
+        assert_eq!(recv(&a), format!("Ack b'HELLO'. from 127.0.0.1:{port}").into_bytes());
+        assert_eq!(recv(&a), format!("Ack b'WORLD'. from 127.0.0.1:{port}").into_bytes());
+        // A second echo, then a message: only the message is relayed.
+        a.send_to(&challenge, server.local_addr()).unwrap();
+        a.send_to(b"three", server.local_addr()).unwrap();
+        assert_eq!(recv(&a), format!("Ack b'THREE'. from 127.0.0.1:{port}").into_bytes());
+        let stats = server.stats();
+        assert_eq!((stats.relayed, stats.joins, stats.dropped(DropReason::Unvalidated)), (3, 1, 0));
     }
 
     #[test]
