@@ -132,9 +132,12 @@ struct Shared {
     rejects: AtomicBool,
     backlog: AtomicUsize,
     backlog_dropped: AtomicU64,
+    /// Live senders (one per socket thread): the queues close when the last one is dropped.
+    senders: AtomicUsize,
 }
 
-/// The socket thread's end. Dropping it (the thread ended) closes both queues.
+/// A socket thread's end (one clone per socket thread). Dropping the last one (every thread
+/// ended) closes both queues.
 pub struct EventSender {
     shared: Arc<Shared>,
 }
@@ -157,6 +160,7 @@ pub fn channel(queue_size: usize, route: Route) -> (EventSender, EventReceiver) 
         rejects: AtomicBool::new(route.rejects),
         backlog: AtomicUsize::new(route.backlog),
         backlog_dropped: AtomicU64::new(0),
+        senders: AtomicUsize::new(1),
     });
     (EventSender { shared: Arc::clone(&shared) }, EventReceiver { shared })
 }
@@ -253,8 +257,18 @@ fn keep_message(shared: &Shared, state: &mut State, backlog: usize, message: Kep
     state.backlog.push_back(message);
 }
 
+impl Clone for EventSender {
+    fn clone(&self) -> EventSender {
+        self.shared.senders.fetch_add(1, Relaxed);
+        EventSender { shared: Arc::clone(&self.shared) }
+    }
+}
+
 impl Drop for EventSender {
     fn drop(&mut self) {
+        if self.shared.senders.fetch_sub(1, std::sync::atomic::Ordering::AcqRel) != 1 {
+            return;
+        }
         self.shared.state.lock().closed = true;
         self.shared.queued.notify_all();
         self.shared.kept.notify_all();
@@ -414,7 +428,10 @@ mod tests {
             assert_eq!(receiver.pull(NO_WAIT), Pull::Message((vec![port as u8], addr(port))));
         }
         assert_eq!(receiver.pull(Duration::from_millis(10)), Pull::Empty);
+        let second = sender.clone();
         drop(sender);
+        assert_eq!(receiver.pull(Duration::from_millis(10)), Pull::Empty, "one sender is left");
+        drop(second);
         assert_eq!(receiver.pull(Duration::from_secs(5)), Pull::Closed);
         assert_eq!(receiver.next_batch(10, NO_WAIT, Duration::from_secs(5)), Batch::Closed);
     }

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod collector;
 pub mod config;
 pub mod error;
 pub mod events;
@@ -13,6 +14,7 @@ pub mod net;
 pub mod peer;
 pub mod protocol;
 pub mod relay;
+pub mod reuseport;
 pub mod server;
 pub mod services;
 pub mod stats;

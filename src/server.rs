@@ -27,6 +27,7 @@
 //! add one.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,12 +37,13 @@ use socket2::Socket;
 use crate::auth::{self, CookieJar, Direction, HoldQueue, Opener, Refused, Sealer, TRAILER_LEN};
 pub use crate::config::ServerConfig;
 use crate::config::RECV_BATCH;
-use crate::error::Result;
+use crate::error::{ChatError, Result};
 use crate::events::{self, Event, EventReceiver, EventSender, LeaveReason};
 use crate::limits::Network;
 use crate::net::{self, Outgoing, RecvBatch, SendBatch, Waiter};
 use crate::protocol::{self, BYE};
 use crate::relay::{self, Outcome, Relay};
+use crate::reuseport;
 use crate::stats::{Counters, DropReason, Stats};
 use crate::worker::{wall_clock, Control, Endpoint, Worker, MIN_TIMER_PERIOD};
 
@@ -63,60 +65,59 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds and starts the socket thread.
+    /// Binds and starts the socket threads.
     pub fn start(config: ServerConfig) -> Result<Server> {
-        Server::start_with_sinks(config, Vec::new())
+        Server::start_with_sinks(config, Vec::new)
     }
 
-    /// Binds and starts the socket thread; every relayed chat message also goes to `sinks`
-    /// (see [the pipeline](self#where-to-plug-in-sink)).
-    pub fn start_with_sinks(config: ServerConfig, sinks: Vec<Box<dyn Sink>>) -> Result<Server> {
+    /// Binds and starts the socket threads; every relayed chat message also goes to the sinks
+    /// that `sinks` makes, once for each socket thread (see
+    /// [the pipeline](self#where-to-plug-in-sink)).
+    pub fn start_with_sinks(config: ServerConfig, mut sinks: impl FnMut() -> Vec<Box<dyn Sink>>) -> Result<Server> {
         config.validate()?;
         // Taken before binding: nothing sealed before this server could receive it is accepted.
         let started = wall_clock();
         let bind = net::resolve(&config.host, config.port)?;
-        let socket = Arc::new(net::udp_socket(bind, true, config.socket)?);
-        let local = net::local_addr(&socket)?;
-        let error_queue = config.drop_unreachable && net::enable_error_queue(&socket, local.is_ipv6())?;
-        let (waiter, waker) = Waiter::new(&socket)?;
+        let sockets = reuseport::bind_group(bind, config.workers, config.socket)?;
+        let local = net::local_addr(&sockets[0])?;
         let (sender, events) = events::channel(config.queue_size, config.route);
         let shared = Arc::new(Shared {
             relay: Mutex::new(Relay::with_limits(config.interval, config.max_clients, config.rate)),
             counters: Counters::default(),
         });
-        // `bufsize` counts payload bytes: in authenticated mode the trailer comes on top.
-        let recv_len = config.bufsize + if config.secret.is_some() { TRAILER_LEN } else { 0 };
-        let mut relay_loop = RelayLoop {
-            filter: Filter {
-                allow: config.allow,
-                opener: config.secret.as_deref().map(|secret| {
-                    Opener::new(secret, Direction::ToServer, started, replay_cache_size(config.max_clients))
-                }),
-            },
-            admission: Admission { cookies: config.validate.then(CookieJar::default), held: HoldQueue::default() },
-            fanout: Fanout {
-                local: Outbox {
-                    socket: Arc::clone(&socket),
-                    batch: SendBatch::default(),
-                    sealer: config.secret.as_deref().map(|secret| Sealer::new(secret, Direction::ToClient)),
-                    sealed: Vec::new(),
-                    queued: Outgoing::default(),
-                    icmp_seen: false,
-                },
-                sinks,
-                ack: Vec::with_capacity(config.bufsize * 4 + 64),
-            },
-            handover: Handover { events: sender, pending: Vec::new() },
-            socket,
-            waiter,
-            shared: Arc::clone(&shared),
-            recv: RecvBatch::new(RECV_BATCH, recv_len),
-            live: Vec::new(),
-            gone: Vec::new(),
-            max_age: config.interval + config.expiry_grace,
-            error_queue,
-        };
-        let worker = Worker::spawn("chatudp-server", waker, move |control| relay_loop.run(control))?;
+        // One replay cache and one cookie key for every worker: a source the kernel moves to
+        // another worker is still known.
+        let opener = config.secret.as_deref().map(|secret| {
+            let opener = Opener::new(secret, Direction::ToServer, started, replay_cache_size(config.max_clients));
+            Arc::new(Mutex::new(opener))
+        });
+        let cookies = config.validate.then(|| Arc::new(CookieJar::default()));
+        let held = Arc::new(Mutex::new(HoldQueue::default()));
+        let mut loops = Vec::with_capacity(sockets.len());
+        let mut wakers = Vec::with_capacity(sockets.len());
+        for socket in sockets {
+            let socket = Arc::new(socket);
+            let error_queue = config.drop_unreachable && net::enable_error_queue(&socket, local.is_ipv6())?;
+            let (waiter, waker) = Waiter::new(&socket)?;
+            wakers.push(waker);
+            let (filter, admission) = (
+                Filter { allow: config.allow.clone(), opener: opener.clone() },
+                Admission { cookies: cookies.clone(), held: Arc::clone(&held) },
+            );
+            let group = Group { shared: Arc::clone(&shared), events: sender.clone(), sinks: sinks() };
+            loops.push(RelayLoop::new(&config, socket, waiter, error_queue, filter, admission, group));
+        }
+        let mut leader = loops.remove(0);
+        let waker = wakers.remove(0);
+        let (ready, group_started) = crossbeam_channel::bounded(1);
+        let worker = Worker::spawn("chatudp-server", waker, move |control| {
+            run_group(&mut leader, loops, wakers, control, ready);
+        })?;
+        // Returns once every socket thread runs (or could not be started).
+        if let Ok(Err(error)) = group_started.recv_timeout(Duration::from_secs(10)) {
+            worker.stop();
+            return Err(ChatError::Io(error));
+        }
         Ok(Server { shared, local, events, worker })
     }
 
@@ -246,7 +247,7 @@ impl Outbox {
 /// Stage 1: who may talk. The `allow` list, then the authentication trailer.
 struct Filter {
     allow: Vec<Network>,
-    opener: Option<Opener>,
+    opener: Option<Arc<Mutex<Opener>>>,
 }
 
 impl Filter {
@@ -256,7 +257,7 @@ impl Filter {
             return Err(Refusal::Drop(DropReason::NotAllowed));
         }
         match &mut self.opener {
-            Some(opener) => opener.open(data, now).map_err(Refusal::Sealed),
+            Some(opener) => opener.lock().open(data, now).map_err(Refusal::Sealed),
             None => Ok(data),
         }
     }
@@ -266,8 +267,9 @@ impl Filter {
 /// before anything it sends is looked at. Its chat messages wait for the echo in a bounded
 /// hold queue, so a client's first messages are not lost to the challenge round trip.
 struct Admission {
-    cookies: Option<CookieJar>,
-    held: HoldQueue,
+    cookies: Option<Arc<CookieJar>>,
+    /// One hold queue for every worker, like the cookie key.
+    held: Arc<Mutex<HoldQueue>>,
 }
 
 /// What [`Admission::check`] decided.
@@ -398,24 +400,127 @@ struct RelayLoop {
     error_queue: bool,
 }
 
+/// What every socket thread of one server shares, and what each hands its results to.
+struct Group {
+    shared: Arc<Shared>,
+    events: EventSender,
+    sinks: Vec<Box<dyn Sink>>,
+}
+
+/// Runs the leader's loop on this thread and every other worker's loop on a thread of its own,
+/// and returns once all have finished. Only the leader sweeps the table and says `Bye!`, so each
+/// client hears it once. `ready` hears when every thread runs, or why one could not start.
+fn run_group(
+    leader: &mut RelayLoop,
+    followers: Vec<RelayLoop>,
+    wakers: Vec<net::Waker>,
+    control: &Control,
+    ready: crossbeam_channel::Sender<std::io::Result<()>>,
+) {
+    // Set when the leader ends for any reason, so no follower outlives it.
+    let group_done = AtomicBool::new(false);
+    let (started, follower_started) = crossbeam_channel::unbounded();
+    std::thread::scope(|scope| {
+        let count = followers.len();
+        let mut outcome = Ok(());
+        for (index, mut follower) in followers.into_iter().enumerate() {
+            let (group_done, started) = (&group_done, started.clone());
+            let name = format!("chatudp-server{}", index + 1);
+            let spawned = std::thread::Builder::new().name(name).spawn_scoped(scope, move || {
+                let _ = started.send(());
+                follower.serve(control, group_done, None);
+            });
+            if let Err(error) = spawned {
+                outcome = Err(error);
+                break;
+            }
+        }
+        if outcome.is_ok() {
+            for _ in 0..count {
+                let _ = follower_started.recv();
+            }
+        }
+        let failed = outcome.is_err();
+        let _ = ready.send(outcome);
+        if !failed {
+            leader.run(control, &group_done);
+        }
+        group_done.store(true, Ordering::Release);
+        for waker in &wakers {
+            waker.wake();
+        }
+    });
+}
+
 impl RelayLoop {
-    fn run(&mut self, control: &Control) {
+    fn new(
+        config: &ServerConfig,
+        socket: Arc<Socket>,
+        waiter: Waiter,
+        error_queue: bool,
+        filter: Filter,
+        admission: Admission,
+        group: Group,
+    ) -> RelayLoop {
+        // `bufsize` counts payload bytes: in authenticated mode the trailer comes on top.
+        let recv_len = config.bufsize + if config.secret.is_some() { TRAILER_LEN } else { 0 };
+        RelayLoop {
+            filter,
+            admission,
+            fanout: Fanout {
+                local: Outbox {
+                    socket: Arc::clone(&socket),
+                    batch: SendBatch::default(),
+                    sealer: config.secret.as_deref().map(|secret| Sealer::new(secret, Direction::ToClient)),
+                    sealed: Vec::new(),
+                    queued: Outgoing::default(),
+                    icmp_seen: false,
+                },
+                sinks: group.sinks,
+                ack: Vec::with_capacity(config.bufsize * 4 + 64),
+            },
+            handover: Handover { events: group.events, pending: Vec::new() },
+            socket,
+            waiter,
+            shared: group.shared,
+            recv: RecvBatch::new(RECV_BATCH, recv_len),
+            live: Vec::new(),
+            gone: Vec::new(),
+            max_age: config.interval + config.expiry_grace,
+            error_queue,
+        }
+    }
+
+    /// The leader: serves, expires silent clients on its timer, and says `Bye!` at the end.
+    fn run(&mut self, control: &Control, group_done: &AtomicBool) {
         let mut next_sweep = wall_clock() + self.max_age;
-        while !control.is_stopping() {
-            let wait =
-                Duration::from_secs_f64((next_sweep - wall_clock()).clamp(0.0, self.max_age.max(MIN_TIMER_PERIOD)));
+        self.serve(control, group_done, Some(&mut next_sweep));
+        self.say_goodbye();
+    }
+
+    /// Reads and relays until stopped; with `next_sweep`, also expires silent clients on time.
+    fn serve(&mut self, control: &Control, group_done: &AtomicBool, mut next_sweep: Option<&mut f64>) {
+        while !control.is_stopping() && !group_done.load(Ordering::Acquire) {
+            let wait = match next_sweep.as_deref() {
+                Some(&at) => {
+                    Duration::from_secs_f64((at - wall_clock()).clamp(0.0, self.max_age.max(MIN_TIMER_PERIOD)))
+                }
+                // A follower only waits for datagrams; the leader wakes it to stop.
+                None => Duration::from_secs(3600),
+            };
             match self.waiter.wait(wait) {
                 Ok(true) => self.drain(control),
                 Ok(false) => {}
                 // A poller that cannot wait any more leaves nothing to do but stop.
                 Err(_) => break,
             }
-            let now = wall_clock();
-            if now >= next_sweep {
-                next_sweep = self.sweep(now);
+            if let Some(at) = next_sweep.as_deref_mut() {
+                let now = wall_clock();
+                if now >= *at {
+                    *at = self.sweep(now);
+                }
             }
         }
-        self.say_goodbye();
     }
 
     fn drain(&mut self, control: &Control) {
@@ -490,7 +595,7 @@ impl RelayLoop {
             let outcome = match self.admission.check(&relay, payload, from, now, datagram.data.len()) {
                 Admitted::Pass => relay.on_datagram(payload, from, now, &mut self.live, &mut self.gone),
                 Admitted::Echo => {
-                    let held = self.admission.held.release(&from);
+                    let held = self.admission.held.lock().release(&from);
                     match relay.refresh(from, now, &mut self.gone) {
                         relay::Admission::Joined => self.handover.join(from, counters),
                         relay::Admission::Known => {}
@@ -520,7 +625,7 @@ impl RelayLoop {
                         if let Some(challenge) = challenge {
                             self.fanout.local.queue(&challenge, &[from]);
                         }
-                        let dropped = self.admission.held.hold(from, payload, now);
+                        let dropped = self.admission.held.lock().hold(from, payload, now);
                         counters.drop_many(DropReason::Unvalidated, dropped as u64);
                     } else {
                         self.handover.refuse(from, DropReason::TableFull, counters);
@@ -583,7 +688,7 @@ impl RelayLoop {
 
     /// Expires silent clients; returns when to look again.
     fn sweep(&mut self, now: f64) -> f64 {
-        let unanswered = self.admission.held.expire(now);
+        let unanswered = self.admission.held.lock().expire(now);
         self.shared.counters.drop_many(DropReason::Unvalidated, unanswered as u64);
         self.gone.clear();
         let next = self.shared.relay.lock().sweep(now, self.max_age, &mut self.gone);
@@ -686,6 +791,42 @@ mod tests {
         let events: Vec<Event> = server.events().take_queued();
         assert!(events.contains(&Event::Leave(dead_addr, LeaveReason::Unreachable)), "{events:?}");
         assert_eq!(server.stats().unreachable, 1);
+    }
+
+    #[test]
+    fn workers_share_one_table_and_say_bye_once() {
+        let mut config = ServerConfig::new("127.0.0.1", 0, 10.0);
+        config.workers = 3;
+        let server = Server::start(config).unwrap();
+        let clients: Vec<UdpSocket> = (0..12).map(|_| peer()).collect();
+        for client in &clients {
+            client.send_to(b"^hb^", server.local_addr()).unwrap();
+        }
+        wait_for("12 clients to join", || server.clients().len() == 12);
+        clients[0].send_to(b"hi", server.local_addr()).unwrap();
+        let port = clients[0].local_addr().unwrap().port();
+        let expected = format!("Ack b'HI'. from 127.0.0.1:{port}").into_bytes();
+        for client in &clients {
+            assert_eq!(recv(client), expected);
+        }
+        let started = Instant::now();
+        server.stop();
+        assert!(started.elapsed() < Duration::from_millis(500));
+        for client in &clients {
+            assert_eq!(recv(client), b"Bye!");
+            client.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            assert!(client.recv(&mut [0u8; 16]).is_err(), "a second Bye!");
+        }
+        assert_eq!(server.stats().joins, 12);
+    }
+
+    #[test]
+    fn workers_out_of_range_are_refused() {
+        for workers in [0, crate::config::WORKERS.max as usize + 1] {
+            let mut config = ServerConfig::new("127.0.0.1", 0, 1.0);
+            config.workers = workers;
+            assert!(matches!(Server::start(config), Err(ChatError::InvalidArgument(m)) if m.contains("workers")));
+        }
     }
 
     #[test]

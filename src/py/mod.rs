@@ -15,6 +15,7 @@ use crate::net::SocketOptions;
 use crate::stats::{Counters, DropReason, Stats};
 use crate::{Client, ClientConfig, Endpoint, Server, ServerConfig};
 
+mod collector;
 mod services;
 
 pyo3::import_exception!(chatudp.errors, ClosedError);
@@ -358,7 +359,7 @@ struct PyServer {
 endpoint_pymethods! {
 impl PyServer as "ChatUdpServer" {
     #[new]
-    #[pyo3(signature = (host, port, interval, *, bufsize=1024, expiry_grace=None, queue_size=65536, rcvbuf=None, sndbuf=None, drop_unreachable=true, max_clients=crate::config::DEFAULT_MAX_CLIENTS, rate=None, allow=None, validate=false, secret=None, messages=true, joins=true, leaves=true, rejects=true, backlog=0))]
+    #[pyo3(signature = (host, port, interval, *, bufsize=1024, expiry_grace=None, queue_size=65536, rcvbuf=None, sndbuf=None, drop_unreachable=true, max_clients=crate::config::DEFAULT_MAX_CLIENTS, rate=None, allow=None, validate=false, secret=None, messages=true, joins=true, leaves=true, rejects=true, backlog=0, workers=1))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -381,6 +382,7 @@ impl PyServer as "ChatUdpServer" {
         leaves: bool,
         rejects: bool,
         backlog: usize,
+        workers: usize,
     ) -> PyResult<PyServer> {
         guarded(|| {
         let mut config = ServerConfig::new(host, port, interval);
@@ -390,6 +392,7 @@ impl PyServer as "ChatUdpServer" {
         config.max_clients = max_clients;
         config.validate = validate;
         config.secret = secret;
+        config.workers = workers;
         config.rate = rate.map(|(per_second, burst)| Rate::new(per_second, burst)).transpose().map_err(PyChatError)?;
         config.allow = allow
             .unwrap_or_default()
@@ -485,6 +488,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyServer>()?;
     m.add_class::<PyClient>()?;
     services::register(m)?;
+    collector::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("MAX_DATAGRAM", crate::protocol::MAX_DATAGRAM)?;
     m.add("MAX_QUEUE", crate::events::MAX_QUEUE)?;
