@@ -120,6 +120,8 @@ class SocketThreadObject:
 
     _kind: ClassVar[str]
     _log: ClassVar[logging.Logger]
+    # How often an idle dispatcher refreshes its route; None: it has none to refresh.
+    _route_refresh: ClassVar[Optional[float]] = None
     addr: Optional[Address]
 
     def __init__(self) -> None:
@@ -245,7 +247,8 @@ class SocketThreadObject:
         core = self._core
         refreshed = time.monotonic()
         while True:
-            batch = core.next_events(timeout=_ROUTE_REFRESH)
+            period = self._route_refresh
+            batch = core.next_events() if period is None else core.next_events(timeout=period)
             if batch is None:
                 self._report_failure(core)
                 self._on_stopped()
@@ -254,7 +257,7 @@ class SocketThreadObject:
             if self._stopping:
                 core.discard_events(len(batch) - handled)
                 return
-            if time.monotonic() - refreshed >= _ROUTE_REFRESH:
+            if period is not None and time.monotonic() - refreshed >= period:
                 self._refresh_route()
                 refreshed = time.monotonic()
 

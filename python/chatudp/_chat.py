@@ -16,7 +16,7 @@ import threading
 from typing import Any, AsyncIterator, Callable, ClassVar, Dict, Iterable, Iterator, List, Optional, Tuple, Union
 
 from . import _core
-from ._base import Address, Event, SocketThreadObject, check_bufsize, check_callback, check_count, check_timeout
+from ._base import _ROUTE_REFRESH, Address, Event, SocketThreadObject, check_bufsize, check_callback, check_count, check_timeout
 from .errors import ClosedError
 
 __all__ = ["ChatUdpServer", "ChatUdpClient"]
@@ -85,6 +85,7 @@ class _Endpoint(SocketThreadObject):
 
     # The tutorial's server logs the sender's address after each message; its client does not.
     _logs_address: ClassVar[bool] = False
+    _route_refresh = _ROUTE_REFRESH
 
     def __init__(self, interval: float, bufsize: int, queue_size: int, backlog: int) -> None:
         super().__init__()
