@@ -11,6 +11,7 @@ use parking_lot::Mutex;
 use socket2::Socket;
 
 use crate::auth::{CookieJar, Opener, Sealer};
+use crate::bus::{Bus, BusConfig, BusStatus};
 use crate::error::{ChatError, Result};
 use crate::events::{self, Event, EventSender, LeaveReason};
 use crate::limits::{Network, Rate};
@@ -57,6 +58,8 @@ pub struct ServerConfig {
     pub validate: bool,
     /// Shared secret: every datagram carries an authentication trailer (see `auth`).
     pub secret: Option<Vec<u8>>,
+    /// Relays on the same broker and room form one chat (see `bus`).
+    pub bus: Option<BusConfig>,
 }
 
 impl ServerConfig {
@@ -75,6 +78,7 @@ impl ServerConfig {
             allow: Vec::new(),
             validate: false,
             secret: None,
+            bus: None,
         }
     }
 
@@ -87,6 +91,9 @@ impl ServerConfig {
             )));
         }
         validate_bufsize(self.bufsize)?;
+        if let Some(bus) = &self.bus {
+            bus.validate()?;
+        }
         if self.max_clients == 0 {
             return Err(ChatError::InvalidArgument("max_clients must be at least 1".to_owned()));
         }
@@ -129,6 +136,7 @@ pub struct Server {
     shared: Arc<Shared>,
     local: SocketAddr,
     events: Receiver<Event>,
+    bus: Option<BusStatus>,
     worker: Worker,
 }
 
@@ -146,8 +154,14 @@ impl Server {
             relay: Mutex::new(Relay::with_limits(config.interval, config.max_clients, config.rate)),
             counters: Counters::default(),
         });
+        let bus = config.bus.as_ref().map(Bus::start).transpose()?;
+        if let Some(bus) = &bus {
+            bus.set_waker(waker.clone());
+        }
+        let bus_status = bus.as_ref().map(Bus::status);
         let now = wall_clock();
         let mut relay_loop = RelayLoop {
+            bus,
             out: Outbox {
                 socket: Arc::clone(&socket),
                 batch: SendBatch::default(),
@@ -172,7 +186,7 @@ impl Server {
             opener: config.secret.as_deref().map(|secret| Opener::new(secret, config.max_clients)),
         };
         let worker = Worker::spawn("chatudp-server", waker, move |control| relay_loop.run(control))?;
-        Ok(Server { shared, local, events, worker })
+        Ok(Server { shared, local, events, bus: bus_status, worker })
     }
 
     /// A snapshot of the clients table: address and wall-clock time last heard from.
@@ -182,6 +196,11 @@ impl Server {
 
     pub fn stats(&self) -> Stats {
         self.shared.counters.snapshot()
+    }
+
+    /// The bus's counters and the other relays of the room; `None` without a bus.
+    pub fn bus(&self) -> Option<&BusStatus> {
+        self.bus.as_ref()
     }
 
     /// Joins, leaves and chat messages, in the order the socket thread saw them.
@@ -249,6 +268,8 @@ impl Outbox {
 }
 
 struct RelayLoop {
+    /// The room this relay shares with others, when it has one.
+    bus: Option<Bus>,
     socket: Arc<Socket>,
     waiter: Waiter,
     shared: Arc<Shared>,
@@ -279,12 +300,16 @@ impl RelayLoop {
                 // A poller that cannot wait any more leaves nothing to do but stop.
                 Err(_) => break,
             }
+            self.deliver_from_bus();
             let now = wall_clock();
             if now >= next_sweep {
                 next_sweep = self.sweep(now);
             }
         }
         self.say_goodbye();
+        if let Some(bus) = &mut self.bus {
+            bus.stop();
+        }
     }
 
     fn drain(&mut self, control: &Control) {
@@ -409,6 +434,9 @@ impl RelayLoop {
                     protocol::write_ack(payload, &from, &mut self.ack);
                     self.out.queue(&self.ack, &self.live);
                     Counters::add(&counters.relayed, 1);
+                    if let Some(bus) = &mut self.bus {
+                        bus.publish(&from, payload);
+                    }
                     self.pending.push(Event::Message { data: payload.to_vec(), from });
                 }
             }
@@ -419,6 +447,27 @@ impl RelayLoop {
         // cost the round trip nothing.
         self.out.flush(counters);
         self.flush_events();
+    }
+
+    /// Acks the chat messages other relays of the room published to this relay's live clients,
+    /// byte for byte as if their senders were here. Nothing from the bus is published again.
+    fn deliver_from_bus(&mut self) {
+        let Some(bus) = &self.bus else { return };
+        let now = wall_clock();
+        let relay = self.shared.relay.lock();
+        bus.set_clients(relay.len());
+        let mut records = bus.drain().peekable();
+        if records.peek().is_none() {
+            return;
+        }
+        self.live.clear();
+        self.live.extend(relay.iter().filter(|(_, seen)| now - seen <= relay.interval()).map(|(addr, _)| *addr));
+        drop(relay);
+        for record in records {
+            protocol::write_ack(&record.payload, &record.from, &mut self.ack);
+            self.out.queue(&self.ack, &self.live);
+        }
+        self.out.flush(&self.shared.counters);
     }
 
     fn flush_events(&mut self) {

@@ -9,9 +9,11 @@ every blocking call waits with the GIL released and wakes at least every 100 ms 
 
 from typing import Final, Literal, TypedDict, final, type_check_only
 
+from typing_extensions import NotRequired
+
 from typing_extensions import TypeAlias
 
-__all__ = ["Client", "EchoServer", "MAX_DATAGRAM", "Peer", "Server", "TimeServer", "__version__"]
+__all__ = ["Client", "EchoServer", "MAX_DATAGRAM", "Peer", "Server", "TimeServer", "__version__", "check_bus"]
 
 __version__: Final[str]
 """The version of the Rust crate, which is the version of the package."""
@@ -29,6 +31,28 @@ _RejectEvent: TypeAlias = tuple[Literal["reject"], _Address, str]
 _ChatEvent: TypeAlias = _MessageEvent | _JoinEvent | _LeaveEvent | _RejectEvent
 
 @type_check_only
+class _BusStats(TypedDict):
+    backend: Literal["nats", "redis"]
+    id: str
+    connected: bool
+    published: int
+    received: int
+    lost: int
+    duplicates: int
+    foreign: int
+    malformed: int
+    reconnects: int
+    disconnects: int
+    slow_consumer: int
+    dropped: dict[str, int]
+
+@type_check_only
+class _Peer(TypedDict):
+    id: str
+    clients: int
+    last_seen: float
+
+@type_check_only
 class _ChatStats(TypedDict):
     received: int
     relayed: int
@@ -41,6 +65,11 @@ class _ChatStats(TypedDict):
     heartbeats: int
     dropped: dict[str, int]
     send_errors: dict[int, int]
+    bus: NotRequired[_BusStats]
+
+def check_bus(urls: list[str], room: str) -> None:
+    """``ValueError`` unless ``urls`` (one Redis URL, or NATS URLs of one cluster) and ``room``
+    are what ``Server(bus=..., room=...)`` accepts."""
 
 @type_check_only
 class _ServiceStats(TypedDict):
@@ -78,10 +107,13 @@ class Server:
         allow: list[str] | tuple[str, ...] | None = None,
         validate: bool = False,
         secret: bytes | None = None,
+        bus: list[str] | None = None,
+        room: str = "chatudp",
     ) -> Server:
         """Bind and start. ``max_clients`` defaults to ``1 << 20``; ``rate`` is
         ``(messages_per_second, burst)`` per source; ``allow`` lists networks (``"10.0.0.0/8"``);
-        ``secret`` turns on the authenticated mode."""
+        ``secret`` turns on the authenticated mode; ``bus`` joins the relays of ``room`` on
+        that broker."""
 
     def local_addr(self) -> _Address:
         """The address actually bound (port 0 resolved)."""
@@ -91,6 +123,9 @@ class Server:
 
     def stats(self) -> _ChatStats:
         """The counters, as ``ChatUdpServer.stats`` shows them."""
+
+    def peers(self) -> list[_Peer]:
+        """The other relays of the room alive now, by id; ``[]`` without a bus."""
 
     def next_events(self, max_events: int = 1024, timeout: float | None = None) -> list[_ChatEvent] | None:
         """Up to ``max_events`` queued events; ``[]`` after ``timeout`` seconds (``None``: wait

@@ -105,7 +105,13 @@ fn publish_loop(shared: &Shared, client: &Client, channel: &str, outbound: &Rece
         match outbound.recv_timeout(wake_at.saturating_duration_since(Instant::now())) {
             Ok(next) => {
                 shared.took(&next);
-                let published = connection.as_mut().map(|con| publish(con, channel, &next));
+                let mut published = connection.as_mut().map(|con| publish(con, channel, &next));
+                if published == Some(false) {
+                    // A connection that died while idle is only found out by a publish: one
+                    // fresh connection and one retry keep the first record after a restart.
+                    connection = connect(client);
+                    published = Some(connection.as_mut().is_some_and(|con| publish(con, channel, &next)));
+                }
                 match published {
                     Some(true) => shared.count_published(),
                     Some(false) => {

@@ -16,6 +16,7 @@ use crate::net::SocketOptions;
 use crate::stats::{Counters, DropReason, Stats};
 use crate::{Client, ClientConfig, Endpoint, Server, ServerConfig};
 
+mod bus;
 mod services;
 
 pyo3::import_exception!(chatudp.errors, ClosedError);
@@ -251,7 +252,7 @@ struct PyServer {
 endpoint_pymethods! {
 impl PyServer {
     #[new]
-    #[pyo3(signature = (host, port, interval, *, bufsize=1024, expiry_grace=None, queue_size=65536, rcvbuf=None, sndbuf=None, drop_unreachable=true, max_clients=crate::relay::DEFAULT_MAX_CLIENTS, rate=None, allow=None, validate=false, secret=None))]
+    #[pyo3(signature = (host, port, interval, *, bufsize=1024, expiry_grace=None, queue_size=65536, rcvbuf=None, sndbuf=None, drop_unreachable=true, max_clients=crate::relay::DEFAULT_MAX_CLIENTS, rate=None, allow=None, validate=false, secret=None, bus=None, room=String::from("chatudp")))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -269,6 +270,8 @@ impl PyServer {
         allow: Option<Vec<String>>,
         validate: bool,
         secret: Option<Vec<u8>>,
+        bus: Option<Vec<String>>,
+        room: String,
     ) -> PyResult<PyServer> {
         let mut config = ServerConfig::new(host, port, interval);
         config.bufsize = bufsize;
@@ -277,6 +280,7 @@ impl PyServer {
         config.max_clients = max_clients;
         config.validate = validate;
         config.secret = secret;
+        config.bus = bus.map(|urls| crate::bus::BusConfig::new(urls, room));
         config.rate = rate.map(|(per_second, burst)| Rate::new(per_second, burst)).transpose().map_err(PyChatError)?;
         config.allow = allow
             .unwrap_or_default()
@@ -300,7 +304,19 @@ impl PyServer {
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        stats_dict(py, &self.inner.stats())
+        let stats = stats_dict(py, &self.inner.stats())?;
+        if let Some(bus) = self.inner.bus() {
+            stats.set_item("bus", bus::stats_dict(py, bus)?)?;
+        }
+        Ok(stats)
+    }
+
+    /// The other relays of the room, alive now; `[]` without a bus.
+    fn peers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyList>> {
+        match self.inner.bus() {
+            Some(bus) => bus::peers_list(py, bus),
+            None => Ok(pyo3::types::PyList::empty(py)),
+        }
     }
 
 }
@@ -357,6 +373,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyServer>()?;
     m.add_class::<PyClient>()?;
     services::register(m)?;
+    m.add_function(wrap_pyfunction!(bus::check_bus, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("MAX_DATAGRAM", crate::protocol::MAX_DATAGRAM)?;
     Ok(())
