@@ -1,16 +1,27 @@
 //! Optional protections, off by default so the wire stays the tutorial's:
 //!
 //! - address validation (`validate=True`): a new source first gets a short stateless cookie,
-//!   `^ck^` + 8 bytes of HMAC(server key, address, time slot), and joins only once it echoes
-//!   it. A spoofed source address never sees the cookie, so it can never be subscribed to the
-//!   broadcasts (the reflection attack), and the challenge is never more than 3x the bytes
-//!   received (QUIC's anti-amplification rule).
-//! - authenticated datagrams (`secret=...`): every datagram, both ways, ends with a 32-byte
-//!   trailer: a timestamp, a counter and a truncated HMAC-SHA256 over payload, timestamp and
-//!   counter. Forged, stale and replayed datagrams are dropped.
+//!   `^ck^` + 8 bytes of HMAC(server key, address, time slot), and is served only once it
+//!   echoes it. A spoofed source address never sees the cookie, so it can never be subscribed
+//!   to the broadcasts (the reflection attack), and the challenge is never more than 3x the
+//!   bytes received (QUIC's anti-amplification rule).
+//! - authenticated datagrams (`secret=...`): every datagram, both ways, ends with a 40-byte
+//!   trailer `sender id (8) | sequence (8) | timestamp in ms (8) | tag (16)`. The tag is
+//!   HMAC-SHA256, truncated to 128 bits (as RFC 4868 does), over a fixed context string, the
+//!   direction (client to server, or server to client), the payload and the three header
+//!   fields. A receiver accepts a datagram only when the tag is right, the direction is its
+//!   own, the timestamp is at most [`MAX_AGE_MS`] old and at most [`MAX_AHEAD_MS`] ahead, not
+//!   older than the receiver's own start, and the (sender id, sequence) pair was never
+//!   accepted before. The replay cache is keyed by that sealed identity, never by the source
+//!   address, so a capture replayed from any port is refused; it is bounded, and an entry is
+//!   forgotten only once everything it could still refuse is stale anyway.
+//!
+//! See `docs/SECURITY.md` for the threat model: what this stops and what a group secret
+//! cannot stop.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
@@ -29,10 +40,10 @@ fn mac(key: &[u8]) -> HmacSha256 {
     HmacSha256::new_from_slice(key).expect("HMAC takes keys of any length")
 }
 
-fn random_key() -> [u8; 32] {
-    let mut key = [0u8; 32];
-    getrandom::fill(&mut key).expect("the system has a random source");
-    key
+fn random_bytes<const N: usize>() -> [u8; N] {
+    let mut bytes = [0u8; N];
+    getrandom::fill(&mut bytes).expect("the system has a random source");
+    bytes
 }
 
 fn addr_bytes(addr: &SocketAddr) -> Vec<u8> {
@@ -51,7 +62,7 @@ pub struct CookieJar {
 
 impl Default for CookieJar {
     fn default() -> Self {
-        CookieJar { key: random_key() }
+        CookieJar { key: random_bytes() }
     }
 }
 
@@ -75,14 +86,19 @@ impl CookieJar {
         if CHALLENGE_LEN > received.saturating_mul(3) {
             return None;
         }
+        Some(self.challenge_bytes(addr, now))
+    }
+
+    /// The challenge for `addr`, whatever it sent.
+    pub fn challenge_bytes(&self, addr: &SocketAddr, now: f64) -> Vec<u8> {
         let mut challenge = COOKIE_PREFIX.to_vec();
         challenge.extend_from_slice(&self.cookie(addr, Self::slot(now)));
-        Some(challenge)
+        challenge
     }
 
     /// True when `data` echoes a cookie made for `addr` in this slot or the previous one.
     pub fn is_valid_echo(&self, data: &[u8], addr: &SocketAddr, now: f64) -> bool {
-        if data.len() != CHALLENGE_LEN || !data.starts_with(COOKIE_PREFIX) {
+        if !is_challenge(data) {
             return false;
         }
         let slot = Self::slot(now);
@@ -91,7 +107,7 @@ impl CookieJar {
     }
 }
 
-/// What a client answers to a challenge: the same bytes.
+/// A challenge, and its echo, have this shape: `^ck^` and 8 bytes.
 pub fn is_challenge(data: &[u8]) -> bool {
     data.len() == CHALLENGE_LEN && data.starts_with(COOKIE_PREFIX)
 }
@@ -100,35 +116,75 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// Bound into every tag, so a tag made for another protocol or version never verifies here.
+const CONTEXT: &[u8] = b"chatudp sealed datagram v2";
+const SENDER_LEN: usize = 8;
 const TAG_LEN: usize = 16;
-/// Timestamp (8) + counter (8) + tag (16).
-pub const TRAILER_LEN: usize = 32;
-/// Datagrams whose timestamp is further than this from our clock are refused.
-const MAX_SKEW_MS: u64 = 120_000;
-/// Out-of-order datagrams accepted behind the newest counter seen from a source.
+/// Sender id (8) + sequence (8) + timestamp (8) + tag (16).
+pub const TRAILER_LEN: usize = SENDER_LEN + 8 + 8 + TAG_LEN;
+/// A datagram sealed longer ago than this, by the receiver's clock, is refused as stale.
+pub const MAX_AGE_MS: u64 = 25_000;
+/// A datagram stamped further than this in the receiver's future is refused as stale: senders'
+/// clocks may run this much ahead. Together with [`MAX_AGE_MS`], a datagram is accepted at
+/// most 30 s after it was sealed, whatever the sender's clock says.
+pub const MAX_AHEAD_MS: u64 = 5_000;
+/// Out-of-order datagrams accepted behind the newest sequence seen from a sender.
 const REPLAY_WINDOW: u64 = 64;
+/// The fullest replay cache is swept for stale senders at most this often.
+const SWEEP_EVERY_MS: u64 = 1_000;
 
-/// Appends trailers with a shared secret.
+/// Which way a sealed datagram travels; bound into its tag, so a receiver never accepts a
+/// datagram sealed by its own side (a server's Ack sent back to a server, say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    ToServer,
+    ToClient,
+}
+
+impl Direction {
+    fn label(self) -> u8 {
+        match self {
+            Direction::ToServer => 1,
+            Direction::ToClient => 2,
+        }
+    }
+}
+
+fn keyed(secret: &[u8], direction: Direction) -> HmacSha256 {
+    let mut mac = mac(secret);
+    mac.update(CONTEXT);
+    mac.update(&[direction.label()]);
+    mac
+}
+
+fn millis(now: f64) -> u64 {
+    (now.max(0.0) * 1000.0) as u64
+}
+
+/// Appends trailers with a shared secret, for one direction.
 pub struct Sealer {
-    secret: Vec<u8>,
-    counter: u64,
+    /// Keyed and fed the context once; cloned for each datagram.
+    mac: HmacSha256,
+    /// Random per sealer: a restarted sender is a new sender, with its own sequence.
+    sender: [u8; SENDER_LEN],
+    sequence: u64,
 }
 
 impl Sealer {
-    /// The counter starts from the clock, so a restarted sender is not mistaken for a replayer.
-    pub fn new(secret: &[u8], now: f64) -> Sealer {
-        Sealer { secret: secret.to_vec(), counter: (now * 1e6) as u64 }
+    pub fn new(secret: &[u8], direction: Direction) -> Sealer {
+        Sealer { mac: keyed(secret, direction), sender: random_bytes(), sequence: 0 }
     }
 
     /// Writes `payload` and its trailer into `out`.
     pub fn seal(&mut self, payload: &[u8], now: f64, out: &mut Vec<u8>) {
-        self.counter += 1;
-        let millis = (now * 1000.0) as u64;
+        self.sequence += 1;
         out.clear();
+        out.reserve(payload.len() + TRAILER_LEN);
         out.extend_from_slice(payload);
-        out.extend_from_slice(&millis.to_be_bytes());
-        out.extend_from_slice(&self.counter.to_be_bytes());
-        let mut mac = mac(&self.secret);
+        out.extend_from_slice(&self.sender);
+        out.extend_from_slice(&self.sequence.to_be_bytes());
+        out.extend_from_slice(&millis(now).to_be_bytes());
+        let mut mac = self.mac.clone();
         mac.update(out);
         out.extend_from_slice(&mac.finalize().into_bytes()[..TAG_LEN]);
     }
@@ -137,72 +193,143 @@ impl Sealer {
 #[derive(Debug, Clone, Copy, Default)]
 struct ReplayWindow {
     newest: u64,
-    /// Bit i set: counter `newest - i` was seen.
+    /// Bit i set: sequence `newest - i` was accepted.
     seen: u64,
-    last_millis: u64,
+    /// The latest timestamp accepted from this sender: once it is stale, so is every datagram
+    /// this window could still refuse, and the window may be forgotten.
+    latest_millis: u64,
 }
 
 impl ReplayWindow {
-    fn accept(&mut self, counter: u64, millis: u64) -> bool {
-        if counter > self.newest {
-            let shift = counter - self.newest;
+    fn accept(&mut self, sequence: u64, stamp: u64) -> bool {
+        if sequence > self.newest {
+            let shift = sequence - self.newest;
             self.seen = if shift >= 64 { 1 } else { (self.seen << shift) | 1 };
-            self.newest = counter;
+            self.newest = sequence;
         } else {
-            let age = self.newest - counter;
+            let age = self.newest - sequence;
             if age >= REPLAY_WINDOW || self.seen & (1 << age) != 0 {
                 return false;
             }
             self.seen |= 1 << age;
         }
-        self.last_millis = self.last_millis.max(millis);
+        self.latest_millis = self.latest_millis.max(stamp);
         true
     }
-}
-
-/// Checks trailers and remembers counters per source.
-pub struct Opener {
-    secret: Vec<u8>,
-    windows: HashMap<SocketAddr, ReplayWindow>,
-    max_sources: usize,
 }
 
 /// Why a datagram failed [`Opener::open`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refused {
+    /// Shorter than a trailer: not sealed at all.
     TooShort,
+    /// The tag is wrong: another secret, another direction, or altered bytes.
     BadTag,
+    /// Sealed too long ago, too far in the future, or before this receiver started.
     Stale,
+    /// This sender's sequence number was accepted already (or is too far behind).
     Replayed,
+    /// The replay cache is full of senders heard from within the freshness window.
+    CacheFull,
+}
+
+impl Refused {
+    pub const ALL: [Refused; 5] =
+        [Refused::TooShort, Refused::BadTag, Refused::Stale, Refused::Replayed, Refused::CacheFull];
+
+    /// The key in the Python `stats["auth_refused"]` dict.
+    pub fn name(self) -> &'static str {
+        match self {
+            Refused::TooShort => "too_short",
+            Refused::BadTag => "bad_tag",
+            Refused::Stale => "stale",
+            Refused::Replayed => "replayed",
+            Refused::CacheFull => "cache_full",
+        }
+    }
+}
+
+/// Counts of [`Refused`] datagrams, by reason.
+#[derive(Debug, Default)]
+pub struct RefusalCounters([AtomicU64; Refused::ALL.len()]);
+
+impl RefusalCounters {
+    pub fn count(&self, why: Refused) {
+        self.0[why as usize].fetch_add(1, Relaxed);
+    }
+
+    pub fn snapshot(&self) -> Vec<(Refused, u64)> {
+        Refused::ALL.iter().map(|&r| (r, self.0[r as usize].load(Relaxed))).collect()
+    }
+}
+
+/// Checks trailers for one direction and remembers what each sender sent.
+pub struct Opener {
+    mac: HmacSha256,
+    /// Nothing sealed before this receiver started is accepted: a restart, which empties the
+    /// replay cache, does not reopen the captures of the last 30 s.
+    started_millis: u64,
+    windows: HashMap<[u8; SENDER_LEN], ReplayWindow>,
+    max_senders: usize,
+    last_sweep_millis: u64,
 }
 
 impl Opener {
-    pub fn new(secret: &[u8], max_sources: usize) -> Opener {
-        Opener { secret: secret.to_vec(), windows: HashMap::new(), max_sources: max_sources.max(1) }
+    /// An opener for datagrams travelling `direction`, started at `now`, remembering at most
+    /// `max_senders` senders at once.
+    pub fn new(secret: &[u8], direction: Direction, now: f64, max_senders: usize) -> Opener {
+        Opener {
+            mac: keyed(secret, direction),
+            started_millis: millis(now),
+            windows: HashMap::new(),
+            max_senders: max_senders.max(1),
+            last_sweep_millis: 0,
+        }
+    }
+
+    /// Senders remembered now.
+    pub fn senders(&self) -> usize {
+        self.windows.len()
     }
 
     /// The payload of an authentic, fresh, first-seen datagram.
-    pub fn open<'a>(&mut self, datagram: &'a [u8], from: SocketAddr, now: f64) -> Result<&'a [u8], Refused> {
+    pub fn open<'a>(&mut self, datagram: &'a [u8], now: f64) -> Result<&'a [u8], Refused> {
         let body_len = datagram.len().checked_sub(TRAILER_LEN).ok_or(Refused::TooShort)?;
         let (signed, tag) = datagram.split_at(datagram.len() - TAG_LEN);
-        let mut mac = mac(&self.secret);
+        let mut mac = self.mac.clone();
         mac.update(signed);
         mac.verify_truncated_left(tag).map_err(|_| Refused::BadTag)?;
-        let millis = u64::from_be_bytes(datagram[body_len..body_len + 8].try_into().expect("8 bytes"));
-        let counter = u64::from_be_bytes(datagram[body_len + 8..body_len + 16].try_into().expect("8 bytes"));
-        let now_millis = (now * 1000.0) as u64;
-        if now_millis.abs_diff(millis) > MAX_SKEW_MS {
+        let header = &datagram[body_len..];
+        let sender: [u8; SENDER_LEN] = header[..SENDER_LEN].try_into().expect("8 bytes");
+        let sequence = u64::from_be_bytes(header[SENDER_LEN..SENDER_LEN + 8].try_into().expect("8 bytes"));
+        let stamp = u64::from_be_bytes(header[SENDER_LEN + 8..SENDER_LEN + 16].try_into().expect("8 bytes"));
+        let now_millis = millis(now);
+        if stamp < self.started_millis
+            || now_millis.saturating_sub(stamp) > MAX_AGE_MS
+            || stamp.saturating_sub(now_millis) > MAX_AHEAD_MS
+        {
             return Err(Refused::Stale);
         }
-        if self.windows.len() >= self.max_sources && !self.windows.contains_key(&from) {
-            // Forget sources not heard from within the skew window: their old datagrams are stale anyway.
-            self.windows.retain(|_, w| now_millis.saturating_sub(w.last_millis) <= MAX_SKEW_MS);
+        if !self.windows.contains_key(&sender) && self.windows.len() >= self.max_senders {
+            self.forget_stale(now_millis);
+            if self.windows.len() >= self.max_senders {
+                return Err(Refused::CacheFull);
+            }
         }
-        let window = self.windows.entry(from).or_default();
-        if !window.accept(counter, millis) {
+        if !self.windows.entry(sender).or_default().accept(sequence, stamp) {
             return Err(Refused::Replayed);
         }
         Ok(&datagram[..body_len])
+    }
+
+    /// Forgets senders whose every accepted datagram is stale now (at most once a second, so
+    /// a full cache costs one scan a second, not one per datagram).
+    fn forget_stale(&mut self, now_millis: u64) {
+        if now_millis.saturating_sub(self.last_sweep_millis) < SWEEP_EVERY_MS {
+            return;
+        }
+        self.last_sweep_millis = now_millis;
+        self.windows.retain(|_, w| now_millis.saturating_sub(w.latest_millis) <= MAX_AGE_MS);
     }
 }
 
@@ -213,6 +340,8 @@ mod tests {
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))
     }
+
+    const UP: Direction = Direction::ToServer;
 
     #[test]
     fn cookies_are_bound_to_address_and_time() {
@@ -236,35 +365,94 @@ mod tests {
     }
 
     #[test]
-    fn sealed_datagrams_open_once() {
-        let mut sealer = Sealer::new(b"secret", 1000.0);
-        let mut opener = Opener::new(b"secret", 16);
+    fn sealed_datagrams_open_once_in_any_order_within_the_window() {
+        let mut sealer = Sealer::new(b"secret", UP);
+        let mut opener = Opener::new(b"secret", UP, 1000.0, 16);
         let mut first = Vec::new();
         sealer.seal(b"hello", 1000.0, &mut first);
         assert_eq!(first.len(), 5 + TRAILER_LEN);
-        assert_eq!(opener.open(&first, addr(1), 1000.0), Ok(&b"hello"[..]));
-        assert_eq!(opener.open(&first, addr(1), 1000.0), Err(Refused::Replayed));
-        let mut second = Vec::new();
-        let mut third = Vec::new();
+        assert_eq!(opener.open(&first, 1000.0), Ok(&b"hello"[..]));
+        assert_eq!(opener.open(&first, 1000.0), Err(Refused::Replayed));
+        let (mut second, mut third) = (Vec::new(), Vec::new());
         sealer.seal(b"two", 1000.0, &mut second);
         sealer.seal(b"three", 1000.0, &mut third);
-        // Reordering within the window is fine.
-        assert_eq!(opener.open(&third, addr(1), 1000.0), Ok(&b"three"[..]));
-        assert_eq!(opener.open(&second, addr(1), 1000.0), Ok(&b"two"[..]));
-        assert_eq!(opener.open(&second, addr(1), 1000.0), Err(Refused::Replayed));
+        assert_eq!(opener.open(&third, 1000.0), Ok(&b"three"[..]));
+        assert_eq!(opener.open(&second, 1000.0), Ok(&b"two"[..]));
+        assert_eq!(opener.open(&second, 1001.0), Err(Refused::Replayed));
+        // Too far behind the newest sequence: refused, even if never seen.
+        let mut old = Vec::new();
+        sealer.seal(b"old", 1000.0, &mut old);
+        let mut newest = Vec::new();
+        for _ in 0..REPLAY_WINDOW {
+            sealer.seal(b"n", 1000.0, &mut newest);
+        }
+        assert!(opener.open(&newest, 1000.0).is_ok());
+        assert_eq!(opener.open(&old, 1000.0), Err(Refused::Replayed));
     }
 
     #[test]
-    fn forged_stale_and_short_datagrams_are_refused() {
-        let mut sealer = Sealer::new(b"secret", 0.0);
-        let mut opener = Opener::new(b"secret", 16);
+    fn the_direction_is_bound_into_the_tag() {
+        let mut server = Sealer::new(b"secret", Direction::ToClient);
+        let mut ack = Vec::new();
+        server.seal(b"Ack b'HI'. from 127.0.0.1:1", 10.0, &mut ack);
+        // Sent back to a server, the server's own datagram does not verify.
+        assert_eq!(Opener::new(b"secret", UP, 10.0, 4).open(&ack, 10.0), Err(Refused::BadTag));
+        assert!(Opener::new(b"secret", Direction::ToClient, 10.0, 4).open(&ack, 10.0).is_ok());
+        let mut client = Sealer::new(b"secret", UP);
+        let mut hb = Vec::new();
+        client.seal(b"^hb^", 10.0, &mut hb);
+        assert_eq!(Opener::new(b"secret", Direction::ToClient, 10.0, 4).open(&hb, 10.0), Err(Refused::BadTag));
+    }
+
+    #[test]
+    fn freshness_is_at_most_thirty_seconds_and_never_before_the_start() {
+        let mut sealer = Sealer::new(b"secret", UP);
+        let mut sealed = Vec::new();
+        sealer.seal(b"x", 100.0, &mut sealed);
+        let open_at = |at: f64| Opener::new(b"secret", UP, 0.0, 4).open(&sealed, at).map(<[u8]>::to_vec);
+        assert!(open_at(100.0 + MAX_AGE_MS as f64 / 1000.0).is_ok());
+        assert_eq!(open_at(100.0 + MAX_AGE_MS as f64 / 1000.0 + 0.01), Err(Refused::Stale));
+        assert!(open_at(100.0 - MAX_AHEAD_MS as f64 / 1000.0).is_ok());
+        assert_eq!(open_at(100.0 - MAX_AHEAD_MS as f64 / 1000.0 - 0.01), Err(Refused::Stale));
+        // A restarted receiver refuses what was sealed before it started, fresh or not.
+        assert_eq!(Opener::new(b"secret", UP, 100.5, 4).open(&sealed, 101.0), Err(Refused::Stale));
+        assert_eq!(MAX_AGE_MS + MAX_AHEAD_MS, 30_000);
+    }
+
+    #[test]
+    fn forged_and_short_datagrams_are_refused() {
+        let mut sealer = Sealer::new(b"secret", UP);
+        let mut opener = Opener::new(b"secret", UP, 0.0, 16);
         let mut sealed = Vec::new();
         sealer.seal(b"quit", 1000.0, &mut sealed);
-        let mut forged = sealed.clone();
-        forged[0] ^= 1;
-        assert_eq!(opener.open(&forged, addr(1), 1000.0), Err(Refused::BadTag));
-        assert_eq!(Opener::new(b"other", 16).open(&sealed, addr(1), 1000.0), Err(Refused::BadTag));
-        assert_eq!(opener.open(&sealed, addr(1), 2000.0), Err(Refused::Stale));
-        assert_eq!(opener.open(b"quit", addr(1), 1000.0), Err(Refused::TooShort));
+        for at in 0..sealed.len() {
+            let mut forged = sealed.clone();
+            forged[at] ^= 1;
+            assert_eq!(opener.open(&forged, 1000.0), Err(Refused::BadTag), "byte {at}");
+        }
+        assert_eq!(Opener::new(b"other", UP, 0.0, 16).open(&sealed, 1000.0), Err(Refused::BadTag));
+        assert_eq!(opener.open(b"quit", 1000.0), Err(Refused::TooShort));
+        assert_eq!(opener.open(&sealed, 1000.0), Ok(&b"quit"[..]));
+    }
+
+    #[test]
+    fn the_replay_cache_is_bounded_and_forgets_only_stale_senders() {
+        let mut opener = Opener::new(b"secret", UP, 0.0, 2);
+        let mut sealed = Vec::new();
+        let mut first = Vec::new();
+        Sealer::new(b"secret", UP).seal(b"a", 10.0, &mut first);
+        assert!(opener.open(&first, 10.0).is_ok());
+        Sealer::new(b"secret", UP).seal(b"b", 10.0, &mut sealed);
+        assert!(opener.open(&sealed, 10.0).is_ok());
+        // Full of fresh senders: a third is refused rather than forgetting one of them.
+        Sealer::new(b"secret", UP).seal(b"c", 12.0, &mut sealed);
+        assert_eq!(opener.open(&sealed, 12.0), Err(Refused::CacheFull));
+        assert_eq!(opener.senders(), 2);
+        // Once they are stale they make room, and their datagrams stay refused (as stale).
+        let later = 10.0 + MAX_AGE_MS as f64 / 1000.0 + 1.0;
+        Sealer::new(b"secret", UP).seal(b"d", later, &mut sealed);
+        assert!(opener.open(&sealed, later).is_ok());
+        assert_eq!(opener.senders(), 1);
+        assert_eq!(opener.open(&first, later), Err(Refused::Stale));
     }
 }

@@ -10,13 +10,13 @@ use crossbeam_channel::Receiver;
 use parking_lot::{Mutex, RwLock};
 use socket2::Socket;
 
-use crate::auth::{self, Opener, Sealer};
+use crate::auth::{self, Direction, Opener, Sealer, TRAILER_LEN};
 use crate::error::{ChatError, Result};
 use crate::events::{self, Event, EventSender};
 use crate::net::{self, RecvBatch, SocketOptions, Waiter};
 use crate::protocol::{self, HEARTBEAT, MAX_DATAGRAM};
 use crate::server::{validate_bufsize, validate_interval, validate_queue_size, RECV_BATCH};
-use crate::stats::{Counters, DropReason, Stats};
+use crate::stats::{Counters, Stats};
 use crate::worker::{wall_clock, Control, Endpoint, Worker};
 
 #[derive(Debug, Clone)]
@@ -58,6 +58,10 @@ struct Shared {
     socket: RwLock<Option<Arc<Socket>>>,
     counters: Counters,
     sealer: Option<Mutex<Sealer>>,
+    /// The longest message `send` takes: a datagram in plain mode; in authenticated mode
+    /// `bufsize`, since the server (with the same `bufsize`) would have to cut a longer one,
+    /// and a cut datagram cannot be verified.
+    max_message: usize,
     /// The last chat message sent, sent again after answering an address-validation challenge
     /// (the server dropped it while the address was not validated yet).
     last_sent: Mutex<Vec<u8>>,
@@ -86,10 +90,12 @@ impl Client {
         let (waiter, waker) = Waiter::new(&socket)?;
         let (sender, events) = events::channel(config.queue_size);
         let now = wall_clock();
+        let secret = config.secret.is_some();
         let shared = Arc::new(Shared {
             socket: RwLock::new(Some(Arc::clone(&socket))),
             counters: Counters::default(),
-            sealer: config.secret.as_deref().map(|secret| Mutex::new(Sealer::new(secret, now))),
+            sealer: config.secret.as_deref().map(|secret| Mutex::new(Sealer::new(secret, Direction::ToServer))),
+            max_message: if secret { config.bufsize.min(MAX_DATAGRAM - TRAILER_LEN) } else { MAX_DATAGRAM },
             last_sent: Mutex::new(Vec::new()),
         });
         let mut client_loop = ClientLoop {
@@ -97,9 +103,13 @@ impl Client {
             shared: Arc::clone(&shared),
             waiter,
             events: sender,
-            recv: RecvBatch::new(RECV_BATCH, config.bufsize),
+            recv: RecvBatch::new(RECV_BATCH, if secret { sealed_recv_len(config.bufsize) } else { config.bufsize }),
+            bufsize: config.bufsize,
             interval: Duration::from_secs_f64(config.interval),
-            opener: config.secret.as_deref().map(|secret| Opener::new(secret, 1)),
+            opener: config
+                .secret
+                .as_deref()
+                .map(|secret| Opener::new(secret, Direction::ToClient, now, SERVER_SENDERS)),
         };
         let worker = Worker::spawn("chatudp-client", waker, move |control| client_loop.run(control))?;
         Ok(Client { shared, local, remote, events, worker })
@@ -116,6 +126,14 @@ impl Client {
         }
         if data.len() > MAX_DATAGRAM {
             return Err(ChatError::TooLong { len: data.len(), max: MAX_DATAGRAM });
+        }
+        if data.len() > self.shared.max_message {
+            return Err(ChatError::Undeliverable {
+                len: data.len(),
+                max: self.shared.max_message,
+                why: "in authenticated mode the server cannot verify a datagram longer than its bufsize (cut on \
+                      receipt) nor one beyond a UDP datagram with the trailer; split it, or raise bufsize on both ends",
+            });
         }
         let socket = self.shared.socket.read().clone().ok_or(ChatError::Closed("this ChatUdpClient"))?;
         let mut last = self.shared.last_sent.lock();
@@ -200,12 +218,28 @@ fn answer_challenge(shared: &Shared, socket: &Socket, challenge: &[u8]) {
     }
 }
 
+/// Server instances a client remembers within the freshness window (a restarted server is a
+/// new sender).
+const SERVER_SENDERS: usize = 64;
+/// The longest Ack text beyond the repr of the data: `Ack b''. from ` and the longest host
+/// and port (`ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255:65535`), rounded up.
+const ACK_OVERHEAD: usize = 72;
+
+/// What an authenticated client reads per datagram: the Ack of any message of `bufsize` bytes
+/// (each byte at most 4 in the repr) and its trailer, so the whole datagram can be verified
+/// before its payload is cut at `bufsize`, as plain mode cuts it.
+fn sealed_recv_len(bufsize: usize) -> usize {
+    (bufsize.saturating_mul(4) + ACK_OVERHEAD).min(MAX_DATAGRAM) + TRAILER_LEN
+}
+
 struct ClientLoop {
     socket: Arc<Socket>,
     shared: Arc<Shared>,
     waiter: Waiter,
     events: EventSender,
     recv: RecvBatch,
+    /// Payload bytes delivered per datagram.
+    bufsize: usize,
     interval: Duration,
     opener: Option<Opener>,
 }
@@ -246,10 +280,15 @@ impl ClientLoop {
                             Counters::add(&counters.truncated, 1);
                         }
                         let payload = match &mut self.opener {
-                            Some(opener) => match opener.open(datagram.data, datagram.from, now) {
+                            Some(opener) => match opener.open(datagram.data, now) {
+                                // Verified whole, then cut as plain mode cuts at `bufsize`.
+                                Ok(payload) if payload.len() > self.bufsize => {
+                                    Counters::add(&counters.truncated, 1);
+                                    &payload[..self.bufsize]
+                                }
                                 Ok(payload) => payload,
-                                Err(_) => {
-                                    counters.drop_one(DropReason::Auth);
+                                Err(why) => {
+                                    counters.refuse(why);
                                     continue;
                                 }
                             },

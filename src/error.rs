@@ -11,6 +11,8 @@ pub enum ChatError {
     InvalidArgument(String),
     /// A datagram longer than UDP allows; becomes `OSError(EMSGSIZE)`.
     TooLong { len: usize, max: usize },
+    /// A message this endpoint cannot deliver, and why; becomes `OSError(EMSGSIZE)`.
+    Undeliverable { len: usize, max: usize, why: &'static str },
     /// The object was stopped; becomes `chatudp.ClosedError`.
     Closed(&'static str),
     /// The socket thread died of a panic (a bug); becomes `RuntimeError`.
@@ -24,6 +26,9 @@ impl fmt::Display for ChatError {
             ChatError::InvalidArgument(msg) => f.write_str(msg),
             ChatError::TooLong { len, max } => {
                 write!(f, "a message of {len} bytes does not fit in one UDP datagram (at most {max} bytes); split it")
+            }
+            ChatError::Undeliverable { len, max, why } => {
+                write!(f, "a message of {len} bytes cannot be delivered (at most {max} bytes here): {why}")
             }
             ChatError::Closed(what) => write!(f, "{what} is stopped; create a new one to talk again"),
             ChatError::Failed(why) => {

@@ -5,10 +5,23 @@ use std::net::IpAddr;
 use crate::error::{ChatError, Result};
 
 /// One network in CIDR notation, e.g. `10.0.0.0/8` or `::1/128`.
+///
+/// Kept in IPv6 form, IPv4 networks as their IPv4-mapped range (`10.0.0.0/8` is
+/// `::ffff:10.0.0.0/104`), and addresses compared in the same form: an IPv4 client of a
+/// dual-stack `'::'` socket, which shows up as `::ffff:a.b.c.d`, is then admitted by either
+/// spelling of its network (`127.0.0.0/8`, `::ffff:127.0.0.0/104`, `::ffff:0:0/96`, `::/0`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Network {
-    base: IpAddr,
+    base: u128,
     prefix: u8,
+}
+
+/// An address in the IPv6 space, IPv4 as IPv4-mapped.
+fn as_v6_bits(ip: IpAddr) -> u128 {
+    match ip {
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => u128::from(v6),
+    }
 }
 
 impl Network {
@@ -24,25 +37,12 @@ impl Network {
             Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= bits).ok_or_else(invalid)?,
             None => bits,
         };
-        Ok(Network { base, prefix })
+        let prefix = prefix + (128 - bits);
+        Ok(Network { base: masked(as_v6_bits(base), prefix), prefix })
     }
 
     pub fn contains(&self, ip: IpAddr) -> bool {
-        // An IPv4 client of a dual-stack socket shows up as ::ffff:a.b.c.d.
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-            v4 => v4,
-        };
-        match (self.base, ip) {
-            (IpAddr::V4(base), IpAddr::V4(ip)) => {
-                masked(u128::from(u32::from(base)) << 96, self.prefix)
-                    == masked(u128::from(u32::from(ip)) << 96, self.prefix)
-            }
-            (IpAddr::V6(base), IpAddr::V6(ip)) => {
-                masked(u128::from(base), self.prefix) == masked(u128::from(ip), self.prefix)
-            }
-            _ => false,
-        }
+        masked(as_v6_bits(ip), self.prefix) == self.base
     }
 }
 
@@ -114,9 +114,26 @@ mod tests {
         assert!(Network::parse("::/0").unwrap().contains("::1".parse().unwrap()));
         assert!(Network::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
         assert!(!Network::parse("::1/128").unwrap().contains("127.0.0.1".parse().unwrap()));
+        assert!(!Network::parse("0.0.0.0/0").unwrap().contains("::1".parse().unwrap()));
         for bad in ["10.0.0.0/33", "nonsense", "1.2.3.4/x", "::1/129"] {
             assert!(Network::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn an_ipv4_client_of_a_dual_stack_socket_matches_both_spellings() {
+        let shown: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let plain: IpAddr = "127.0.0.1".parse().unwrap();
+        for net in ["::ffff:127.0.0.1", "::ffff:0:0/96", "::/0", "127.0.0.0/8", "::ffff:127.0.0.0/104", "127.0.0.1"] {
+            let net = Network::parse(net).unwrap();
+            assert!(net.contains(shown) && net.contains(plain), "{net:?}");
+        }
+        for net in ["::1", "10.0.0.0/8", "::ffff:10.0.0.0/104", "::ffff:8000:0/97", "fe80::/10"] {
+            let net = Network::parse(net).unwrap();
+            assert!(!net.contains(shown) && !net.contains(plain), "{net:?}");
+        }
+        // The IPv4-compatible form (deprecated) is a different address.
+        assert!(!Network::parse("127.0.0.1").unwrap().contains("::127.0.0.1".parse().unwrap()));
     }
 
     #[test]

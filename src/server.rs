@@ -10,7 +10,7 @@ use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 use socket2::Socket;
 
-use crate::auth::{CookieJar, Opener, Sealer};
+use crate::auth::{CookieJar, Direction, Opener, Sealer, TRAILER_LEN};
 use crate::bus::{Bus, BusConfig, BusStatus};
 use crate::error::{ChatError, Result};
 use crate::events::{self, Event, EventSender, LeaveReason};
@@ -144,6 +144,8 @@ impl Server {
     /// Binds and starts the socket thread.
     pub fn start(config: ServerConfig) -> Result<Server> {
         config.validate()?;
+        // Taken before binding: nothing sealed before this server could receive it is accepted.
+        let started = wall_clock();
         let bind = net::resolve(&config.host, config.port)?;
         let socket = Arc::new(net::udp_socket(bind, true, config.socket)?);
         let local = net::local_addr(&socket)?;
@@ -159,13 +161,14 @@ impl Server {
             bus.set_waker(waker.clone());
         }
         let bus_status = bus.as_ref().map(Bus::status);
-        let now = wall_clock();
+        // `bufsize` counts payload bytes: in authenticated mode the trailer comes on top.
+        let recv_len = config.bufsize + if config.secret.is_some() { TRAILER_LEN } else { 0 };
         let mut relay_loop = RelayLoop {
             bus,
             out: Outbox {
                 socket: Arc::clone(&socket),
                 batch: SendBatch::default(),
-                sealer: config.secret.as_deref().map(|secret| Sealer::new(secret, now)),
+                sealer: config.secret.as_deref().map(|secret| Sealer::new(secret, Direction::ToClient)),
                 sealed: Vec::new(),
                 queued: Outgoing::default(),
                 icmp_seen: false,
@@ -174,7 +177,7 @@ impl Server {
             waiter,
             shared: Arc::clone(&shared),
             events: sender,
-            recv: RecvBatch::new(RECV_BATCH, config.bufsize),
+            recv: RecvBatch::new(RECV_BATCH, recv_len),
             ack: Vec::with_capacity(config.bufsize * 4 + 64),
             pending: Vec::new(),
             live: Vec::new(),
@@ -183,7 +186,10 @@ impl Server {
             error_queue,
             allow: config.allow,
             cookies: config.validate.then(CookieJar::default),
-            opener: config.secret.as_deref().map(|secret| Opener::new(secret, config.max_clients)),
+            opener: config
+                .secret
+                .as_deref()
+                .map(|secret| Opener::new(secret, Direction::ToServer, started, replay_cache_size(config.max_clients))),
         };
         let worker = Worker::spawn("chatudp-server", waker, move |control| relay_loop.run(control))?;
         Ok(Server { shared, local, events, bus: bus_status, worker })
@@ -375,10 +381,10 @@ impl RelayLoop {
                 continue;
             }
             let payload = match &mut self.opener {
-                Some(opener) => match opener.open(datagram.data, from, now) {
+                Some(opener) => match opener.open(datagram.data, now) {
                     Ok(payload) => payload,
-                    Err(_) => {
-                        counters.drop_one(DropReason::Auth);
+                    Err(why) => {
+                        counters.refuse(why);
                         continue;
                     }
                 },
@@ -493,6 +499,12 @@ impl RelayLoop {
         self.live.extend(self.shared.relay.lock().addresses().copied());
         self.out.send(BYE, &self.live, &self.shared.counters);
     }
+}
+
+/// Senders the replay cache remembers at once: every client of a full table, restarted once
+/// within the freshness window, and some room for a small table's churn.
+fn replay_cache_size(max_clients: usize) -> usize {
+    max_clients.saturating_mul(2).max(1024)
 }
 
 fn expired_events(gone: &[SocketAddr], counters: &Counters, events: &mut Vec<Event>) {

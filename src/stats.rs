@@ -5,6 +5,8 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use parking_lot::Mutex;
 
+use crate::auth::{RefusalCounters, Refused};
+
 /// Why a datagram or an event was not delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum DropReason {
@@ -58,6 +60,8 @@ pub struct Counters {
     pub leaves: AtomicU64,
     pub heartbeats: AtomicU64,
     dropped: [AtomicU64; DropReason::ALL.len()],
+    /// Why sealed datagrams were refused (all of them are in `dropped[Auth]` too).
+    refused: RefusalCounters,
     send_errors: Mutex<BTreeMap<i32, u64>>,
 }
 
@@ -72,6 +76,12 @@ impl Counters {
 
     pub fn drop_many(&self, reason: DropReason, n: u64) {
         self.dropped[reason as usize].fetch_add(n, Relaxed);
+    }
+
+    /// Counts a datagram that failed authentication, under `auth` and under its reason.
+    pub fn refuse(&self, why: Refused) {
+        self.drop_one(DropReason::Auth);
+        self.refused.count(why);
     }
 
     /// Counts a failed send under `send_error` and under its errno.
@@ -92,6 +102,7 @@ impl Counters {
             leaves: self.leaves.load(Relaxed),
             heartbeats: self.heartbeats.load(Relaxed),
             dropped: DropReason::ALL.iter().map(|&r| (r, self.dropped[r as usize].load(Relaxed))).collect(),
+            auth_refused: self.refused.snapshot(),
             send_errors: self.send_errors.lock().clone(),
         }
     }
@@ -116,11 +127,17 @@ pub struct Stats {
     pub leaves: u64,
     pub heartbeats: u64,
     pub dropped: Vec<(DropReason, u64)>,
+    /// Sealed datagrams refused, by reason (authenticated mode).
+    pub auth_refused: Vec<(Refused, u64)>,
     /// Failed sends by errno.
     pub send_errors: BTreeMap<i32, u64>,
 }
 
 impl Stats {
+    pub fn refused(&self, why: Refused) -> u64 {
+        self.auth_refused.iter().find(|(r, _)| *r == why).map_or(0, |(_, n)| *n)
+    }
+
     pub fn dropped(&self, reason: DropReason) -> u64 {
         self.dropped.iter().find(|(r, _)| *r == reason).map_or(0, |(_, n)| *n)
     }

@@ -98,3 +98,27 @@ def test_stats_has_every_documented_counter(stopper: Any) -> None:
         assert key in stats
     for reason in ("rate", "table_full", "not_allowed", "auth", "callback_queue_full", "send_error"):
         assert stats["dropped"][reason] == 0
+
+
+@pytest.mark.parametrize("network", ["::ffff:127.0.0.1", "::ffff:0:0/96", "::/0", "127.0.0.0/8", "127.0.0.1"])
+def test_allow_on_a_dual_stack_server_accepts_both_spellings_of_ipv4(stopper: Any, peers: Any, network: str) -> None:
+    """An IPv4 client of a '::' server is shown as ::ffff:127.0.0.1; its network used to be
+    admitted only in the IPv4 spelling."""
+    srv = ChatUdpServer(ip="::", port=0, allow=[network])
+    srv.start()
+    stopper(srv)
+    inside = peers()
+    inside.send(b"hello", ("127.0.0.1", srv.addr[1]))
+    assert inside.recv() == ack(b"HELLO", inside.port, b"::ffff:127.0.0.1")
+    assert list(srv.clients) == [("::ffff:127.0.0.1", inside.port, 0, 0)]
+    assert srv.stats["dropped"]["not_allowed"] == 0
+
+
+def test_allow_on_a_dual_stack_server_still_refuses_other_networks(stopper: Any, peers: Any) -> None:
+    srv = ChatUdpServer(ip="::", port=0, allow=["::ffff:10.0.0.0/104", "::1"])
+    srv.start()
+    stopper(srv)
+    outside = peers()
+    outside.send(b"hello", ("127.0.0.1", srv.addr[1]))
+    assert outside.recv_nothing()
+    wait_for(lambda: srv.stats["dropped"]["not_allowed"] == 1, what="refusal")

@@ -9,17 +9,18 @@ every blocking call waits with the GIL released and wakes at least every 100 ms 
 
 from typing import Final, Literal, TypedDict, final, type_check_only
 
-from typing_extensions import NotRequired
+from typing_extensions import NotRequired, TypeAlias
 
-from typing_extensions import TypeAlias
-
-__all__ = ["Client", "EchoServer", "MAX_DATAGRAM", "Peer", "Server", "TimeServer", "__version__", "check_bus"]
+__all__ = ["Client", "EchoServer", "MAX_DATAGRAM", "Peer", "Server", "TRAILER_LEN", "TimeServer", "__version__", "check_bus"]
 
 __version__: Final[str]
 """The version of the Rust crate, which is the version of the package."""
 
 MAX_DATAGRAM: Final[int]
 """The largest UDP payload over IPv4, 65507 bytes: the upper bound of every ``bufsize``."""
+
+TRAILER_LEN: Final[int]
+"""Bytes the authenticated mode (``secret=``) adds to every datagram: 40."""
 
 _Address: TypeAlias = tuple[str, int] | tuple[str, int, int, int]
 """``(host, port)`` for IPv4, ``(host, port, flowinfo, scope_id)`` for IPv6, as ``socket``."""
@@ -64,6 +65,7 @@ class _ChatStats(TypedDict):
     leaves: int
     heartbeats: int
     dropped: dict[str, int]
+    auth_refused: dict[str, int]
     send_errors: dict[int, int]
     bus: NotRequired[_BusStats]
 

@@ -39,7 +39,9 @@ impl From<PyChatError> for PyErr {
         match e {
             ChatError::Io(io) => os_error(&io),
             ChatError::InvalidArgument(_) => PyValueError::new_err(e.to_string()),
-            ChatError::TooLong { .. } => PyOSError::new_err((libc::EMSGSIZE, e.to_string())),
+            ChatError::TooLong { .. } | ChatError::Undeliverable { .. } => {
+                PyOSError::new_err((libc::EMSGSIZE, e.to_string()))
+            }
             ChatError::Closed(_) => ClosedError::new_err(e.to_string()),
             ChatError::Failed(_) => PyRuntimeError::new_err(e.to_string()),
         }
@@ -110,7 +112,13 @@ fn stats_dict<'py>(py: Python<'py>, stats: &Stats) -> PyResult<Bound<'py, PyDict
         ("leaves", stats.leaves),
         ("heartbeats", stats.heartbeats),
     ];
-    counters_dict(py, &counts, |reason| stats.dropped(reason), &stats.send_errors)
+    let dict = counters_dict(py, &counts, |reason| stats.dropped(reason), &stats.send_errors)?;
+    let refused = PyDict::new(py);
+    for (why, n) in &stats.auth_refused {
+        refused.set_item(why.name(), n)?;
+    }
+    dict.set_item("auth_refused", refused)?;
+    Ok(dict)
 }
 
 fn event_tuple<'py>(py: Python<'py>, event: &Event) -> PyResult<Bound<'py, PyTuple>> {
@@ -376,5 +384,6 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(bus::check_bus, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("MAX_DATAGRAM", crate::protocol::MAX_DATAGRAM)?;
+    m.add("TRAILER_LEN", crate::auth::TRAILER_LEN)?;
     Ok(())
 }
