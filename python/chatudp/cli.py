@@ -400,9 +400,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
                 on_message=lambda data, addr: None,  # the demo shows what the clients receive
                 on_join=lambda addr: events.put(("join", addr, None)),
                 on_leave=lambda addr, reason: events.put(("leave", addr, reason)),
+                **({"bus": args.bus, "room": args.room} if args.bus else {}),
             )
         ),
     )
+    relays = [server]
+    if args.bus:
+        relays.append(
+            _open(
+                "bind",
+                args.ip,
+                0,
+                lambda: _started(
+                    ChatUdpServer(
+                        args.ip,
+                        0,
+                        10,
+                        on_message=lambda data, addr: None,
+                        on_join=lambda addr: events.put(("join", addr, None)),
+                        on_leave=lambda addr, reason: events.put(("leave", addr, reason)),
+                        bus=args.bus,
+                        room=args.room,
+                    )
+                ),
+            )
+        )
     clients: Dict[str, Any] = {}
 
     def receiver(name: str) -> Callable[[bytes, Address], None]:
@@ -443,8 +465,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
     try:
         host, port = server.addr[0], server.addr[1]
         _out(f"chatudp demo: ChatUdpServer on {_hostport(host, port)}, clients {', '.join(DEMO_NAMES)}")
+        if args.bus:
+            _wait_federated(relays)
         for name in DEMO_NAMES:
-            client = ChatUdpClient(host, port, 1, on_message=receiver(name))
+            relay = relays[-1] if name == DEMO_NAMES[-1] else server
+            client = ChatUdpClient(relay.addr[0], relay.addr[1], 1, on_message=receiver(name))
             clients[name] = client
             client.start()
             names[tuple(client.addr or ())] = name
@@ -479,7 +504,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
         say("alice", "bye, bob", members)
 
         _out(f"server stops: Bye! to {members} clients")
-        server.stop()
+        for relay in reversed(relays):
+            relay.stop()
         collect(members)
         for client in clients.values():
             client.stop()
@@ -488,8 +514,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
             + ", ".join(f"{name} got {counts[name]}" for name in DEMO_NAMES)
         )
     finally:
-        _cleanup(*(client.stop for client in clients.values()), server.stop)
+        _cleanup(*(client.stop for client in clients.values()), *(relay.stop for relay in relays))
     return EXIT_OK
+
+
+def _wait_federated(relays: List[Any], timeout: float = 10.0) -> None:
+    """Waits until the two relays of the demo see each other on the bus."""
+    deadline = time.monotonic() + timeout
+    while not all(relay.peers for relay in relays):
+        if time.monotonic() > deadline:
+            raise Fatal(f"the relays did not meet on the bus within {timeout:g} s: is the broker running?")
+        time.sleep(0.05)
+    second = relays[-1]
+    backend = second.stats["bus"]["backend"]
+    _out(f"a second relay on {_hostport(*second.addr[:2])} (carol's) joined the first through {backend}")
 
 
 # -- the group chat --------------------------------------------------------------------------
@@ -499,9 +537,14 @@ def cmd_server(args: argparse.Namespace) -> int:
     from . import ChatUdpServer
 
     _setup_logging(args)
-    server = _open("bind", args.ip, args.port, lambda: _started(ChatUdpServer(args.ip, args.port, args.interval)))
+    federation: Dict[str, Any] = {"bus": args.bus, "room": args.room} if args.bus else {}
+    server = _open(
+        "bind", args.ip, args.port, lambda: _started(ChatUdpServer(args.ip, args.port, args.interval, **federation))
+    )
     try:
         _out(f"chat server on {_hostport(*server.addr[:2])}; type quit to stop, any other line shows the clients")
+        if args.bus:
+            _out(f"room {args.room!r} on {', '.join(args.bus)}: other relays show as peers")
         with _chat_input() as read:
             while True:
                 cmd = read(">> ")
@@ -509,6 +552,8 @@ def cmd_server(args: argparse.Namespace) -> int:
                     break
                 logging.info(threading.enumerate())
                 logging.info(server.clients)
+                if args.bus:
+                    logging.info("peers: %s; bus: %s", server.peers, server.stats["bus"])
     finally:
         _cleanup(server.stop)
     return EXIT_OK
@@ -814,6 +859,17 @@ def _add_request_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_bus_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--bus",
+        action="append",
+        metavar="URL",
+        help="join the relays of --room on this broker: nats://host:4222 (repeat for the nodes of a cluster) "
+        "or redis://host:6379/0",
+    )
+    parser.add_argument("--room", default="chatudp", help="relays on the same bus and room form one chat")
+
+
 def _positive_seconds(text: str) -> float:
     """A finite number of seconds, > 0."""
     value = _seconds(text)
@@ -879,6 +935,10 @@ def build_parser() -> argparse.ArgumentParser:
         "server",
     )
     p.add_argument("--seconds", type=_seconds, default=3.0, help="how long the chat lasts (default 3)")
+    p.add_argument(
+        "--bus", action="append", metavar="URL", help="run two relays joined through this broker; carol uses the second"
+    )
+    p.add_argument("--room", default="chatudp-demo", help="the room of the two relays (default chatudp-demo)")
 
     p = add(
         "server",
@@ -893,6 +953,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--interval", type=_positive_seconds, default=10, help="seconds of silence before a client expires (default 10)"
     )
+    _add_bus_options(p)
     add_logging(p)
 
     p = add(

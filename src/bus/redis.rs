@@ -18,10 +18,19 @@ use crate::error::{ChatError, Result};
 
 /// How often a blocked read looks whether the bus is stopping.
 const READ_SLICE: Duration = Duration::from_millis(100);
+/// Records sent in one pipelined round trip at most.
+const PIPELINE: usize = 256;
 /// Longest one publish may take before the connection is given up.
 const WRITE_TIMEOUT: Duration = Duration::from_millis(500);
 
 pub(super) fn check_url(url: &str) -> Result<()> {
+    if url.to_ascii_lowercase().starts_with("rediss://") {
+        return Err(ChatError::InvalidArgument(
+            "rediss:// (Redis over TLS) is not built into chatudp: reach Redis over a private network or a TLS \
+             tunnel, or use NATS with tls://"
+                .to_owned(),
+        ));
+    }
     Client::open(url)
         .map(drop)
         .map_err(|e| ChatError::InvalidArgument(format!("bus URL {url:?} is not a Redis address: {e}")))
@@ -73,12 +82,22 @@ fn publish(connection: &mut Connection, channel: &str, record: &[u8]) -> bool {
     redis::cmd("PUBLISH").arg(channel).arg(record).query::<i64>(connection).is_ok()
 }
 
+/// PUBLISH every record in one pipeline: one round trip for a whole burst.
+fn publish_all(connection: &mut Connection, channel: &str, records: &[Vec<u8>]) -> bool {
+    let mut pipe = redis::pipe();
+    for record in records {
+        pipe.cmd("PUBLISH").arg(channel).arg(record.as_slice());
+    }
+    pipe.query::<Vec<i64>>(connection).is_ok()
+}
+
 fn publish_loop(shared: &Shared, client: &Client, channel: &str, outbound: &Receiver<Vec<u8>>, links: &Links) {
     let mut connection: Option<Connection> = None;
     let mut attempts = 0;
     let mut next_attempt = Instant::now();
     let mut next_announce = Instant::now();
     let mut record = Vec::new();
+    let mut batch: Vec<Vec<u8>> = Vec::with_capacity(PIPELINE);
     loop {
         let now = Instant::now();
         if connection.is_none() && now >= next_attempt {
@@ -103,23 +122,35 @@ fn publish_loop(shared: &Shared, client: &Client, channel: &str, outbound: &Rece
         }
         let wake_at = if connection.is_none() { next_announce.min(next_attempt) } else { next_announce };
         match outbound.recv_timeout(wake_at.saturating_duration_since(Instant::now())) {
-            Ok(next) => {
-                shared.took(&next);
-                let mut published = connection.as_mut().map(|con| publish(con, channel, &next));
+            Ok(first) => {
+                // Whatever else is queued goes in the same round trip.
+                batch.clear();
+                batch.push(first);
+                batch.extend(outbound.try_iter().take(PIPELINE - 1));
+                for record in &batch {
+                    shared.took(record);
+                }
+                let mut published = connection.as_mut().map(|con| publish_all(con, channel, &batch));
                 if published == Some(false) {
                     // A connection that died while idle is only found out by a publish: one
-                    // fresh connection and one retry keep the first record after a restart.
+                    // fresh connection and one retry keep the first records after a restart.
                     connection = connect(client);
-                    published = Some(connection.as_mut().is_some_and(|con| publish(con, channel, &next)));
+                    published = Some(connection.as_mut().is_some_and(|con| publish_all(con, channel, &batch)));
                 }
-                match published {
-                    Some(true) => shared.count_published(),
+                let reason = match published {
+                    Some(true) => None,
                     Some(false) => {
-                        shared.count_drop(BusDrop::PublishError);
                         connection = None;
                         links.set(shared, &links.publisher, false);
+                        Some(BusDrop::PublishError)
                     }
-                    None => shared.count_drop(BusDrop::Disconnected),
+                    None => Some(BusDrop::Disconnected),
+                };
+                for _ in &batch {
+                    match reason {
+                        None => shared.count_published(),
+                        Some(reason) => shared.count_drop(reason),
+                    }
                 }
             }
             Err(RecvTimeoutError::Timeout) => {}
