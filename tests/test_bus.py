@@ -329,3 +329,15 @@ def test_server_command_refuses_an_unknown_bus() -> None:
     result = run_cli("server", "--port", "0", "--bus", "kafka://127.0.0.1:9092")
     assert result.returncode == 2
     assert "nats://" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bus_stats_and_peers_keys_match_the_stub(nats_server: NatsServer, relays: Any) -> None:
+    from test_typing import stub_typeddict_keys
+
+    a, b = relays(nats_server.url), relays(nats_server.url)
+    joined(a, b)
+    keys = stub_typeddict_keys()
+    assert set(a.stats) == keys["_ChatStats"]
+    assert set(bus_stats(a)) == keys["_BusStats"]
+    assert set(bus_stats(a)["dropped"]) == {"disconnected", "queue_full", "publish_error", "inbound_full"}
+    assert [set(peer) for peer in a.peers] == [keys["_Peer"]]

@@ -110,12 +110,12 @@ class Server:
         validate: bool = False,
         secret: bytes | None = None,
         bus: list[str] | None = None,
-        room: str = "chatudp",
+        room: str = ...,
     ) -> Server:
         """Bind and start. ``max_clients`` defaults to ``1 << 20``; ``rate`` is
         ``(messages_per_second, burst)`` per source; ``allow`` lists networks (``"10.0.0.0/8"``);
-        ``secret`` turns on the authenticated mode; ``bus`` joins the relays of ``room`` on
-        that broker."""
+        ``secret`` turns on the authenticated mode; ``bus`` joins the relays of ``room``
+        (default ``"chatudp"``) on that broker."""
 
     def local_addr(self) -> _Address:
         """The address actually bound (port 0 resolved)."""
