@@ -107,6 +107,166 @@ impl CookieJar {
     }
 }
 
+/// Sources a request/response server remembers as validated at once; beyond it the oldest
+/// validation is forgotten (that client only answers one more challenge).
+pub const MAX_VALIDATED: usize = 65_536;
+/// Seconds a validation lasts. Requests do not extend it (a spoofer could): the client answers
+/// a new challenge after it, so a validated address can be used as a reflector for at most this.
+pub const VALIDATED_FOR: f64 = 60.0;
+
+/// What [`AddressGuard::check`] says about one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    /// The source is validated: answer it.
+    Serve,
+    /// A good cookie echo: the source is validated now; nothing to answer.
+    Validated,
+    /// An unvalidated source: send it this challenge, and nothing else.
+    Challenge(Vec<u8>),
+    /// An unvalidated source whose request cannot pay for a challenge, or a bad echo.
+    Drop,
+}
+
+/// The reflection guard of the request/response servers (`validate=True` on the echo and time
+/// servers): an unvalidated source gets only a 12-byte cookie challenge, never more than 3x
+/// the bytes it sent on the wire (IP and UDP headers included, so even the time server's empty
+/// request, the tutorial's default format, can be challenged: 40 bytes for 28 over IPv4).
+pub struct AddressGuard {
+    cookies: CookieJar,
+    /// Address -> when it echoed its cookie, oldest first.
+    validated: indexmap::IndexMap<SocketAddr, f64>,
+}
+
+impl Default for AddressGuard {
+    fn default() -> Self {
+        AddressGuard { cookies: CookieJar::default(), validated: indexmap::IndexMap::new() }
+    }
+}
+
+/// IP and UDP header bytes of a datagram from `addr`.
+fn header_bytes(addr: &SocketAddr) -> usize {
+    if addr.is_ipv4() {
+        28
+    } else {
+        48
+    }
+}
+
+impl AddressGuard {
+    pub fn check(&mut self, request: &[u8], from: SocketAddr, now: f64) -> Verdict {
+        if let Some(&since) = self.validated.get(&from) {
+            if now - since <= VALIDATED_FOR && now >= since {
+                // A repeated echo (a duplicate, or an answer to a second challenge) is absorbed.
+                let echo = is_challenge(request) && self.cookies.is_valid_echo(request, &from, now);
+                return if echo { Verdict::Validated } else { Verdict::Serve };
+            }
+            self.validated.shift_remove(&from);
+        }
+        if self.cookies.is_valid_echo(request, &from, now) {
+            if self.validated.len() >= MAX_VALIDATED {
+                self.validated.shift_remove_index(0);
+            }
+            self.validated.insert(from, now);
+            return Verdict::Validated;
+        }
+        let header = header_bytes(&from);
+        if CHALLENGE_LEN + header > (request.len() + header).saturating_mul(3) {
+            return Verdict::Drop;
+        }
+        Verdict::Challenge(self.cookies.challenge_bytes(&from, now))
+    }
+
+    /// Sources validated now (some may be past [`VALIDATED_FOR`], forgotten when next heard).
+    pub fn validated(&self) -> usize {
+        self.validated.len()
+    }
+}
+
+/// Chat messages held per source while its challenge is in flight.
+pub const HOLD_PER_SOURCE: usize = 8;
+/// Sources whose messages are held at once.
+pub const HOLD_SOURCES: usize = 1024;
+/// Bytes held in all.
+pub const HOLD_BYTES: usize = 1 << 20;
+/// Seconds a held message waits for its source to answer the challenge (a cookie's life).
+pub const HOLD_FOR: f64 = COOKIE_SLOT;
+
+struct Held {
+    since: f64,
+    messages: Vec<Vec<u8>>,
+}
+
+/// Chat messages of sources that have not answered their challenge yet, delivered once they
+/// do (`validate=True` on the chat server): a client's first messages are not lost to the
+/// challenge round trip. Bounded per source, in sources and in bytes; what does not fit, or
+/// waits longer than [`HOLD_FOR`], is dropped and counted by the caller.
+#[derive(Default)]
+pub struct HoldQueue {
+    held: HashMap<SocketAddr, Held>,
+    bytes: usize,
+}
+
+impl HoldQueue {
+    /// Holds `message` from `from`; returns how many held messages were dropped to make room
+    /// (the oldest source's), or 1 when `message` itself cannot be held.
+    pub fn hold(&mut self, from: SocketAddr, message: &[u8], now: f64) -> usize {
+        if message.len() > HOLD_BYTES {
+            return 1;
+        }
+        if self.held.get(&from).is_some_and(|h| h.messages.len() >= HOLD_PER_SOURCE) {
+            return 1;
+        }
+        let mut dropped = 0;
+        while self.bytes + message.len() > HOLD_BYTES
+            || (!self.held.contains_key(&from) && self.held.len() >= HOLD_SOURCES)
+        {
+            let oldest = self.held.iter().min_by(|a, b| a.1.since.total_cmp(&b.1.since)).map(|(addr, _)| *addr);
+            match oldest {
+                Some(addr) => dropped += self.drop_source(&addr),
+                None => return dropped + 1,
+            }
+        }
+        self.bytes += message.len();
+        self.held
+            .entry(from)
+            .or_insert_with(|| Held { since: now, messages: Vec::new() })
+            .messages
+            .push(message.to_vec());
+        dropped
+    }
+
+    /// The messages held for `from`, oldest first, now that it has answered.
+    pub fn release(&mut self, from: &SocketAddr) -> Vec<Vec<u8>> {
+        match self.held.remove(from) {
+            Some(held) => {
+                self.bytes -= held.messages.iter().map(Vec::len).sum::<usize>();
+                held.messages
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// Drops what waited longer than [`HOLD_FOR`]; returns how many messages.
+    pub fn expire(&mut self, now: f64) -> usize {
+        let old: Vec<SocketAddr> =
+            self.held.iter().filter(|(_, h)| now - h.since > HOLD_FOR).map(|(addr, _)| *addr).collect();
+        old.iter().map(|addr| self.drop_source(addr)).sum()
+    }
+
+    fn drop_source(&mut self, addr: &SocketAddr) -> usize {
+        self.release(addr).len()
+    }
+
+    /// Messages held now.
+    pub fn len(&self) -> usize {
+        self.held.values().map(|h| h.messages.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+}
+
 /// A challenge, and its echo, have this shape: `^ck^` and 8 bytes.
 pub fn is_challenge(data: &[u8]) -> bool {
     data.len() == CHALLENGE_LEN && data.starts_with(COOKIE_PREFIX)
@@ -362,6 +522,54 @@ mod tests {
         assert!(jar.challenge(&addr(1), 0.0, 0).is_none());
         assert!(jar.challenge(&addr(1), 0.0, 3).is_none());
         assert!(jar.challenge(&addr(1), 0.0, 4).is_some());
+    }
+
+    #[test]
+    fn the_guard_serves_only_validated_sources_and_only_for_a_while() {
+        let mut guard = AddressGuard::default();
+        let Verdict::Challenge(challenge) = guard.check(b"", addr(1), 100.0) else { panic!("challenge expected") };
+        assert_eq!(challenge.len(), CHALLENGE_LEN);
+        assert!(matches!(guard.check(b"%Y", addr(1), 100.0), Verdict::Challenge(_)));
+        // Another address cannot use the cookie.
+        assert!(matches!(guard.check(&challenge, addr(2), 100.0), Verdict::Challenge(_)));
+        assert_eq!(guard.check(&challenge, addr(1), 100.5), Verdict::Validated);
+        assert_eq!(guard.check(b"%Y", addr(1), 101.0), Verdict::Serve);
+        // A second echo is absorbed, never served as a request.
+        assert_eq!(guard.check(&challenge, addr(1), 101.0), Verdict::Validated);
+        // ... while a request of the same shape that is no cookie of ours is served.
+        assert_eq!(guard.check(b"^ck^12345678", addr(1), 101.0), Verdict::Serve);
+        // Requests do not extend the validation.
+        assert_eq!(guard.check(b"%Y", addr(1), 100.5 + VALIDATED_FOR), Verdict::Serve);
+        assert!(matches!(guard.check(b"%Y", addr(1), 101.0 + VALIDATED_FOR), Verdict::Challenge(_)));
+        assert_eq!(guard.validated(), 0);
+    }
+
+    #[test]
+    fn the_hold_queue_keeps_first_messages_in_order_within_its_bounds() {
+        let mut queue = HoldQueue::default();
+        for i in 0..HOLD_PER_SOURCE {
+            assert_eq!(queue.hold(addr(1), format!("m{i}").as_bytes(), 0.0), 0);
+        }
+        assert_eq!(queue.hold(addr(1), b"one too many", 0.0), 1);
+        assert_eq!(queue.release(&addr(1))[..2], [b"m0".to_vec(), b"m1".to_vec()]);
+        assert!(queue.release(&addr(1)).is_empty());
+        // Bytes: a big message pushes out the oldest source.
+        assert_eq!(queue.hold(addr(2), &vec![0; HOLD_BYTES / 2], 1.0), 0);
+        assert_eq!(queue.hold(addr(3), &vec![0; HOLD_BYTES / 2], 2.0), 0);
+        assert_eq!(queue.hold(addr(4), b"x", 3.0), 1);
+        assert_eq!(queue.release(&addr(2)).len(), 0);
+        assert_eq!(queue.hold(addr(5), &vec![0; HOLD_BYTES + 1], 3.0), 1);
+        // Sources.
+        let mut queue = HoldQueue::default();
+        for port in 0..HOLD_SOURCES as u16 {
+            queue.hold(addr(port), b"x", f64::from(port));
+        }
+        assert_eq!(queue.hold(addr(60_000), b"x", 1e4), 1);
+        assert_eq!(queue.len(), HOLD_SOURCES);
+        assert!(queue.release(&addr(0)).is_empty());
+        assert_eq!(queue.expire(1e4), HOLD_SOURCES - 1);
+        assert_eq!(queue.expire(1e4 + HOLD_FOR + 1.0), 1);
+        assert!(queue.is_empty());
     }
 
     #[test]

@@ -1,6 +1,9 @@
-//! Limits a public relay needs: who may talk (`allow`), how fast (a token bucket per source).
+//! Limits a public relay needs: who may talk (`allow`), how fast (a token bucket per source,
+//! kept by a [`RateLimiter`] apart from the clients table, so that leaving and joining again
+//! never refills a bucket).
 
-use std::net::IpAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 
 use crate::error::{ChatError, Result};
 
@@ -73,7 +76,7 @@ impl Rate {
     }
 }
 
-/// A token bucket; lives in the clients table next to each source's timestamp.
+/// A token bucket for one source.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Bucket {
     tokens: f64,
@@ -96,6 +99,82 @@ impl Bucket {
         } else {
             false
         }
+    }
+}
+
+impl Bucket {
+    /// True when the bucket has refilled to its burst by `now`: then it is the same as a new
+    /// one, and forgetting it gives its source nothing.
+    pub fn is_full(&self, rate: Rate, now: f64) -> bool {
+        self.tokens + (now - self.updated).max(0.0) * rate.per_second >= rate.burst
+    }
+}
+
+/// Token buckets per source address, kept apart from the clients table: a source that sends
+/// `quit`, expires, or validates again finds its bucket as it left it. Bounded: a bucket that
+/// has refilled is forgotten (it equals a new one), and beyond `capacity` depleted buckets
+/// the scan for refilled ones runs at most once a second, else an arbitrary bucket goes
+/// (counted in [`RateLimiter::evicted`]): only `capacity` sources all over their rate at once
+/// can cause that.
+#[derive(Debug)]
+pub struct RateLimiter {
+    rate: Rate,
+    buckets: HashMap<SocketAddr, Bucket>,
+    capacity: usize,
+    last_scan: f64,
+    evicted: u64,
+}
+
+impl RateLimiter {
+    pub fn new(rate: Rate, capacity: usize) -> RateLimiter {
+        RateLimiter {
+            rate,
+            buckets: HashMap::new(),
+            capacity: capacity.max(1),
+            last_scan: f64::NEG_INFINITY,
+            evicted: 0,
+        }
+    }
+
+    pub fn rate(&self) -> Rate {
+        self.rate
+    }
+
+    /// Takes one token from `addr`'s bucket; false when the source is over its rate.
+    pub fn take(&mut self, addr: SocketAddr, now: f64) -> bool {
+        if !self.buckets.contains_key(&addr) && self.buckets.len() >= self.capacity {
+            if now - self.last_scan >= 1.0 {
+                self.forget_full(now);
+            }
+            if self.buckets.len() >= self.capacity {
+                let victim = *self.buckets.keys().next().expect("capacity is at least 1");
+                self.buckets.remove(&victim);
+                self.evicted += 1;
+            }
+        }
+        let rate = self.rate;
+        self.buckets.entry(addr).or_insert_with(|| Bucket::full(rate, now)).take(rate, now)
+    }
+
+    /// Forgets the buckets that have refilled; the server calls it from its timer.
+    pub fn forget_full(&mut self, now: f64) {
+        self.last_scan = now;
+        let rate = self.rate;
+        self.buckets.retain(|_, bucket| !bucket.is_full(rate, now));
+    }
+
+    /// Buckets held now.
+    pub fn len(&self) -> usize {
+        self.buckets.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.buckets.is_empty()
+    }
+
+    /// Depleted buckets dropped to stay within `capacity`.
+    pub fn evicted(&self) -> u64 {
+        self.evicted
     }
 }
 
@@ -134,6 +213,35 @@ mod tests {
         }
         // The IPv4-compatible form (deprecated) is a different address.
         assert!(!Network::parse("127.0.0.1").unwrap().contains("::127.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn the_limiter_remembers_a_source_whatever_it_does_in_between() {
+        let rate = Rate::new(1.0, 2.0).unwrap();
+        let mut limiter = RateLimiter::new(rate, 16);
+        let a = SocketAddr::from(([127, 0, 0, 1], 1));
+        let allowed = (0..50).filter(|i| limiter.take(a, f64::from(*i) * 0.01)).count();
+        assert_eq!(allowed, 2);
+        // Refilled after burst / rate seconds, and then forgotten: it equals a new bucket.
+        limiter.forget_full(0.5);
+        assert_eq!(limiter.len(), 1);
+        limiter.forget_full(2.6);
+        assert!(limiter.is_empty());
+    }
+
+    #[test]
+    fn the_limiter_is_bounded_and_forgets_refilled_buckets_first() {
+        let rate = Rate::new(1.0, 1.0).unwrap();
+        let mut limiter = RateLimiter::new(rate, 2);
+        let addr = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        assert!(limiter.take(addr(1), 0.0) && limiter.take(addr(2), 0.5));
+        // At 1.2 the first bucket has refilled: it makes room, the second stays depleted.
+        assert!(limiter.take(addr(3), 1.2));
+        assert_eq!((limiter.len(), limiter.evicted()), (2, 0));
+        assert!(!limiter.take(addr(2), 1.2));
+        // All depleted and scanned within the second: one is evicted, and counted.
+        assert!(limiter.take(addr(4), 1.3));
+        assert_eq!((limiter.len(), limiter.evicted()), (2, 1));
     }
 
     #[test]

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use parking_lot::{Mutex, RwLock};
 use socket2::Socket;
 
+use crate::auth;
 use crate::error::{ChatError, Result};
 use crate::net::{self, RecvBatch, SocketOptions, Waiter, Waker};
 use crate::protocol::MAX_DATAGRAM;
@@ -43,6 +44,8 @@ pub struct PeerStats {
     pub ignored: u64,
     /// Failed sends.
     pub send_errors: u64,
+    /// Address-validation challenges answered (a server with `validate=True`).
+    pub challenges: u64,
 }
 
 /// A non-connected UDP socket for request/response clients. Every method takes `&self`: one
@@ -56,6 +59,7 @@ pub struct UdpPeer {
     counters: Counters,
     retries: AtomicU64,
     ignored: AtomicU64,
+    challenges: AtomicU64,
 }
 
 const CLOSED: &str = "this peer";
@@ -76,6 +80,7 @@ impl UdpPeer {
             counters: Counters::default(),
             retries: AtomicU64::new(0),
             ignored: AtomicU64::new(0),
+            challenges: AtomicU64::new(0),
         })
     }
 
@@ -159,6 +164,7 @@ impl UdpPeer {
             truncated: base.truncated,
             ignored: self.ignored.load(Ordering::Relaxed),
             send_errors: base.dropped(DropReason::SendError),
+            challenges: self.challenges.load(Ordering::Relaxed),
         }
     }
 
@@ -239,7 +245,12 @@ pub struct Request<'a> {
     timeout: Duration,
     retries_left: u32,
     deadline: Instant,
+    challenges_left: u32,
 }
+
+/// Challenges one request answers at most: a validated server asks once (and once more when
+/// the validation runs out mid-request); more is a peer playing games.
+const MAX_CHALLENGES: u32 = 3;
 
 impl<'a> Request<'a> {
     /// Discards stale datagrams, then sends the first try.
@@ -252,7 +263,15 @@ impl<'a> Request<'a> {
     ) -> Result<Request<'a>> {
         peer.discard_pending()?;
         peer.send_to(data, to)?;
-        Ok(Request { peer, data, to, timeout, retries_left: retries, deadline: deadline_after(timeout) })
+        Ok(Request {
+            peer,
+            data,
+            to,
+            timeout,
+            retries_left: retries,
+            deadline: deadline_after(timeout),
+            challenges_left: MAX_CHALLENGES,
+        })
     }
 
     /// Waits at most `slice` (and never past the current try's timeout); resends when a try
@@ -269,9 +288,24 @@ impl<'a> Request<'a> {
         }
         let until = deadline_after(slice).min(self.deadline);
         Ok(match self.peer.recv_matching(until, Some(self.to))? {
+            // A server with `validate=True` asks for its cookie back first; answer it and ask
+            // again, without spending a retry. A request that itself starts like a cookie
+            // (a time format `^ck^...`) takes its answer as it is.
+            Some((data, _)) if self.is_challenge(&data) => {
+                self.challenges_left -= 1;
+                self.peer.challenges.fetch_add(1, Ordering::Relaxed);
+                self.peer.send_to(&data, self.to)?;
+                self.peer.send_to(self.data, self.to)?;
+                self.deadline = deadline_after(self.timeout);
+                RequestPoll::Pending
+            }
             Some((data, from)) => RequestPoll::Reply(data, from),
             None => RequestPoll::Pending,
         })
+    }
+
+    fn is_challenge(&self, reply: &[u8]) -> bool {
+        self.challenges_left > 0 && auth::is_challenge(reply) && !self.data.starts_with(auth::COOKIE_PREFIX)
     }
 }
 

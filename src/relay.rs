@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use indexmap::IndexMap;
 
-use crate::limits::{Bucket, Rate};
+use crate::limits::{Rate, RateLimiter};
 use crate::protocol::{classify, Kind};
 
 /// What one datagram did to the table.
@@ -29,7 +29,6 @@ pub enum Outcome {
 #[derive(Debug, Clone, Copy)]
 struct Entry {
     last_seen: f64,
-    bucket: Bucket,
 }
 
 /// The `clients` dict of the original server: address -> last time heard from, bounded by
@@ -39,7 +38,8 @@ pub struct Relay {
     clients: IndexMap<SocketAddr, Entry>,
     interval: f64,
     max_clients: usize,
-    rate: Option<Rate>,
+    /// Kept apart from `clients`: leaving and joining again never refills a bucket.
+    limiter: Option<RateLimiter>,
 }
 
 /// Default bound of the clients table: far beyond any chat, small enough to bound memory.
@@ -51,7 +51,8 @@ impl Relay {
     }
 
     pub fn with_limits(interval: f64, max_clients: usize, rate: Option<Rate>) -> Relay {
-        Relay { clients: IndexMap::new(), interval, max_clients: max_clients.max(1), rate }
+        let limiter = rate.map(|rate| RateLimiter::new(rate, max_clients.max(1024)));
+        Relay { clients: IndexMap::new(), interval, max_clients: max_clients.max(1), limiter }
     }
 
     pub fn interval(&self) -> f64 {
@@ -99,9 +100,8 @@ impl Relay {
                 let Some(joined) = self.admit(from, now, expired) else {
                     return Outcome::TableFull;
                 };
-                if let Some(rate) = self.rate {
-                    let entry = self.clients.get_mut(&from).expect("admitted above");
-                    if !entry.bucket.take(rate, now) {
+                if let Some(limiter) = &mut self.limiter {
+                    if !limiter.take(from, now) {
                         return Outcome::RateLimited { joined };
                     }
                 }
@@ -131,9 +131,7 @@ impl Relay {
                 return None;
             }
         }
-        let bucket =
-            self.rate.map_or(Bucket::full(Rate { per_second: 1.0, burst: 1.0 }, now), |r| Bucket::full(r, now));
-        self.clients.insert(addr, Entry { last_seen: now, bucket });
+        self.clients.insert(addr, Entry { last_seen: now });
         Some(true)
     }
 
@@ -145,6 +143,9 @@ impl Relay {
     /// Removes clients silent for more than `max_age` seconds into `expired`, and returns when
     /// the next one would expire if nothing is heard.
     pub fn sweep(&mut self, now: f64, max_age: f64, expired: &mut Vec<SocketAddr>) -> Option<f64> {
+        if let Some(limiter) = &mut self.limiter {
+            limiter.forget_full(now);
+        }
         let mut oldest = f64::INFINITY;
         self.clients.retain(|addr, entry| {
             if now - entry.last_seen > max_age {
@@ -252,6 +253,22 @@ mod tests {
         assert_eq!(run(&mut relay, b"^hb^", 1, 0.6).0, Outcome::Heartbeat { joined: false });
         assert_eq!(relay.iter().next().unwrap().1, 0.6);
         assert_eq!(run(&mut relay, b"d", 1, 1.5).0, Outcome::Chat { joined: false });
+    }
+
+    #[test]
+    fn leaving_and_joining_again_never_refills_the_bucket() {
+        let mut relay = Relay::with_limits(10.0, 100, Some(Rate::new(1.0, 2.0).unwrap()));
+        let mut relayed = 0;
+        for i in 0..50 {
+            let now = f64::from(i) * 0.01;
+            run(&mut relay, b"quit", 1, now);
+            if let Outcome::Chat { joined } = run(&mut relay, b"m", 1, now).0 {
+                assert!(joined);
+                relayed += 1;
+            }
+        }
+        assert_eq!(relayed, 2);
+        assert_eq!(run(&mut relay, b"m", 1, 1.5).0, Outcome::Chat { joined: false });
     }
 
     #[test]

@@ -18,13 +18,14 @@ use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 use socket2::Socket;
 
+use crate::auth::{AddressGuard, Verdict};
 use crate::error::{ChatError, Result};
 use crate::events::{self, Event, EventSender};
 use crate::net::{self, RecvBatch, SocketOptions, Waiter};
 use crate::protocol::{DEFAULT_BUFSIZE, MAX_DATAGRAM};
 use crate::server::{validate_bufsize, RECV_BATCH};
 use crate::stats::{Counters, DropReason};
-use crate::worker::{Control, Endpoint, Worker};
+use crate::worker::{wall_clock, Control, Endpoint, Worker};
 
 /// What the seed's time server uses for an empty datagram.
 pub const DEFAULT_TIME_FORMAT: &str = "%Y-%m-%d %X";
@@ -191,6 +192,9 @@ pub struct ServiceConfig {
     /// seed's servers print each request), in a queue of this many events; when the consumer
     /// is behind, further events are dropped and counted, and the answers go on.
     pub events: Option<usize>,
+    /// Reflection guard: a new source gets only a cookie challenge until it echoes it (see
+    /// [`AddressGuard`]). Off by default: the tutorial's clients cannot answer it.
+    pub validate: bool,
 }
 
 impl ServiceConfig {
@@ -201,6 +205,7 @@ impl ServiceConfig {
             bufsize: DEFAULT_BUFSIZE,
             socket: SocketOptions::default(),
             events: None,
+            validate: false,
         }
     }
 
@@ -299,6 +304,7 @@ impl ServiceServer {
             out: Vec::with_capacity(config.bufsize.max(256)),
             strftime: Strftime::default(),
             events: sender,
+            guard: config.validate.then(AddressGuard::default),
         };
         let name = match service {
             Service::Echo => "chatudp-echo",
@@ -362,6 +368,7 @@ struct ServiceLoop {
     out: Vec<u8>,
     strftime: Strftime,
     events: Option<EventSender>,
+    guard: Option<AddressGuard>,
 }
 
 impl ServiceLoop {
@@ -397,10 +404,29 @@ impl ServiceLoop {
         let shared = &*self.shared;
         let counters = &shared.counters;
         Counters::add(&counters.received, count as u64);
+        let now = wall_clock();
         for index in 0..count {
             let datagram = self.recv.get(index);
             if datagram.truncated {
                 Counters::add(&counters.truncated, 1);
+            }
+            if let Some(guard) = &mut self.guard {
+                match guard.check(datagram.data, datagram.from, now) {
+                    Verdict::Serve => {}
+                    Verdict::Validated => continue,
+                    Verdict::Challenge(challenge) => {
+                        counters.drop_one(DropReason::Auth);
+                        match net::send_one(&self.socket, &challenge, Some(datagram.from)) {
+                            Ok(_) => Counters::add(&counters.sent, 1),
+                            Err(e) => counters.send_failed(e.raw_os_error().unwrap_or(0)),
+                        }
+                        continue;
+                    }
+                    Verdict::Drop => {
+                        counters.drop_one(DropReason::Auth);
+                        continue;
+                    }
+                }
             }
             if let Some(events) = &self.events {
                 events.emit(Event::Message { data: datagram.data.to_vec(), from: datagram.from }, counters);
@@ -549,6 +575,11 @@ mod tests {
         assert_eq!(ask(&client, &server, b""), b"");
         let long = vec![b'a'; MAX_DATAGRAM];
         assert_eq!(ask(&client, &server, &long), vec![b'A'; DEFAULT_BUFSIZE]);
+        // The answer can arrive before the socket thread counts it as sent.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while server.stats().sent < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let stats = server.stats();
         assert_eq!((stats.received, stats.answered, stats.sent, stats.truncated), (3, 3, 3, 1));
         if cfg!(target_os = "linux") {
@@ -627,6 +658,26 @@ mod tests {
         let first = start(Service::Echo);
         let busy = ServiceServer::time(ServiceConfig::new("127.0.0.1", first.local_addr().port()));
         assert!(matches!(busy, Err(ChatError::Io(e)) if e.kind() == std::io::ErrorKind::AddrInUse));
+    }
+
+    #[test]
+    fn validate_answers_only_validated_sources_and_never_more_than_3x() {
+        let mut config = ServiceConfig::new("127.0.0.1", 0);
+        config.validate = true;
+        let server = ServiceServer::time(config).unwrap();
+        let client = peer();
+        // The tutorial's 6-byte request for a 2,047-byte answer gets a 12-byte challenge.
+        let request = b"%2047Y";
+        let challenge = ask(&client, &server, request);
+        assert!(crate::auth::is_challenge(&challenge), "{challenge:?}");
+        assert!(challenge.len() + 28 <= 3 * (request.len() + 28));
+        client.send_to(&challenge, server.local_addr()).unwrap();
+        assert_eq!(ask(&client, &server, request).len(), 2047);
+        assert_eq!(ask(&client, &server, b"").len(), "2024-03-05 07:08:09".len());
+        let stats = server.stats();
+        assert_eq!((stats.answered, stats.dropped(DropReason::Auth)), (2, 1));
+        // Another source is challenged again.
+        assert!(crate::auth::is_challenge(&ask(&peer(), &server, b"")));
     }
 
     #[test]

@@ -22,16 +22,20 @@ pub enum DropReason {
     CallbackQueueFull,
     /// The kernel refused to send a datagram.
     SendError,
+    /// A chat message from a source that had not answered its address-validation challenge
+    /// could not be held for it (the hold queue was full, or it never answered in time).
+    Unvalidated,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         DropReason::Rate,
         DropReason::TableFull,
         DropReason::NotAllowed,
         DropReason::Auth,
         DropReason::CallbackQueueFull,
         DropReason::SendError,
+        DropReason::Unvalidated,
     ];
 
     /// The key used in the Python `stats["dropped"]` dict.
@@ -43,6 +47,7 @@ impl DropReason {
             DropReason::Auth => "auth",
             DropReason::CallbackQueueFull => "callback_queue_full",
             DropReason::SendError => "send_error",
+            DropReason::Unvalidated => "unvalidated",
         }
     }
 }

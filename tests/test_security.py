@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from typing import Any, List
 
 import pytest
@@ -274,3 +275,118 @@ def test_bufsize_counts_payload_bytes_in_authenticated_mode(stopper: Any) -> Non
     with pytest.raises(OSError, match="at most 65467"):
         big.send(b"c" * 65500)
     assert srv.stats["dropped"]["auth"] == 0
+
+
+# -- the reflection guard of the echo and time servers ---------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["time", "echo"])
+def test_services_default_still_answer_everyone(stopper: Any, peers: Any, kind: str) -> None:
+    from chatudp.services import EchoServer, TimeServer
+
+    srv = (TimeServer if kind == "time" else EchoServer)(port=0)
+    srv.start()
+    stopper(srv)
+    stranger = peers()
+    stranger.send(b"%Y", srv.addr)
+    assert stranger.recv() == (time.strftime("%Y").encode() if kind == "time" else b"%Y")
+
+
+def test_a_validating_time_server_is_no_reflector(stopper: Any, peers: Any) -> None:
+    """A 129-byte request used to get 65,122 bytes back (505x) from any source address."""
+    from chatudp.services import TimeServer
+
+    srv = TimeServer(port=0, validate=True)
+    srv.start()
+    stopper(srv)
+    victim = peers()
+    request = b"%65000Y" + b"x" * 122
+    assert len(request) == 129
+    # The spoofed request (the "victim" never asked) earns the victim one 12-byte challenge.
+    victim.send(request, srv.addr)
+    challenge = victim.recv()
+    assert challenge.startswith(b"^ck^") and len(challenge) == 12
+    assert victim.recv_nothing()
+    # Even the empty request (the tutorial's default format) is challenged, within 3x on the wire.
+    victim.send(b"", srv.addr)
+    assert len(victim.recv()) + 28 <= 3 * (0 + 28)
+    wait_for(lambda: srv.stats["dropped"]["auth"] == 2, what="two refusals")
+    assert srv.stats["answered"] == 0
+    # The real owner of the address echoes the cookie and is served.
+    victim.send(challenge, srv.addr)
+    victim.send(request, srv.addr)
+    assert len(victim.recv()) == 65000 + 122
+    record_figures(
+        "test_security::test_a_validating_time_server_is_no_reflector",
+        unvalidated_request=len(request),
+        unvalidated_answer=len(challenge),
+        validated_answer=65122,
+    )
+
+
+@pytest.mark.parametrize("kind", ["time", "echo"])
+def test_chatudp_request_clients_answer_the_challenge_by_themselves(stopper: Any, kind: str) -> None:
+    from chatudp.services import EchoClient, EchoServer, TimeClient, TimeServer
+
+    srv = (TimeServer if kind == "time" else EchoServer)(port=0, validate=True)
+    srv.start()
+    stopper(srv)
+    with (TimeClient if kind == "time" else EchoClient)(*srv.addr, timeout=2, retries=0) as cli:
+        if kind == "time":
+            assert cli.request("") == time.strftime("%Y-%m-%d %X") or cli.request("%Y") == time.strftime("%Y")
+            assert cli.request("%Y") == time.strftime("%Y")
+        else:
+            assert cli.request("hello") == b"HELLO"
+            assert cli.request(b"^ck^12345678") == b"^CK^12345678"
+        assert cli.stats["challenges"] == 1 and cli.stats["retries"] == 0
+    assert srv.stats["dropped"]["auth"] == 1
+
+
+def test_bad_validate_on_services() -> None:
+    from chatudp.services import TimeServer
+
+    with pytest.raises(TypeError, match="validate"):
+        TimeServer(port=0, validate="yes")  # type: ignore[arg-type]
+
+
+# -- rate limits that leaving and re-joining cannot reset --------------------------------------
+
+
+def test_quit_and_rejoin_never_refill_the_bucket(stopper: Any) -> None:
+    """With rate=(1, 2), a quit before each message used to delete the source's bucket: 50 of
+    50 messages were relayed from one address."""
+    from adversary import flood_with_quits
+
+    srv = ChatUdpServer(port=0, rate=(1, 2))
+    srv.start()
+    stopper(srv)
+    started = time.monotonic()
+    _, acks = flood_with_quits(srv.addr, 50)
+    allowed = 2 + (time.monotonic() - started) * 1
+    wait_for(lambda: srv.stats["relayed"] + srv.stats["dropped"]["rate"] == 50, what="50 messages handled")
+    assert srv.stats["relayed"] <= allowed and acks == srv.stats["relayed"], (srv.stats, acks)
+    record_figures(
+        "test_security::test_quit_and_rejoin_never_refill_the_bucket",
+        sent=50,
+        relayed=srv.stats["relayed"],
+        rate_dropped=srv.stats["dropped"]["rate"],
+        joins=srv.stats["joins"],
+    )
+
+
+def test_a_replayed_cookie_echo_does_not_skip_the_rate_limit(stopper: Any, peers: Any) -> None:
+    """With validate=True, the same cookie echo could be replayed for its whole slot to re-join
+    with a fresh bucket."""
+    srv = ChatUdpServer(port=0, rate=(1, 2), validate=True)
+    srv.start()
+    stopper(srv)
+    a = peers()
+    a.send(b"^hb^", srv.addr)
+    cookie = a.recv()
+    started = time.monotonic()
+    for i in range(30):
+        a.send(b"quit", srv.addr)
+        a.send(cookie, srv.addr)
+        a.send(b"again %d" % i, srv.addr)
+    wait_for(lambda: srv.stats["relayed"] + srv.stats["dropped"]["rate"] == 30, what="30 messages handled")
+    assert srv.stats["relayed"] <= 2 + (time.monotonic() - started), srv.stats

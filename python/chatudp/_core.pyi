@@ -209,10 +209,12 @@ class EchoServer:
         queue_size: int | None = None,
         rcvbuf: int | None = None,
         sndbuf: int | None = None,
+        validate: bool = False,
     ) -> EchoServer:
         """Bind and start answering. ``queue_size``: when given, every request is also queued
         as an event for ``next_events`` (a queue of that many events); ``None``: no events.
-        ``rcvbuf`` defaults to 4 MiB (capped by the kernel)."""
+        ``rcvbuf`` defaults to 4 MiB (capped by the kernel). ``validate``: the reflection guard
+        (a new source gets only a 12-byte cookie challenge until it echoes it)."""
 
     def next_events(self, max_events: int = 1024, timeout: float | None = None) -> list[_MessageEvent] | None:
         """The next requests as ``("message", addr, data)``; ``[]`` after ``timeout``; ``None``
@@ -250,6 +252,7 @@ class TimeServer:
         queue_size: int | None = None,
         rcvbuf: int | None = None,
         sndbuf: int | None = None,
+        validate: bool = False,
     ) -> TimeServer:
         """Bind and start answering; the keywords as for ``EchoServer``."""
 
@@ -325,4 +328,4 @@ class Peer:
 
     def stats(self) -> dict[str, int]:
         """Counters: ``received``, ``sent``, ``retries``, ``truncated``, ``ignored``,
-        ``send_errors``."""
+        ``send_errors``, ``challenges`` (address-validation challenges answered)."""

@@ -67,10 +67,14 @@ class _Service(SocketThreadObject):
         queue_size: int = _DEFAULT_QUEUE_SIZE,
         rcvbuf: Optional[int] = None,
         sndbuf: Optional[int] = None,
+        validate: bool = False,
     ) -> None:
         super().__init__()
         self.bufsize = check_bufsize(bufsize)
         check_callback("on_request", on_request)
+        if not isinstance(validate, bool):
+            raise TypeError(f"validate must be True or False, not {type(validate).__name__}")
+        self.validate = validate
         self._queue_size = check_count("queue_size", queue_size)
         self.addr: Address = (ip, port)
         self.on_request = on_request
@@ -79,7 +83,9 @@ class _Service(SocketThreadObject):
     def _open(self) -> Any:
         ip, port = self.addr[0], self.addr[1]
         queue_size = self._queue_size if self.on_request is not None else None
-        return self._core_class(ip, port, bufsize=self.bufsize, queue_size=queue_size, **self._options)
+        return self._core_class(
+            ip, port, bufsize=self.bufsize, queue_size=queue_size, validate=self.validate, **self._options
+        )
 
     def _wants_events(self) -> bool:
         return self.on_request is not None
@@ -100,6 +106,16 @@ class _Service(SocketThreadObject):
         return f"{self._kind}(addr={self.addr!r}, bufsize={self.bufsize}, running={self.running})"
 
 
+_VALIDATE_DOC = """
+
+    ``validate=True`` turns on the reflection guard: a source that has not echoed its cookie
+    gets only a 12-byte challenge (never more than 3x the bytes it sent, headers included) and
+    no answer, so a spoofed source address cannot turn the server against a victim. A
+    validation lasts 60 s. chatudp's ``EchoClient``/``TimeClient`` answer the challenge by
+    themselves; the tutorial's clients cannot, hence off by default. Refused requests are
+    counted in ``stats['dropped']['auth']``."""
+
+
 class EchoServer(_Service):
     """The tutorial's echo server: answers every datagram with ``data.upper()`` (ASCII letters
     only, as ``bytes.upper()``) to its sender. Port 9000 and ``recvfrom(1024)`` as in the seed;
@@ -107,6 +123,8 @@ class EchoServer(_Service):
 
     ``on_request(data, addr)``, when given, is called for each request on a Python thread
     (the seed prints them), without slowing the answers."""
+
+    __doc__ = (__doc__ or "") + _VALIDATE_DOC
 
     _kind = "EchoServer"
     _core_class = _core.EchoServer
@@ -117,7 +135,12 @@ class TimeServer(_Service):
     local time, ``fmt`` being the datagram as UTF-8, or ``'%Y-%m-%d %X'`` for an empty datagram;
     byte for byte what CPython answers. A format that is not UTF-8, holds a NUL, or whose answer
     does not fit one datagram gets a short ``error: ...`` answer (``stats['bad_requests']``) and
-    the server goes on (the original dies)."""
+    the server goes on (the original dies).
+
+    A public time server needs ``validate=True``: a 129-byte format can ask for a 65,122-byte
+    answer (505x), which a spoofed source address would aim at a victim."""
+
+    __doc__ = (__doc__ or "") + _VALIDATE_DOC
 
     _kind = "TimeServer"
     _core_class = _core.TimeServer
@@ -172,7 +195,8 @@ class _RequestClient:
     @property
     def stats(self) -> Dict[str, Any]:
         """Counters: ``received``, ``sent``, ``retries``, ``truncated``, ``ignored`` (datagrams
-        from other addresses and late replies), ``send_errors``."""
+        from other addresses and late replies), ``send_errors``, ``challenges`` (cookie
+        challenges of a ``validate=True`` server, answered by themselves)."""
         stats: Dict[str, Any] = self._peer.stats()
         return stats
 

@@ -46,9 +46,11 @@ fn start_service(
     queue_size: Option<usize>,
     rcvbuf: Option<usize>,
     sndbuf: Option<usize>,
+    validate: bool,
 ) -> PyResult<ServiceServer> {
     let mut config = ServiceConfig::new(host, port);
     config.bufsize = bufsize;
+    config.validate = validate;
     config.events = queue_size;
     config.socket = SocketOptions { rcvbuf: Some(rcvbuf.unwrap_or(SERVER_RCVBUF)), sndbuf };
     py.detach(|| ServiceServer::start(service, config)).map_err(py_err)
@@ -66,8 +68,9 @@ macro_rules! service_class {
         impl $rust {
             #[new]
             /// `queue_size`: when given, every request is also queued as an event for
-            /// `next_events` (a queue of that many events); `None`: no events.
-            #[pyo3(signature = (host, port, *, bufsize=1024, queue_size=None, rcvbuf=None, sndbuf=None))]
+            /// `next_events` (a queue of that many events); `None`: no events. `validate`: the
+            /// reflection guard (unvalidated sources get only a cookie challenge).
+            #[pyo3(signature = (host, port, *, bufsize=1024, queue_size=None, rcvbuf=None, sndbuf=None, validate=false))]
             #[allow(clippy::too_many_arguments)]
             fn new(
                 py: Python<'_>,
@@ -77,8 +80,9 @@ macro_rules! service_class {
                 queue_size: Option<usize>,
                 rcvbuf: Option<usize>,
                 sndbuf: Option<usize>,
+                validate: bool,
             ) -> PyResult<Self> {
-                let inner = start_service(py, $service, host, port, bufsize, queue_size, rcvbuf, sndbuf)?;
+                let inner = start_service(py, $service, host, port, bufsize, queue_size, rcvbuf, sndbuf, validate)?;
                 Ok($rust { inner })
             }
 
@@ -238,6 +242,7 @@ impl PyPeer {
             ("truncated", stats.truncated),
             ("ignored", stats.ignored),
             ("send_errors", stats.send_errors),
+            ("challenges", stats.challenges),
         ] {
             dict.set_item(name, value)?;
         }
