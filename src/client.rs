@@ -11,47 +11,14 @@ use parking_lot::{Mutex, RwLock};
 use socket2::Socket;
 
 use crate::auth::{self, Direction, Opener, Sealer, TRAILER_LEN};
+pub use crate::config::ClientConfig;
+use crate::config::RECV_BATCH;
 use crate::error::{ChatError, Result};
 use crate::events::{self, Event, EventSender};
-use crate::net::{self, RecvBatch, SocketOptions, Waiter};
-use crate::protocol::{self, HEARTBEAT, MAX_DATAGRAM};
-use crate::server::{validate_bufsize, validate_interval, validate_queue_size, RECV_BATCH};
+use crate::net::{self, RecvBatch, Waiter};
+use crate::protocol::{HEARTBEAT, MAX_DATAGRAM};
 use crate::stats::{Counters, Stats};
 use crate::worker::{wall_clock, Control, Endpoint, Worker};
-
-#[derive(Debug, Clone)]
-pub struct ClientConfig {
-    pub host: String,
-    pub port: u16,
-    /// Seconds between heartbeats; the first is sent `interval` seconds after start.
-    pub interval: f64,
-    /// Bytes read per datagram, as the original's `recvfrom(1024)`.
-    pub bufsize: usize,
-    pub queue_size: usize,
-    pub socket: SocketOptions,
-    /// Shared secret of the server's authenticated mode.
-    pub secret: Option<Vec<u8>>,
-}
-
-impl ClientConfig {
-    pub fn new(host: impl Into<String>, port: u16, interval: f64) -> ClientConfig {
-        ClientConfig {
-            host: host.into(),
-            port,
-            interval,
-            bufsize: protocol::DEFAULT_BUFSIZE,
-            queue_size: 65_536,
-            socket: SocketOptions::default(),
-            secret: None,
-        }
-    }
-
-    pub fn validate(&self) -> Result<()> {
-        validate_interval(self.interval)?;
-        validate_bufsize(self.bufsize)?;
-        validate_queue_size(self.queue_size)
-    }
-}
 
 struct Shared {
     /// `None` once stopped: `stop()` closes the socket, as the original does.

@@ -14,10 +14,10 @@ use parking_lot::{Mutex, RwLock};
 use socket2::Socket;
 
 use crate::auth;
+use crate::config::BUFSIZE;
 use crate::error::{ChatError, Result};
 use crate::net::{self, RecvBatch, SocketOptions, Waiter, Waker};
 use crate::protocol::MAX_DATAGRAM;
-use crate::server::validate_bufsize;
 use crate::stats::{Counters, DropReason};
 
 /// What the receiving side owns; dropped by `close()`, which closes the socket.
@@ -67,7 +67,7 @@ const CLOSED: &str = "this peer";
 impl UdpPeer {
     /// Binds to `local` (port 0 picks a free port); datagrams longer than `bufsize` are cut.
     pub fn bind(local: SocketAddr, bufsize: usize, options: SocketOptions) -> Result<UdpPeer> {
-        validate_bufsize(bufsize)?;
+        BUFSIZE.check_usize(bufsize)?;
         let socket = Arc::new(net::udp_socket(local, true, options)?);
         let local = net::local_addr(&socket)?;
         let (waiter, waker) = Waiter::new(&socket)?;

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 
 use indexmap::IndexMap;
 
+use crate::config::DEFAULT_MAX_CLIENTS;
 use crate::limits::{Rate, RateLimiter};
 use crate::protocol::{classify, Kind};
 
@@ -22,6 +23,27 @@ pub enum Outcome {
     /// A chat message over the source's rate: dropped, though the source counts as alive.
     RateLimited { joined: bool },
     /// A new source while the table is full: not added, nothing sent.
+    TableFull,
+}
+
+impl Outcome {
+    /// True when the datagram added its source to the table.
+    pub fn joined(self) -> bool {
+        match self {
+            Outcome::Heartbeat { joined } | Outcome::Chat { joined } | Outcome::RateLimited { joined } => joined,
+            Outcome::Quit { .. } | Outcome::TableFull => false,
+        }
+    }
+}
+
+/// What [`Relay::refresh`] did with a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// It was new and is now in the table.
+    Joined,
+    /// It was in the table already; its time was refreshed.
+    Known,
+    /// It was new and the table is full of live clients: not added.
     TableFull,
 }
 
@@ -41,9 +63,6 @@ pub struct Relay {
     /// Kept apart from `clients`: leaving and joining again never refills a bucket.
     limiter: Option<RateLimiter>,
 }
-
-/// Default bound of the clients table: far beyond any chat, small enough to bound memory.
-pub const DEFAULT_MAX_CLIENTS: usize = 1 << 20;
 
 impl Relay {
     pub fn new(interval: f64) -> Relay {
@@ -111,10 +130,16 @@ impl Relay {
         }
     }
 
-    /// Records `addr` as heard from at `now`; true when it is new to the table.
-    pub fn refresh(&mut self, addr: SocketAddr, now: f64) -> bool {
-        let mut expired = Vec::new();
-        self.admit(addr, now, &mut expired).unwrap_or(false)
+    /// Records `addr` as heard from at `now`, as a heartbeat would, without classifying any
+    /// payload (a validated cookie echo): `Admission::Joined` when new to the table,
+    /// `Admission::TableFull` when there is no room. Clients removed to make room go to
+    /// `expired`, so the caller can tell them they left.
+    pub fn refresh(&mut self, addr: SocketAddr, now: f64, expired: &mut Vec<SocketAddr>) -> Admission {
+        match self.admit(addr, now, expired) {
+            Some(true) => Admission::Joined,
+            Some(false) => Admission::Known,
+            None => Admission::TableFull,
+        }
     }
 
     /// Refreshes or adds `addr`: `Some(joined)`, or `None` when the table is full even after
@@ -125,14 +150,20 @@ impl Relay {
             entry.last_seen = now;
             return Some(false);
         }
-        if self.clients.len() >= self.max_clients {
-            self.sweep(now, self.interval, expired);
-            if self.clients.len() >= self.max_clients {
-                return None;
-            }
+        if !self.make_room(now, expired) {
+            return None;
         }
         self.clients.insert(addr, Entry { last_seen: now });
         Some(true)
+    }
+
+    /// True when a newcomer would fit, after removing the clients that are past `interval`
+    /// (into `expired`) if the table is full.
+    pub fn make_room(&mut self, now: f64, expired: &mut Vec<SocketAddr>) -> bool {
+        if self.clients.len() >= self.max_clients {
+            self.sweep(now, self.interval, expired);
+        }
+        self.clients.len() < self.max_clients
     }
 
     /// Removes `addr`; true when it was in the table.
@@ -242,6 +273,20 @@ mod tests {
         // At 11.0 client 1 is past `interval`: it makes room.
         let (outcome, _, expired) = run(&mut relay, b"^hb^", 3, 11.0);
         assert_eq!((outcome, expired), (Outcome::Heartbeat { joined: true }, vec![addr(1)]));
+    }
+
+    #[test]
+    fn refresh_reports_a_full_table_and_the_clients_it_expired() {
+        let mut relay = Relay::with_limits(10.0, 2, None);
+        let mut expired = Vec::new();
+        assert_eq!(relay.refresh(addr(1), 0.0, &mut expired), Admission::Joined);
+        assert_eq!(relay.refresh(addr(2), 5.0, &mut expired), Admission::Joined);
+        assert_eq!(relay.refresh(addr(2), 6.0, &mut expired), Admission::Known);
+        assert_eq!(relay.refresh(addr(3), 6.0, &mut expired), Admission::TableFull);
+        assert!(expired.is_empty() && !relay.contains(&addr(3)));
+        // At 11.0 client 1 is past `interval`: it makes room, and the caller learns it left.
+        assert_eq!(relay.refresh(addr(3), 11.0, &mut expired), Admission::Joined);
+        assert_eq!(expired, vec![addr(1)]);
     }
 
     #[test]

@@ -1,6 +1,30 @@
 //! The group-chat server: one socket thread that reads in batches, keeps the clients table,
 //! answers each chat message with one Ack sent to every live client, and expires silent
 //! clients on a timer.
+//!
+//! # The relay pipeline
+//!
+//! Each datagram of a receive batch goes through four stages, each a small type of its own:
+//!
+//! 1. **filter** ([`Filter`]): the `allow` list, then authentication (`secret=`): who may talk.
+//! 2. **admit** ([`Admission`], then [`Relay::on_datagram`]): the cookie check of
+//!    `validate=True`, the clients table and its limits (`max_clients`, `rate`).
+//! 3. **act** ([`RelayLoop::act`]): heartbeat, `quit`, or a chat message, whose Ack goes to the
+//!    live table through the [`Fanout`].
+//! 4. **hand over** ([`Handover`]): counters and events (joins, leaves, refusals, messages),
+//!    handed to the consumer once the batch's Acks are sent.
+//!
+//! A refusal at any stage is one [`DropReason`], counted (and reported) in one place,
+//! [`Handover::refuse`].
+//!
+//! ## Where to plug in: [`Sink`]
+//!
+//! The act stage hands every relayed chat message to the [`Fanout`]: first to the local
+//! clients (the Acks), then to every extra [`Sink`] given to [`Server::start_with_sinks`]
+//! (a message bus publishing to other relays, a worker fanning out to its share of the table,
+//! ...). A sink sees the payload, its sender, the Ack bytes and the live recipients, and is
+//! flushed once per receive batch, after the local Acks are sent. No stage needs to change to
+//! add one.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,120 +34,21 @@ use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 use socket2::Socket;
 
-use crate::auth::{CookieJar, Direction, Opener, Sealer, TRAILER_LEN};
-use crate::bus::{Bus, BusConfig, BusStatus};
-use crate::error::{ChatError, Result};
+use crate::auth::{CookieJar, Direction, Opener, Refused, Sealer, TRAILER_LEN};
+use crate::bus::{Bus, BusInbox, BusStatus};
+pub use crate::config::ServerConfig;
+use crate::config::RECV_BATCH;
+use crate::error::Result;
 use crate::events::{self, Event, EventSender, LeaveReason};
-use crate::limits::{Network, Rate};
-use crate::net::{self, Outgoing, RecvBatch, SendBatch, SocketOptions, Waiter};
-use crate::protocol::{self, BYE, MAX_DATAGRAM};
-use crate::relay::DEFAULT_MAX_CLIENTS;
-use crate::relay::{Outcome, Relay};
+use crate::limits::Network;
+use crate::net::{self, Outgoing, RecvBatch, SendBatch, Waiter};
+use crate::protocol::{self, BYE};
+use crate::relay::{self, Outcome, Relay};
 use crate::stats::{Counters, DropReason, Stats};
 use crate::worker::{wall_clock, Control, Endpoint, Worker};
 
-/// Datagrams read per system call.
-pub const RECV_BATCH: usize = 32;
-/// Kernel buffer asked for by default (the kernel caps it at `net.core.rmem_max`/`wmem_max`): a
-/// relay takes bursts from many clients at once, and every Ack fans out to all of them.
-pub const DEFAULT_SOCKET_BUFFER: usize = 4 << 20;
 /// Batches handled per wake-up before the timer gets a look in.
 const BATCHES_PER_WAKE: usize = 64;
-
-#[derive(Debug, Clone)]
-pub struct ServerConfig {
-    pub host: String,
-    pub port: u16,
-    /// Seconds a client may stay silent (the original `interval`).
-    pub interval: f64,
-    /// Extra seconds the expiry timer waits beyond `interval` before it removes a silent client,
-    /// so that a heartbeat sent every `interval` seconds is not raced by the timer. The check the
-    /// original makes when a chat message arrives still uses `interval` alone.
-    pub expiry_grace: f64,
-    /// Bytes read per datagram; longer datagrams are cut, as `recvfrom(bufsize)` cuts them.
-    pub bufsize: usize,
-    /// Events that may wait for the consumer before new ones are dropped (and counted).
-    pub queue_size: usize,
-    pub socket: SocketOptions,
-    /// Remove a client as soon as the network reports its port unreachable, instead of sending
-    /// to it until it expires as the original does.
-    pub drop_unreachable: bool,
-    /// New sources beyond this many are refused; live clients are never evicted.
-    pub max_clients: usize,
-    /// Per-source limit on chat messages; heartbeats are never limited.
-    pub rate: Option<Rate>,
-    /// When not empty, datagrams from other networks are dropped.
-    pub allow: Vec<Network>,
-    /// New sources must echo a cookie before they join (see `auth`).
-    pub validate: bool,
-    /// Shared secret: every datagram carries an authentication trailer (see `auth`).
-    pub secret: Option<Vec<u8>>,
-    /// Relays on the same broker and room form one chat (see `bus`).
-    pub bus: Option<BusConfig>,
-}
-
-impl ServerConfig {
-    pub fn new(host: impl Into<String>, port: u16, interval: f64) -> ServerConfig {
-        ServerConfig {
-            host: host.into(),
-            port,
-            interval,
-            expiry_grace: interval / 2.0,
-            bufsize: protocol::DEFAULT_BUFSIZE,
-            queue_size: 65_536,
-            socket: SocketOptions { rcvbuf: Some(DEFAULT_SOCKET_BUFFER), sndbuf: Some(DEFAULT_SOCKET_BUFFER) },
-            drop_unreachable: true,
-            max_clients: DEFAULT_MAX_CLIENTS,
-            rate: None,
-            allow: Vec::new(),
-            validate: false,
-            secret: None,
-            bus: None,
-        }
-    }
-
-    pub fn validate(&self) -> Result<()> {
-        validate_interval(self.interval)?;
-        if !(self.expiry_grace.is_finite() && self.expiry_grace >= 0.0) {
-            return Err(ChatError::InvalidArgument(format!(
-                "expiry_grace must be a number of seconds >= 0, not {}",
-                self.expiry_grace
-            )));
-        }
-        validate_bufsize(self.bufsize)?;
-        if let Some(bus) = &self.bus {
-            bus.validate()?;
-        }
-        if self.max_clients == 0 {
-            return Err(ChatError::InvalidArgument("max_clients must be at least 1".to_owned()));
-        }
-        validate_queue_size(self.queue_size)
-    }
-}
-
-pub(crate) fn validate_interval(interval: f64) -> Result<()> {
-    if interval.is_finite() && interval > 0.0 && interval <= 1e9 {
-        Ok(())
-    } else {
-        Err(ChatError::InvalidArgument(format!("interval must be a number of seconds > 0, not {interval}")))
-    }
-}
-
-pub(crate) fn validate_bufsize(bufsize: usize) -> Result<()> {
-    if (1..=MAX_DATAGRAM).contains(&bufsize) {
-        Ok(())
-    } else {
-        Err(ChatError::InvalidArgument(format!("bufsize must be between 1 and {MAX_DATAGRAM} bytes, not {bufsize}")))
-    }
-}
-
-pub(crate) fn validate_queue_size(size: usize) -> Result<()> {
-    if size >= 1 {
-        Ok(())
-    } else {
-        Err(ChatError::InvalidArgument("queue_size must be at least 1".to_owned()))
-    }
-}
 
 /// State shared between the socket thread and the owner.
 struct Shared {
@@ -143,6 +68,12 @@ pub struct Server {
 impl Server {
     /// Binds and starts the socket thread.
     pub fn start(config: ServerConfig) -> Result<Server> {
+        Server::start_with_sinks(config, Vec::new())
+    }
+
+    /// Binds and starts the socket thread; every relayed chat message also goes to `sinks`
+    /// (see [the pipeline](self#where-to-plug-in-sink)).
+    pub fn start_with_sinks(config: ServerConfig, mut sinks: Vec<Box<dyn Sink>>) -> Result<Server> {
         config.validate()?;
         // Taken before binding: nothing sealed before this server could receive it is accepted.
         let started = wall_clock();
@@ -156,40 +87,48 @@ impl Server {
             relay: Mutex::new(Relay::with_limits(config.interval, config.max_clients, config.rate)),
             counters: Counters::default(),
         });
+        // With a bus, relayed messages are also published (a sink), and what other relays
+        // publish comes back through the inbox, woken by this loop's poller.
         let bus = config.bus.as_ref().map(Bus::start).transpose()?;
-        if let Some(bus) = &bus {
-            bus.set_waker(waker.clone());
-        }
         let bus_status = bus.as_ref().map(Bus::status);
+        let bus_inbox = bus.map(|bus| {
+            bus.set_waker(waker.clone());
+            let inbox = bus.inbox();
+            sinks.push(Box::new(bus));
+            inbox
+        });
         // `bufsize` counts payload bytes: in authenticated mode the trailer comes on top.
         let recv_len = config.bufsize + if config.secret.is_some() { TRAILER_LEN } else { 0 };
         let mut relay_loop = RelayLoop {
-            bus,
-            out: Outbox {
-                socket: Arc::clone(&socket),
-                batch: SendBatch::default(),
-                sealer: config.secret.as_deref().map(|secret| Sealer::new(secret, Direction::ToClient)),
-                sealed: Vec::new(),
-                queued: Outgoing::default(),
-                icmp_seen: false,
+            filter: Filter {
+                allow: config.allow,
+                opener: config.secret.as_deref().map(|secret| {
+                    Opener::new(secret, Direction::ToServer, started, replay_cache_size(config.max_clients))
+                }),
             },
+            admission: Admission { cookies: config.validate.then(CookieJar::default) },
+            fanout: Fanout {
+                local: Outbox {
+                    socket: Arc::clone(&socket),
+                    batch: SendBatch::default(),
+                    sealer: config.secret.as_deref().map(|secret| Sealer::new(secret, Direction::ToClient)),
+                    sealed: Vec::new(),
+                    queued: Outgoing::default(),
+                    icmp_seen: false,
+                },
+                sinks,
+                ack: Vec::with_capacity(config.bufsize * 4 + 64),
+            },
+            handover: Handover { events: sender, pending: Vec::new() },
+            bus: bus_inbox,
             socket,
             waiter,
             shared: Arc::clone(&shared),
-            events: sender,
             recv: RecvBatch::new(RECV_BATCH, recv_len),
-            ack: Vec::with_capacity(config.bufsize * 4 + 64),
-            pending: Vec::new(),
             live: Vec::new(),
             gone: Vec::new(),
             max_age: config.interval + config.expiry_grace,
             error_queue,
-            allow: config.allow,
-            cookies: config.validate.then(CookieJar::default),
-            opener: config
-                .secret
-                .as_deref()
-                .map(|secret| Opener::new(secret, Direction::ToServer, started, replay_cache_size(config.max_clients))),
         };
         let worker = Worker::spawn("chatudp-server", waker, move |control| relay_loop.run(control))?;
         Ok(Server { shared, local, events, bus: bus_status, worker })
@@ -233,6 +172,56 @@ impl Endpoint for Server {
     }
 }
 
+/// One chat message the act stage relayed, as every [`Sink`] sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Relayed<'a> {
+    /// The message as received (cut to `bufsize`, trailer removed).
+    pub payload: &'a [u8],
+    pub from: SocketAddr,
+    /// The Ack the local clients are sent (unsealed).
+    pub ack: &'a [u8],
+    /// The live clients of this server's table the Ack goes to, the sender included.
+    pub live: &'a [SocketAddr],
+}
+
+/// A destination of relayed chat messages besides the local clients: the seam of the act
+/// stage (see [the pipeline](self#where-to-plug-in-sink)). Runs on the socket thread, so
+/// it must not block: queue, and send in [`flush`](Sink::flush).
+pub trait Sink: Send {
+    /// Takes one relayed message.
+    fn relay(&mut self, message: &Relayed<'_>, counters: &Counters);
+
+    /// End of a receive batch (the local Acks are sent): send what was queued.
+    fn flush(&mut self, _counters: &Counters) {}
+}
+
+/// Where the act stage sends a chat message: the Ack to the local live clients, then every
+/// extra sink.
+struct Fanout {
+    local: Outbox,
+    sinks: Vec<Box<dyn Sink>>,
+    ack: Vec<u8>,
+}
+
+impl Fanout {
+    fn relay(&mut self, payload: &[u8], from: SocketAddr, live: &[SocketAddr], counters: &Counters) {
+        protocol::write_ack(payload, &from, &mut self.ack);
+        self.local.queue(&self.ack, live);
+        let message = Relayed { payload, from, ack: &self.ack, live };
+        for sink in &mut self.sinks {
+            sink.relay(&message, counters);
+        }
+    }
+
+    /// The Acks of the whole batch go out first, in as few calls as possible; then the sinks.
+    fn flush(&mut self, counters: &Counters) {
+        self.local.flush(counters);
+        for sink in &mut self.sinks {
+            sink.flush(counters);
+        }
+    }
+}
+
 /// Sends each payload to a list of addresses; in authenticated mode seals it first (once).
 struct Outbox {
     socket: Arc<Socket>,
@@ -273,26 +262,142 @@ impl Outbox {
     }
 }
 
+/// Stage 1: who may talk. The `allow` list, then the authentication trailer.
+struct Filter {
+    allow: Vec<Network>,
+    opener: Option<Opener>,
+}
+
+impl Filter {
+    /// The payload to go on with (trailer removed), or why the datagram is dropped.
+    fn pass<'a>(&mut self, data: &'a [u8], from: SocketAddr, now: f64) -> std::result::Result<&'a [u8], Refusal> {
+        if !self.allow.is_empty() && !self.allow.iter().any(|net| net.contains(from.ip())) {
+            return Err(Refusal::Drop(DropReason::NotAllowed));
+        }
+        match &mut self.opener {
+            Some(opener) => opener.open(data, now).map_err(Refusal::Sealed),
+            None => Ok(data),
+        }
+    }
+}
+
+/// Stage 2, first half: with `validate=True`, a source not in the table must echo a cookie
+/// before anything it sends is looked at.
+struct Admission {
+    cookies: Option<CookieJar>,
+}
+
+/// What [`Admission::check`] decided.
+enum Admitted {
+    /// Go on to the table.
+    Pass,
+    /// The datagram was a valid cookie echo: its source is admitted like a heartbeat.
+    Echo,
+    /// Refused; answer with this challenge, if any.
+    Refused(Option<Vec<u8>>),
+}
+
+impl Admission {
+    fn check(&self, relay: &Relay, payload: &[u8], from: SocketAddr, now: f64, received: usize) -> Admitted {
+        let Some(cookies) = &self.cookies else { return Admitted::Pass };
+        if relay.contains(&from) {
+            Admitted::Pass
+        } else if cookies.is_valid_echo(payload, &from, now) {
+            Admitted::Echo
+        } else if protocol::classify(payload) == protocol::Kind::Quit {
+            Admitted::Refused(None)
+        } else {
+            Admitted::Refused(cookies.challenge(&from, now, received))
+        }
+    }
+}
+
+/// Why a stage refused a datagram.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    Drop(DropReason),
+    /// The authentication trailer did not verify (counted as [`DropReason::Auth`] too).
+    Sealed(Refused),
+}
+
+impl From<DropReason> for Refusal {
+    fn from(reason: DropReason) -> Refusal {
+        Refusal::Drop(reason)
+    }
+}
+
+/// Stage 4: counters and events, handed to the consumer once the batch's Acks are sent.
+struct Handover {
+    events: EventSender,
+    /// Events of the batch being handled.
+    pending: Vec<Event>,
+}
+
+impl Handover {
+    fn join(&mut self, from: SocketAddr, counters: &Counters) {
+        Counters::add(&counters.joins, 1);
+        self.pending.push(Event::Join(from));
+    }
+
+    fn leave(&mut self, addr: SocketAddr, reason: LeaveReason, counters: &Counters) {
+        let counter = match reason {
+            LeaveReason::Quit => None,
+            LeaveReason::Expired => Some(&counters.expired),
+            LeaveReason::Unreachable => Some(&counters.unreachable),
+        };
+        if let Some(counter) = counter {
+            Counters::add(counter, 1);
+        }
+        Counters::add(&counters.leaves, 1);
+        self.pending.push(Event::Leave(addr, reason));
+    }
+
+    fn expired(&mut self, gone: &[SocketAddr], counters: &Counters) {
+        for addr in gone {
+            self.leave(*addr, LeaveReason::Expired, counters);
+        }
+    }
+
+    /// Counts a refused datagram; refusals a server owner acts on (`on_reject`) are reported.
+    fn refuse(&mut self, from: SocketAddr, refusal: impl Into<Refusal>, counters: &Counters) {
+        match refusal.into() {
+            Refusal::Drop(reason @ (DropReason::NotAllowed | DropReason::TableFull)) => {
+                counters.drop_one(reason);
+                self.pending.push(Event::Reject(from, reason));
+            }
+            Refusal::Drop(reason) => counters.drop_one(reason),
+            Refusal::Sealed(why) => counters.refuse(why),
+        }
+    }
+
+    fn message(&mut self, payload: &[u8], from: SocketAddr, counters: &Counters) {
+        Counters::add(&counters.relayed, 1);
+        self.pending.push(Event::Message { data: payload.to_vec(), from });
+    }
+
+    fn flush(&mut self, counters: &Counters) {
+        for event in self.pending.drain(..) {
+            self.events.emit(event, counters);
+        }
+    }
+}
+
 struct RelayLoop {
-    /// The room this relay shares with others, when it has one.
-    bus: Option<Bus>,
+    /// What other relays of the room published, when this relay has a bus.
+    bus: Option<BusInbox>,
     socket: Arc<Socket>,
     waiter: Waiter,
     shared: Arc<Shared>,
-    events: EventSender,
     recv: RecvBatch,
-    out: Outbox,
-    ack: Vec<u8>,
-    /// Events of the batch being handled, handed over once its Acks are sent.
-    pending: Vec<Event>,
+    filter: Filter,
+    admission: Admission,
+    fanout: Fanout,
+    handover: Handover,
     live: Vec<SocketAddr>,
     gone: Vec<SocketAddr>,
     max_age: f64,
     /// ICMP errors are queued on the socket (see `ServerConfig::drop_unreachable`).
     error_queue: bool,
-    allow: Vec<Network>,
-    cookies: Option<CookieJar>,
-    opener: Option<Opener>,
 }
 
 impl RelayLoop {
@@ -313,9 +418,29 @@ impl RelayLoop {
             }
         }
         self.say_goodbye();
-        if let Some(bus) = &mut self.bus {
-            bus.stop();
+    }
+
+    /// Acks the chat messages other relays of the room published to this relay's live clients,
+    /// byte for byte as if their senders were here. They go to the local clients only: nothing
+    /// from the bus is published again.
+    fn deliver_from_bus(&mut self) {
+        let Some(bus) = &self.bus else { return };
+        let now = wall_clock();
+        let relay = self.shared.relay.lock();
+        bus.set_clients(relay.len());
+        let mut records = bus.drain().peekable();
+        if records.peek().is_none() {
+            return;
         }
+        self.live.clear();
+        self.live.extend(relay.iter().filter(|(_, seen)| now - seen <= relay.interval()).map(|(addr, _)| *addr));
+        drop(relay);
+        let out = &mut self.fanout;
+        for record in records {
+            protocol::write_ack(&record.payload, &record.from, &mut out.ack);
+            out.local.queue(&out.ack, &self.live);
+        }
+        out.local.flush(&self.shared.counters);
     }
 
     fn drain(&mut self, control: &Control) {
@@ -336,13 +461,13 @@ impl RelayLoop {
                     }
                 }
                 // An ICMP report about an earlier send: the socket itself is fine.
-                Err(e) if net::is_deferred_icmp_error(&e) => self.out.icmp_seen = true,
+                Err(e) if net::is_deferred_icmp_error(&e) => self.fanout.local.icmp_seen = true,
                 Err(_) => break,
             }
         }
         // A wake-up with nothing to read is the poller reporting a queued ICMP error.
-        if self.error_queue && (self.out.icmp_seen || received == 0) {
-            self.out.icmp_seen = false;
+        if self.error_queue && (self.fanout.local.icmp_seen || received == 0) {
+            self.fanout.local.icmp_seen = false;
             self.drop_unreachable();
         }
     }
@@ -353,17 +478,19 @@ impl RelayLoop {
         if net::drain_unreachable(&self.socket, &mut self.gone) == 0 {
             return;
         }
-        let mut relay = self.shared.relay.lock();
         let counters = &self.shared.counters;
+        let mut relay = self.shared.relay.lock();
         for addr in &self.gone {
             if relay.remove(addr) {
-                Counters::add(&counters.unreachable, 1);
-                Counters::add(&counters.leaves, 1);
-                self.events.emit(Event::Leave(*addr, LeaveReason::Unreachable), counters);
+                self.handover.leave(*addr, LeaveReason::Unreachable, counters);
             }
         }
+        drop(relay);
+        self.handover.flush(counters);
     }
 
+    /// Runs every datagram of the batch through the pipeline: filter, admit, act; then sends
+    /// the batch's Acks and hands its events over.
     fn handle_batch(&mut self, count: usize) {
         let counters = &self.shared.counters;
         Counters::add(&counters.received, count as u64);
@@ -375,110 +502,77 @@ impl RelayLoop {
             if datagram.truncated {
                 Counters::add(&counters.truncated, 1);
             }
-            if !self.allow.is_empty() && !self.allow.iter().any(|net| net.contains(from.ip())) {
-                counters.drop_one(DropReason::NotAllowed);
-                self.pending.push(Event::Reject(from, DropReason::NotAllowed));
-                continue;
-            }
-            let payload = match &mut self.opener {
-                Some(opener) => match opener.open(datagram.data, now) {
-                    Ok(payload) => payload,
-                    Err(why) => {
-                        counters.refuse(why);
-                        continue;
-                    }
-                },
-                None => datagram.data,
-            };
-            self.gone.clear();
-            if let Some(cookies) = &self.cookies {
-                if !relay.contains(&from) {
-                    if cookies.is_valid_echo(payload, &from, now) {
-                        if relay.refresh(from, now) {
-                            Counters::add(&counters.joins, 1);
-                            self.pending.push(Event::Join(from));
-                        }
-                    } else {
-                        counters.drop_one(DropReason::Auth);
-                        if protocol::classify(payload) != protocol::Kind::Quit {
-                            if let Some(challenge) = cookies.challenge(&from, now, datagram.data.len()) {
-                                self.out.queue(&challenge, &[from]);
-                            }
-                        }
-                    }
+            // 1. filter
+            let payload = match self.filter.pass(datagram.data, from, now) {
+                Ok(payload) => payload,
+                Err(reason) => {
+                    self.handover.refuse(from, reason, counters);
                     continue;
                 }
-            }
-            self.gone.clear();
-            let outcome = relay.on_datagram(payload, from, now, &mut self.live, &mut self.gone);
-            let joined = match outcome {
-                Outcome::Heartbeat { joined } => {
-                    Counters::add(&counters.heartbeats, 1);
-                    joined
-                }
-                Outcome::Chat { joined } | Outcome::RateLimited { joined } => joined,
-                Outcome::Quit { .. } | Outcome::TableFull => false,
             };
-            if joined {
-                Counters::add(&counters.joins, 1);
-                self.pending.push(Event::Join(from));
-            }
-            match outcome {
-                Outcome::Heartbeat { .. } => {}
-                Outcome::Quit { left } => {
-                    if left {
-                        Counters::add(&counters.leaves, 1);
-                        self.pending.push(Event::Leave(from, LeaveReason::Quit));
+            // 2. admit: the cookie, then the table and its limits
+            self.gone.clear();
+            let outcome = match self.admission.check(&relay, payload, from, now, datagram.data.len()) {
+                Admitted::Pass => relay.on_datagram(payload, from, now, &mut self.live, &mut self.gone),
+                Admitted::Echo => {
+                    match relay.refresh(from, now, &mut self.gone) {
+                        relay::Admission::Joined => self.handover.join(from, counters),
+                        relay::Admission::Known => {}
+                        relay::Admission::TableFull => self.handover.refuse(from, DropReason::TableFull, counters),
                     }
+                    self.handover.expired(&self.gone, counters);
+                    continue;
                 }
-                Outcome::RateLimited { .. } => counters.drop_one(DropReason::Rate),
-                Outcome::TableFull => {
-                    counters.drop_one(DropReason::TableFull);
-                    self.pending.push(Event::Reject(from, DropReason::TableFull));
+                Admitted::Refused(challenge) => {
+                    // A newcomer the table has no room for is refused as such, unchallenged.
+                    let reason = if relay.make_room(now, &mut self.gone) {
+                        if let Some(challenge) = challenge {
+                            self.fanout.local.queue(&challenge, &[from]);
+                        }
+                        DropReason::Auth
+                    } else {
+                        DropReason::TableFull
+                    };
+                    self.handover.refuse(from, reason, counters);
+                    self.handover.expired(&self.gone, counters);
+                    continue;
                 }
-                Outcome::Chat { .. } => {
-                    protocol::write_ack(payload, &from, &mut self.ack);
-                    self.out.queue(&self.ack, &self.live);
-                    Counters::add(&counters.relayed, 1);
-                    if let Some(bus) = &mut self.bus {
-                        bus.publish(&from, payload);
-                    }
-                    self.pending.push(Event::Message { data: payload.to_vec(), from });
-                }
-            }
-            expired_events(&self.gone, counters, &mut self.pending);
+            };
+            // 3. act
+            Self::act(outcome, payload, from, &self.live, &mut self.fanout, &mut self.handover, counters);
+            // 4. hand over: clients found silent on the way leave.
+            self.handover.expired(&self.gone, counters);
         }
         drop(relay);
         // The Acks of the whole batch go out first, in as few calls as possible; the events
         // cost the round trip nothing.
-        self.out.flush(counters);
-        self.flush_events();
+        self.fanout.flush(counters);
+        self.handover.flush(counters);
     }
 
-    /// Acks the chat messages other relays of the room published to this relay's live clients,
-    /// byte for byte as if their senders were here. Nothing from the bus is published again.
-    fn deliver_from_bus(&mut self) {
-        let Some(bus) = &self.bus else { return };
-        let now = wall_clock();
-        let relay = self.shared.relay.lock();
-        bus.set_clients(relay.len());
-        let mut records = bus.drain().peekable();
-        if records.peek().is_none() {
-            return;
+    /// Stage 3: what a datagram admitted to the table does. Each outcome is matched here once.
+    fn act(
+        outcome: Outcome,
+        payload: &[u8],
+        from: SocketAddr,
+        live: &[SocketAddr],
+        fanout: &mut Fanout,
+        handover: &mut Handover,
+        counters: &Counters,
+    ) {
+        if outcome.joined() {
+            handover.join(from, counters);
         }
-        self.live.clear();
-        self.live.extend(relay.iter().filter(|(_, seen)| now - seen <= relay.interval()).map(|(addr, _)| *addr));
-        drop(relay);
-        for record in records {
-            protocol::write_ack(&record.payload, &record.from, &mut self.ack);
-            self.out.queue(&self.ack, &self.live);
-        }
-        self.out.flush(&self.shared.counters);
-    }
-
-    fn flush_events(&mut self) {
-        for event in self.pending.drain(..) {
-            self.events.emit(event, &self.shared.counters);
+        match outcome {
+            Outcome::Heartbeat { .. } => Counters::add(&counters.heartbeats, 1),
+            Outcome::Quit { left: true } => handover.leave(from, LeaveReason::Quit, counters),
+            Outcome::Quit { left: false } => {}
+            Outcome::RateLimited { .. } => handover.refuse(from, DropReason::Rate, counters),
+            Outcome::TableFull => handover.refuse(from, DropReason::TableFull, counters),
+            Outcome::Chat { .. } => {
+                fanout.relay(payload, from, live, counters);
+                handover.message(payload, from, counters);
+            }
         }
     }
 
@@ -486,8 +580,8 @@ impl RelayLoop {
     fn sweep(&mut self, now: f64) -> f64 {
         self.gone.clear();
         let next = self.shared.relay.lock().sweep(now, self.max_age, &mut self.gone);
-        expired_events(&self.gone, &self.shared.counters, &mut self.pending);
-        self.flush_events();
+        self.handover.expired(&self.gone, &self.shared.counters);
+        self.handover.flush(&self.shared.counters);
         // Never sooner than a small slice of the interval, so a table of many clients with
         // spread-out deadlines is not rescanned continuously.
         let min_gap = (self.max_age / 50.0).clamp(0.001, 0.1);
@@ -497,7 +591,7 @@ impl RelayLoop {
     fn say_goodbye(&mut self) {
         self.live.clear();
         self.live.extend(self.shared.relay.lock().addresses().copied());
-        self.out.send(BYE, &self.live, &self.shared.counters);
+        self.fanout.local.send(BYE, &self.live, &self.shared.counters);
     }
 }
 
@@ -507,17 +601,10 @@ fn replay_cache_size(max_clients: usize) -> usize {
     max_clients.saturating_mul(2).max(1024)
 }
 
-fn expired_events(gone: &[SocketAddr], counters: &Counters, events: &mut Vec<Event>) {
-    for addr in gone {
-        Counters::add(&counters.expired, 1);
-        Counters::add(&counters.leaves, 1);
-        events.push(Event::Leave(*addr, LeaveReason::Expired));
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::ChatError;
     use std::net::UdpSocket;
     use std::time::Instant;
 
@@ -606,7 +693,7 @@ mod tests {
     fn rejects_bad_arguments_and_busy_ports() {
         assert!(matches!(Server::start(ServerConfig::new("127.0.0.1", 0, 0.0)), Err(ChatError::InvalidArgument(_))));
         let mut config = ServerConfig::new("127.0.0.1", 0, 1.0);
-        config.bufsize = MAX_DATAGRAM + 1;
+        config.bufsize = crate::protocol::MAX_DATAGRAM + 1;
         assert!(matches!(Server::start(config), Err(ChatError::InvalidArgument(_))));
         let first = start(1.0);
         let busy = Server::start(ServerConfig::new("127.0.0.1", first.local_addr().port(), 1.0));

@@ -19,11 +19,12 @@ use parking_lot::Mutex;
 use socket2::Socket;
 
 use crate::auth::{AddressGuard, Verdict};
-use crate::error::{ChatError, Result};
+pub use crate::config::ServiceConfig;
+use crate::config::RECV_BATCH;
+use crate::error::Result;
 use crate::events::{self, Event, EventSender};
-use crate::net::{self, RecvBatch, SocketOptions, Waiter};
-use crate::protocol::{DEFAULT_BUFSIZE, MAX_DATAGRAM};
-use crate::server::{validate_bufsize, RECV_BATCH};
+use crate::net::{self, RecvBatch, Waiter};
+use crate::protocol::MAX_DATAGRAM;
 use crate::stats::{Counters, DropReason};
 use crate::worker::{wall_clock, Control, Endpoint, Worker};
 
@@ -179,43 +180,6 @@ extern "C" {
         format: *const libc::wchar_t,
         tm: *const libc::tm,
     ) -> libc::size_t;
-}
-
-#[derive(Debug, Clone)]
-pub struct ServiceConfig {
-    pub host: String,
-    pub port: u16,
-    /// Bytes read per datagram, as the seed's `recvfrom(1024)`; longer datagrams are cut.
-    pub bufsize: usize,
-    pub socket: SocketOptions,
-    /// When set, every request is also queued as an [`Event::Message`] for a consumer (the
-    /// seed's servers print each request), in a queue of this many events; when the consumer
-    /// is behind, further events are dropped and counted, and the answers go on.
-    pub events: Option<usize>,
-    /// Reflection guard: a new source gets only a cookie challenge until it echoes it (see
-    /// [`AddressGuard`]). Off by default: the tutorial's clients cannot answer it.
-    pub validate: bool,
-}
-
-impl ServiceConfig {
-    pub fn new(host: impl Into<String>, port: u16) -> ServiceConfig {
-        ServiceConfig {
-            host: host.into(),
-            port,
-            bufsize: DEFAULT_BUFSIZE,
-            socket: SocketOptions::default(),
-            events: None,
-            validate: false,
-        }
-    }
-
-    pub fn validate(&self) -> Result<()> {
-        validate_bufsize(self.bufsize)?;
-        if self.events == Some(0) {
-            return Err(ChatError::InvalidArgument("queue_size must be at least 1".to_owned()));
-        }
-        Ok(())
-    }
 }
 
 /// A point-in-time copy of a service's counters.
@@ -499,6 +463,7 @@ fn parse_kernel_drops(table: &str, inode: u64) -> Option<u64> {
 mod tests {
     use super::*;
     use crate::error::ChatError;
+    use crate::protocol::DEFAULT_BUFSIZE;
     use std::net::UdpSocket;
     use std::time::Instant;
 

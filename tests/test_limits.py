@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 from typing import Any, List, Tuple
 
 import pytest
@@ -37,6 +38,40 @@ def test_full_table_refuses_newcomers_and_keeps_live_clients(stopper: Any, peers
     a.send(b"quit", srv.addr)
     c.send(b"now?", srv.addr)
     assert c.recv() == ack(b"NOW?", c.port)
+
+
+def test_full_table_under_validate_refuses_as_table_full_and_expired_clients_leave(
+    stopper: Any, peers: Any
+) -> None:
+    rejected: List[Tuple[Any, str]] = []
+    left: List[Tuple[Any, str]] = []
+    srv = ChatUdpServer(
+        port=0,
+        interval=0.5,
+        expiry_grace=30,  # no timer sweep during the test: only a newcomer makes room
+        max_clients=1,
+        validate=True,
+        on_reject=lambda a, r: rejected.append((a, r)),
+        on_leave=lambda a, r: left.append((a, r)),
+    )
+    srv.start()
+    stopper(srv)
+    a, b = peers(), peers()
+    a.send(b"^hb^", srv.addr)
+    a.send(a.recv(), srv.addr)
+    wait_for(lambda: a.addr in srv.clients, what="a validated")
+    # The table is full of live clients: the newcomer is refused as such, unchallenged.
+    b.send(b"^hb^", srv.addr)
+    wait_for(lambda: rejected == [(b.addr, "table_full")], what="table_full rejection")
+    assert b.recv_nothing()
+    assert (srv.stats["dropped"]["table_full"], srv.stats["dropped"]["auth"]) == (1, 1)
+    # Once a is silent past `interval` it makes room for b, and it leaves with an event.
+    time.sleep(0.6)
+    b.send(b"^hb^", srv.addr)
+    b.send(b.recv(), srv.addr)
+    wait_for(lambda: b.addr in srv.clients, what="b validated")
+    wait_for(lambda: left == [(a.addr, "expired")], what="a's leave event")
+    assert list(srv.clients) == [b.addr] and srv.stats["expired"] == 1
 
 
 def test_rate_limit_drops_chat_but_heartbeats_keep_the_source(stopper: Any, peers: Any) -> None:

@@ -25,6 +25,8 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::error::{ChatError, Result};
 use crate::net::Waker;
+use crate::server::{Relayed, Sink};
+use crate::stats::Counters as RelayCounters;
 use crate::worker::wall_clock;
 
 #[cfg(feature = "nats")]
@@ -264,6 +266,15 @@ pub(crate) struct Shared {
 impl Shared {
     pub(crate) fn id(&self) -> u64 {
         self.id
+    }
+
+    fn drain<'a>(&self, inbound: &'a Receiver<Inbound>) -> crossbeam_channel::TryIter<'a, Inbound> {
+        self.wake_pending.store(false, Relaxed);
+        inbound.try_iter()
+    }
+
+    fn set_clients(&self, clients: usize) {
+        self.clients.store(clients.min(u32::MAX as usize) as u32, Relaxed);
     }
 
     pub(crate) fn is_stopping(&self) -> bool {
@@ -544,13 +555,17 @@ impl Bus {
 
     /// Records from other relays that arrived since the last call, oldest first.
     pub fn drain(&self) -> crossbeam_channel::TryIter<'_, Inbound> {
-        self.shared.wake_pending.store(false, Relaxed);
-        self.inbound.try_iter()
+        self.shared.drain(&self.inbound)
     }
 
     /// Tells the other relays how many clients this one has (in the next announcement).
     pub fn set_clients(&self, clients: usize) {
-        self.shared.clients.store(clients.min(u32::MAX as usize) as u32, Relaxed);
+        self.shared.set_clients(clients);
+    }
+
+    /// The receiving half, for the relay loop while the bus itself is one of its sinks.
+    pub fn inbox(&self) -> BusInbox {
+        BusInbox { shared: Arc::clone(&self.shared), inbound: self.inbound.clone() }
     }
 
     pub fn id(&self) -> u64 {
@@ -568,6 +583,31 @@ impl Bus {
             let _ = thread.join();
         }
         self.shared.set_connected(false);
+    }
+}
+
+/// The bus publishes every chat message the act stage relays (never what came from the bus).
+impl Sink for Bus {
+    fn relay(&mut self, message: &Relayed<'_>, _counters: &RelayCounters) {
+        self.publish(&message.from, message.payload);
+    }
+}
+
+/// What other relays of the room published, for the relay loop (see [`Bus::inbox`]).
+pub struct BusInbox {
+    shared: Arc<Shared>,
+    inbound: Receiver<Inbound>,
+}
+
+impl BusInbox {
+    /// Records from other relays that arrived since the last call, oldest first.
+    pub fn drain(&self) -> crossbeam_channel::TryIter<'_, Inbound> {
+        self.shared.drain(&self.inbound)
+    }
+
+    /// Tells the other relays how many clients this one has (in the next announcement).
+    pub fn set_clients(&self, clients: usize) {
+        self.shared.set_clients(clients);
     }
 }
 

@@ -260,7 +260,7 @@ struct PyServer {
 endpoint_pymethods! {
 impl PyServer {
     #[new]
-    #[pyo3(signature = (host, port, interval, *, bufsize=1024, expiry_grace=None, queue_size=65536, rcvbuf=None, sndbuf=None, drop_unreachable=true, max_clients=crate::relay::DEFAULT_MAX_CLIENTS, rate=None, allow=None, validate=false, secret=None, bus=None, room=String::from("chatudp")))]
+    #[pyo3(signature = (host, port, interval, *, bufsize=1024, expiry_grace=None, queue_size=65536, rcvbuf=None, sndbuf=None, drop_unreachable=true, max_clients=crate::config::DEFAULT_MAX_CLIENTS, rate=None, allow=None, validate=false, secret=None, bus=None, room=String::from("chatudp")))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
