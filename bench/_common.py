@@ -74,14 +74,14 @@ class ServerProcess:
     """One server in its own process: 'model', 'chatudp', 'chatudp-cb' (bench/serve.py) or
     'minirelay' (the load generator's minimal Rust relay)."""
 
-    def __init__(self, impl: str, interval: float = 10.0, max_seconds: float = 300.0, log=None):
+    def __init__(self, impl: str, interval: float = 10.0, max_seconds: float = 300.0, log=None, workers: int = 1):
         self.impl = impl
         if impl == "minirelay":
             cmd = [build_loadgen(), "minirelay", "--seconds", str(max_seconds), "--interval", str(interval)]
         else:
             cmd = [
                 sys.executable, os.path.join(HERE, "serve.py"), "--impl", impl,
-                "--interval", str(interval), "--max-seconds", str(max_seconds),
+                "--interval", str(interval), "--max-seconds", str(max_seconds), "--workers", str(workers),
             ]
         self.proc = subprocess.Popen(
             cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log or subprocess.DEVNULL,

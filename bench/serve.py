@@ -56,7 +56,7 @@ def rss_bytes() -> dict:
     return out
 
 
-def make_server(impl: str, interval: float):
+def make_server(impl: str, interval: float, workers: int = 1):
     if impl == "model":
         sys.path.insert(0, os.path.join(ROOT, "tests"))
         from original_model import ChatUdpServer as ModelServer  # noqa: PLC0415
@@ -65,7 +65,7 @@ def make_server(impl: str, interval: float):
     from chatudp import ChatUdpServer  # noqa: PLC0415
 
     if impl == "chatudp":
-        return ChatUdpServer("127.0.0.1", 0, interval), None
+        return ChatUdpServer("127.0.0.1", 0, interval, workers=workers), None
     counter = [0, 0]
 
     def on_message(data: bytes, addr) -> None:  # what a user callback might do, minimally
@@ -109,9 +109,10 @@ def main() -> int:
     ap.add_argument("--impl", choices=IMPLS, required=True)
     ap.add_argument("--interval", type=float, default=10.0)
     ap.add_argument("--max-seconds", type=float, default=300.0)
+    ap.add_argument("--workers", type=int, default=1, help="socket threads of the chatudp server")
     args = ap.parse_args()
 
-    server, counter = make_server(args.impl, args.interval)
+    server, counter = make_server(args.impl, args.interval, args.workers)
     server.start()
     started = time.monotonic()
     host, port = server.addr[0], server.addr[1]

@@ -29,9 +29,6 @@ struct Shared {
     /// `bufsize`, since the server (with the same `bufsize`) would have to cut a longer one,
     /// and a cut datagram cannot be verified.
     max_message: usize,
-    /// The last chat message sent, sent again after answering an address-validation challenge
-    /// (the server dropped it while the address was not validated yet).
-    last_sent: Mutex<Vec<u8>>,
 }
 
 /// A running chat client. Dropping it stops it.
@@ -63,7 +60,6 @@ impl Client {
             counters: Counters::default(),
             sealer: config.secret.as_deref().map(|secret| Mutex::new(Sealer::new(secret, Direction::ToServer))),
             max_message: if secret { config.bufsize.min(MAX_DATAGRAM - TRAILER_LEN) } else { MAX_DATAGRAM },
-            last_sent: Mutex::new(Vec::new()),
         });
         let mut client_loop = ClientLoop {
             socket,
@@ -103,10 +99,6 @@ impl Client {
             });
         }
         let socket = self.shared.socket.read().clone().ok_or(ChatError::Closed("this ChatUdpClient"))?;
-        let mut last = self.shared.last_sent.lock();
-        last.clear();
-        last.extend_from_slice(data);
-        drop(last);
         send_counted(&self.shared, &socket, data).map_err(ChatError::Io)
     }
 
@@ -172,16 +164,6 @@ fn send_counted(shared: &Shared, socket: &Socket, data: &[u8]) -> io::Result<()>
             Ok(())
         }
         Err(e) => Err(e),
-    }
-}
-
-/// Echoes the server's cookie, then sends again the message it dropped while waiting for it,
-/// unless that message was answered already (the server answers every message it relays).
-fn answer_challenge(shared: &Shared, socket: &Socket, challenge: &[u8]) {
-    let _ = send_counted(shared, socket, challenge);
-    let unanswered = std::mem::take(&mut *shared.last_sent.lock());
-    if !unanswered.is_empty() {
-        let _ = send_counted(shared, socket, &unanswered);
     }
 }
 
@@ -261,12 +243,12 @@ impl ClientLoop {
                             },
                             None => datagram.data,
                         };
+                        // An address-validation challenge: echo the cookie. The server holds
+                        // the messages sent meanwhile and relays them once it has the echo.
                         if auth::is_challenge(payload) {
-                            answer_challenge(&self.shared, &self.socket, payload);
+                            let _ = send_counted(&self.shared, &self.socket, payload);
                             continue;
                         }
-                        // Any answer means the server has our last message.
-                        self.shared.last_sent.lock().clear();
                         Counters::add(&counters.relayed, 1);
                         self.events.emit(Event::Message { data: payload.to_vec(), from: datagram.from }, counters);
                     }

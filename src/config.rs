@@ -109,6 +109,8 @@ pub const BACKLOG: IntRange = IntRange { name: "backlog", min: 1, max: 1 << 24, 
 pub const MAX_CLIENTS: IntRange = IntRange { name: "max_clients", min: 1, max: 1 << 30, unit: " clients" };
 pub const RCVBUF: IntRange = IntRange { name: "rcvbuf", min: 1, max: i32::MAX as i64, unit: " bytes" };
 pub const SNDBUF: IntRange = IntRange { name: "sndbuf", min: 1, max: i32::MAX as i64, unit: " bytes" };
+/// Far more socket threads than any machine has cores, few enough to catch a typo.
+pub const WORKERS: IntRange = IntRange { name: "workers", min: 1, max: 256, unit: " socket threads" };
 pub const RETRIES: IntRange = IntRange { name: "retries", min: 0, max: 1_000_000, unit: "" };
 pub const INTERVAL: Seconds = Seconds { name: "interval", zero_allowed: false, max: 1e9 };
 pub const EXPIRY_GRACE: Seconds = Seconds { name: "expiry_grace", zero_allowed: true, max: 1e9 };
@@ -168,6 +170,9 @@ pub struct ServerConfig {
     pub validate: bool,
     /// Shared secret: every datagram carries an authentication trailer (see `auth`).
     pub secret: Option<Vec<u8>>,
+    /// Socket threads, each with its own `SO_REUSEPORT` socket on the one port (see
+    /// `reuseport`); they share the clients table, the limits and the replay state.
+    pub workers: usize,
     /// Relays on the same broker and room form one chat (see `bus`).
     pub bus: Option<BusConfig>,
 }
@@ -189,6 +194,7 @@ impl ServerConfig {
             allow: Vec::new(),
             validate: false,
             secret: None,
+            workers: 1,
             bus: None,
         }
     }
@@ -196,9 +202,16 @@ impl ServerConfig {
     pub fn validate(&self) -> Result<()> {
         if let Some(bus) = &self.bus {
             bus.validate()?;
+            if self.workers > 1 {
+                return Err(ChatError::InvalidArgument(format!(
+                    "bus= works with one socket thread for now: use workers=1 (not {}) on a relay with a bus",
+                    self.workers
+                )));
+            }
         }
         INTERVAL.check(self.interval)?;
         EXPIRY_GRACE.check(self.expiry_grace)?;
+        WORKERS.check_usize(self.workers)?;
         BUFSIZE.check_usize(self.bufsize)?;
         QUEUE_SIZE.check_usize(self.queue_size)?;
         BACKLOG.check_usize(self.backlog)?;

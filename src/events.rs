@@ -41,7 +41,8 @@ pub enum Event {
     Reject(SocketAddr, DropReason),
 }
 
-/// The socket thread's end of the event channel.
+/// The socket thread's end of the event channel (one clone per socket thread).
+#[derive(Clone)]
 pub struct EventSender {
     sender: Sender<Event>,
 }

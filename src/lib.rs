@@ -14,6 +14,7 @@ pub mod net;
 pub mod peer;
 pub mod protocol;
 pub mod relay;
+pub mod reuseport;
 pub mod server;
 pub mod services;
 pub mod stats;

@@ -27,6 +27,7 @@
 //! add one.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,16 +35,17 @@ use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 use socket2::Socket;
 
-use crate::auth::{CookieJar, Direction, Opener, Refused, Sealer, TRAILER_LEN};
+use crate::auth::{self, CookieJar, Direction, HoldQueue, Opener, Refused, Sealer, TRAILER_LEN};
 use crate::bus::{Bus, BusInbox, BusStatus};
 pub use crate::config::ServerConfig;
 use crate::config::RECV_BATCH;
-use crate::error::Result;
+use crate::error::{ChatError, Result};
 use crate::events::{self, Event, EventSender, LeaveReason};
 use crate::limits::Network;
 use crate::net::{self, Outgoing, RecvBatch, SendBatch, Waiter};
 use crate::protocol::{self, BYE};
 use crate::relay::{self, Outcome, Relay};
+use crate::reuseport;
 use crate::stats::{Counters, DropReason, Stats};
 use crate::worker::{wall_clock, Control, Endpoint, Worker};
 
@@ -66,71 +68,69 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds and starts the socket thread.
+    /// Binds and starts the socket threads.
     pub fn start(config: ServerConfig) -> Result<Server> {
-        Server::start_with_sinks(config, Vec::new())
+        Server::start_with_sinks(config, Vec::new)
     }
 
-    /// Binds and starts the socket thread; every relayed chat message also goes to `sinks`
-    /// (see [the pipeline](self#where-to-plug-in-sink)).
-    pub fn start_with_sinks(config: ServerConfig, mut sinks: Vec<Box<dyn Sink>>) -> Result<Server> {
+    /// Binds and starts the socket threads; every relayed chat message also goes to the sinks
+    /// that `sinks` makes, once for each socket thread (see
+    /// [the pipeline](self#where-to-plug-in-sink)).
+    pub fn start_with_sinks(config: ServerConfig, mut sinks: impl FnMut() -> Vec<Box<dyn Sink>>) -> Result<Server> {
         config.validate()?;
         // Taken before binding: nothing sealed before this server could receive it is accepted.
         let started = wall_clock();
         let bind = net::resolve(&config.host, config.port)?;
-        let socket = Arc::new(net::udp_socket(bind, true, config.socket)?);
-        let local = net::local_addr(&socket)?;
-        let error_queue = config.drop_unreachable && net::enable_error_queue(&socket, local.is_ipv6())?;
-        let (waiter, waker) = Waiter::new(&socket)?;
+        let sockets = reuseport::bind_group(bind, config.workers, config.socket)?;
+        let local = net::local_addr(&sockets[0])?;
         let (sender, events) = events::channel(config.queue_size);
         let shared = Arc::new(Shared {
             relay: Mutex::new(Relay::with_limits(config.interval, config.max_clients, config.rate)),
             counters: Counters::default(),
         });
-        // With a bus, relayed messages are also published (a sink), and what other relays
-        // publish comes back through the inbox, woken by this loop's poller.
+        // One replay cache and one cookie key for every worker: a source the kernel moves to
+        // another worker is still known.
+        let opener = config.secret.as_deref().map(|secret| {
+            let opener = Opener::new(secret, Direction::ToServer, started, replay_cache_size(config.max_clients));
+            Arc::new(Mutex::new(opener))
+        });
+        let cookies = config.validate.then(|| Arc::new(CookieJar::default()));
+        let held = Arc::new(Mutex::new(HoldQueue::default()));
+        let mut loops = Vec::with_capacity(sockets.len());
+        let mut wakers = Vec::with_capacity(sockets.len());
+        for socket in sockets {
+            let socket = Arc::new(socket);
+            let error_queue = config.drop_unreachable && net::enable_error_queue(&socket, local.is_ipv6())?;
+            let (waiter, waker) = Waiter::new(&socket)?;
+            wakers.push(waker);
+            let (filter, admission) = (
+                Filter { allow: config.allow.clone(), opener: opener.clone() },
+                Admission { cookies: cookies.clone(), held: Arc::clone(&held) },
+            );
+            let group = Group { shared: Arc::clone(&shared), events: sender.clone(), sinks: sinks() };
+            loops.push(RelayLoop::new(&config, socket, waiter, error_queue, filter, admission, group));
+        }
+        // With a bus (one socket thread, see `ServerConfig::validate`), relayed messages are also
+        // published (a sink), and what other relays publish comes back through the inbox, woken
+        // by the leader's poller.
         let bus = config.bus.as_ref().map(Bus::start).transpose()?;
         let bus_status = bus.as_ref().map(Bus::status);
-        let bus_inbox = bus.map(|bus| {
-            bus.set_waker(waker.clone());
-            let inbox = bus.inbox();
-            sinks.push(Box::new(bus));
-            inbox
-        });
-        // `bufsize` counts payload bytes: in authenticated mode the trailer comes on top.
-        let recv_len = config.bufsize + if config.secret.is_some() { TRAILER_LEN } else { 0 };
-        let mut relay_loop = RelayLoop {
-            filter: Filter {
-                allow: config.allow,
-                opener: config.secret.as_deref().map(|secret| {
-                    Opener::new(secret, Direction::ToServer, started, replay_cache_size(config.max_clients))
-                }),
-            },
-            admission: Admission { cookies: config.validate.then(CookieJar::default) },
-            fanout: Fanout {
-                local: Outbox {
-                    socket: Arc::clone(&socket),
-                    batch: SendBatch::default(),
-                    sealer: config.secret.as_deref().map(|secret| Sealer::new(secret, Direction::ToClient)),
-                    sealed: Vec::new(),
-                    queued: Outgoing::default(),
-                    icmp_seen: false,
-                },
-                sinks,
-                ack: Vec::with_capacity(config.bufsize * 4 + 64),
-            },
-            handover: Handover { events: sender, pending: Vec::new() },
-            bus: bus_inbox,
-            socket,
-            waiter,
-            shared: Arc::clone(&shared),
-            recv: RecvBatch::new(RECV_BATCH, recv_len),
-            live: Vec::new(),
-            gone: Vec::new(),
-            max_age: config.interval + config.expiry_grace,
-            error_queue,
-        };
-        let worker = Worker::spawn("chatudp-server", waker, move |control| relay_loop.run(control))?;
+        if let Some(bus) = bus {
+            bus.set_waker(wakers[0].clone());
+            loops[0].bus = Some(bus.inbox());
+            loops[0].fanout.sinks.push(Box::new(bus));
+        }
+        let mut leader = loops.remove(0);
+        let waker = wakers.remove(0);
+        let (ready, group_started) = crossbeam_channel::bounded(1);
+        let worker = Worker::spawn("chatudp-server", waker, move |control| {
+            run_group(&mut leader, loops, wakers, control, ready);
+        })?;
+        // Returns once every socket thread runs (or could not be started).
+        if let Ok(Err(error)) = group_started.recv_timeout(Duration::from_secs(10)) {
+            worker.stop();
+            return Err(ChatError::Io(error));
+        }
         Ok(Server { shared, local, events, bus: bus_status, worker })
     }
 
@@ -265,7 +265,7 @@ impl Outbox {
 /// Stage 1: who may talk. The `allow` list, then the authentication trailer.
 struct Filter {
     allow: Vec<Network>,
-    opener: Option<Opener>,
+    opener: Option<Arc<Mutex<Opener>>>,
 }
 
 impl Filter {
@@ -275,39 +275,56 @@ impl Filter {
             return Err(Refusal::Drop(DropReason::NotAllowed));
         }
         match &mut self.opener {
-            Some(opener) => opener.open(data, now).map_err(Refusal::Sealed),
+            Some(opener) => opener.lock().open(data, now).map_err(Refusal::Sealed),
             None => Ok(data),
         }
     }
 }
 
 /// Stage 2, first half: with `validate=True`, a source not in the table must echo a cookie
-/// before anything it sends is looked at.
+/// before anything it sends is looked at. Its chat messages wait for the echo in a bounded
+/// hold queue, so a client's first messages are not lost to the challenge round trip.
 struct Admission {
-    cookies: Option<CookieJar>,
+    cookies: Option<Arc<CookieJar>>,
+    /// One hold queue for every worker, like the cookie key.
+    held: Arc<Mutex<HoldQueue>>,
 }
 
 /// What [`Admission::check`] decided.
 enum Admitted {
     /// Go on to the table.
     Pass,
-    /// The datagram was a valid cookie echo: its source is admitted like a heartbeat.
+    /// The datagram was a valid cookie echo: its source is admitted like a heartbeat, and the
+    /// messages held for it go on to the table.
     Echo,
+    /// A chat message from a source not validated yet: hold it and send this challenge, if any.
+    Hold(Option<Vec<u8>>),
     /// Refused; answer with this challenge, if any.
     Refused(Option<Vec<u8>>),
+    /// A member sent something shaped like a cookie echo that is none: not chat, dropped.
+    NotChat,
 }
 
 impl Admission {
     fn check(&self, relay: &Relay, payload: &[u8], from: SocketAddr, now: f64, received: usize) -> Admitted {
         let Some(cookies) = &self.cookies else { return Admitted::Pass };
-        if relay.contains(&from) {
-            Admitted::Pass
-        } else if cookies.is_valid_echo(payload, &from, now) {
+        let echo = auth::is_challenge(payload) && cookies.is_valid_echo(payload, &from, now);
+        if echo {
             Admitted::Echo
-        } else if protocol::classify(payload) == protocol::Kind::Quit {
-            Admitted::Refused(None)
+        } else if relay.contains(&from) {
+            // A cookie echo is protocol, never chat, whoever sends it.
+            if auth::is_challenge(payload) {
+                Admitted::NotChat
+            } else {
+                Admitted::Pass
+            }
         } else {
-            Admitted::Refused(cookies.challenge(&from, now, received))
+            match protocol::classify(payload) {
+                protocol::Kind::Quit => Admitted::Refused(None),
+                protocol::Kind::Heartbeat => Admitted::Refused(cookies.challenge(&from, now, received)),
+                protocol::Kind::Chat if auth::is_challenge(payload) => Admitted::Refused(None),
+                protocol::Kind::Chat => Admitted::Hold(cookies.challenge(&from, now, received)),
+            }
         }
     }
 }
@@ -400,11 +417,113 @@ struct RelayLoop {
     error_queue: bool,
 }
 
+/// What every socket thread of one server shares, and what each hands its results to.
+struct Group {
+    shared: Arc<Shared>,
+    events: EventSender,
+    sinks: Vec<Box<dyn Sink>>,
+}
+
+/// Runs the leader's loop on this thread and every other worker's loop on a thread of its own,
+/// and returns once all have finished. Only the leader sweeps the table and says `Bye!`, so each
+/// client hears it once. `ready` hears when every thread runs, or why one could not start.
+fn run_group(
+    leader: &mut RelayLoop,
+    followers: Vec<RelayLoop>,
+    wakers: Vec<net::Waker>,
+    control: &Control,
+    ready: crossbeam_channel::Sender<std::io::Result<()>>,
+) {
+    // Set when the leader ends for any reason, so no follower outlives it.
+    let group_done = AtomicBool::new(false);
+    let (started, follower_started) = crossbeam_channel::unbounded();
+    std::thread::scope(|scope| {
+        let count = followers.len();
+        let mut outcome = Ok(());
+        for (index, mut follower) in followers.into_iter().enumerate() {
+            let (group_done, started) = (&group_done, started.clone());
+            let name = format!("chatudp-server{}", index + 1);
+            let spawned = std::thread::Builder::new().name(name).spawn_scoped(scope, move || {
+                let _ = started.send(());
+                follower.serve(control, group_done, None);
+            });
+            if let Err(error) = spawned {
+                outcome = Err(error);
+                break;
+            }
+        }
+        if outcome.is_ok() {
+            for _ in 0..count {
+                let _ = follower_started.recv();
+            }
+        }
+        let failed = outcome.is_err();
+        let _ = ready.send(outcome);
+        if !failed {
+            leader.run(control, &group_done);
+        }
+        group_done.store(true, Ordering::Release);
+        for waker in &wakers {
+            waker.wake();
+        }
+    });
+}
+
 impl RelayLoop {
-    fn run(&mut self, control: &Control) {
+    fn new(
+        config: &ServerConfig,
+        socket: Arc<Socket>,
+        waiter: Waiter,
+        error_queue: bool,
+        filter: Filter,
+        admission: Admission,
+        group: Group,
+    ) -> RelayLoop {
+        // `bufsize` counts payload bytes: in authenticated mode the trailer comes on top.
+        let recv_len = config.bufsize + if config.secret.is_some() { TRAILER_LEN } else { 0 };
+        RelayLoop {
+            bus: None,
+            filter,
+            admission,
+            fanout: Fanout {
+                local: Outbox {
+                    socket: Arc::clone(&socket),
+                    batch: SendBatch::default(),
+                    sealer: config.secret.as_deref().map(|secret| Sealer::new(secret, Direction::ToClient)),
+                    sealed: Vec::new(),
+                    queued: Outgoing::default(),
+                    icmp_seen: false,
+                },
+                sinks: group.sinks,
+                ack: Vec::with_capacity(config.bufsize * 4 + 64),
+            },
+            handover: Handover { events: group.events, pending: Vec::new() },
+            socket,
+            waiter,
+            shared: group.shared,
+            recv: RecvBatch::new(RECV_BATCH, recv_len),
+            live: Vec::new(),
+            gone: Vec::new(),
+            max_age: config.interval + config.expiry_grace,
+            error_queue,
+        }
+    }
+
+    /// The leader: serves, expires silent clients on its timer, and says `Bye!` at the end.
+    fn run(&mut self, control: &Control, group_done: &AtomicBool) {
         let mut next_sweep = wall_clock() + self.max_age;
-        while !control.is_stopping() {
-            let wait = Duration::from_secs_f64((next_sweep - wall_clock()).clamp(0.0, self.max_age));
+        self.serve(control, group_done, Some(&mut next_sweep));
+        self.say_goodbye();
+    }
+
+    /// Reads and relays until stopped; with `next_sweep`, also expires silent clients on time.
+    fn serve(&mut self, control: &Control, group_done: &AtomicBool, mut next_sweep: Option<&mut f64>) {
+        while !control.is_stopping() && !group_done.load(Ordering::Acquire) {
+            let wait = match next_sweep.as_deref() {
+                Some(&at) => Duration::from_secs_f64((at - wall_clock()).clamp(0.0, self.max_age)),
+                // A follower only waits for datagrams; the leader wakes it to stop.
+                None => Duration::from_secs(3600),
+            };
             match self.waiter.wait(wait) {
                 Ok(true) => self.drain(control),
                 Ok(false) => {}
@@ -412,12 +531,13 @@ impl RelayLoop {
                 Err(_) => break,
             }
             self.deliver_from_bus();
-            let now = wall_clock();
-            if now >= next_sweep {
-                next_sweep = self.sweep(now);
+            if let Some(at) = next_sweep.as_deref_mut() {
+                let now = wall_clock();
+                if now >= *at {
+                    *at = self.sweep(now);
+                }
             }
         }
-        self.say_goodbye();
     }
 
     /// Acks the chat messages other relays of the room published to this relay's live clients,
@@ -515,10 +635,40 @@ impl RelayLoop {
             let outcome = match self.admission.check(&relay, payload, from, now, datagram.data.len()) {
                 Admitted::Pass => relay.on_datagram(payload, from, now, &mut self.live, &mut self.gone),
                 Admitted::Echo => {
+                    let held = self.admission.held.lock().release(&from);
                     match relay.refresh(from, now, &mut self.gone) {
                         relay::Admission::Joined => self.handover.join(from, counters),
                         relay::Admission::Known => {}
-                        relay::Admission::TableFull => self.handover.refuse(from, DropReason::TableFull, counters),
+                        relay::Admission::TableFull => {
+                            self.handover.refuse(from, DropReason::TableFull, counters);
+                            counters.drop_many(DropReason::Unvalidated, held.len() as u64);
+                            self.handover.expired(&self.gone, counters);
+                            continue;
+                        }
+                    }
+                    self.handover.expired(&self.gone, counters);
+                    // The messages it sent while its challenge was in flight, in order.
+                    for message in &held {
+                        self.gone.clear();
+                        let outcome = relay.on_datagram(message, from, now, &mut self.live, &mut self.gone);
+                        Self::act(outcome, message, from, &self.live, &mut self.fanout, &mut self.handover, counters);
+                        self.handover.expired(&self.gone, counters);
+                    }
+                    continue;
+                }
+                Admitted::NotChat => {
+                    self.handover.refuse(from, DropReason::Auth, counters);
+                    continue;
+                }
+                Admitted::Hold(challenge) => {
+                    if relay.make_room(now, &mut self.gone) {
+                        if let Some(challenge) = challenge {
+                            self.fanout.local.queue(&challenge, &[from]);
+                        }
+                        let dropped = self.admission.held.lock().hold(from, payload, now);
+                        counters.drop_many(DropReason::Unvalidated, dropped as u64);
+                    } else {
+                        self.handover.refuse(from, DropReason::TableFull, counters);
                     }
                     self.handover.expired(&self.gone, counters);
                     continue;
@@ -578,6 +728,8 @@ impl RelayLoop {
 
     /// Expires silent clients; returns when to look again.
     fn sweep(&mut self, now: f64) -> f64 {
+        let unanswered = self.admission.held.lock().expire(now);
+        self.shared.counters.drop_many(DropReason::Unvalidated, unanswered as u64);
         self.gone.clear();
         let next = self.shared.relay.lock().sweep(now, self.max_age, &mut self.gone);
         self.handover.expired(&self.gone, &self.shared.counters);
@@ -679,6 +831,66 @@ mod tests {
         let events: Vec<Event> = server.events().try_iter().collect();
         assert!(events.contains(&Event::Leave(dead_addr, LeaveReason::Unreachable)), "{events:?}");
         assert_eq!(server.stats().unreachable, 1);
+    }
+
+    #[test]
+    fn workers_share_one_table_and_say_bye_once() {
+        let mut config = ServerConfig::new("127.0.0.1", 0, 10.0);
+        config.workers = 3;
+        let server = Server::start(config).unwrap();
+        let clients: Vec<UdpSocket> = (0..12).map(|_| peer()).collect();
+        for client in &clients {
+            client.send_to(b"^hb^", server.local_addr()).unwrap();
+        }
+        wait_for("12 clients to join", || server.clients().len() == 12);
+        clients[0].send_to(b"hi", server.local_addr()).unwrap();
+        let port = clients[0].local_addr().unwrap().port();
+        let expected = format!("Ack b'HI'. from 127.0.0.1:{port}").into_bytes();
+        for client in &clients {
+            assert_eq!(recv(client), expected);
+        }
+        let started = Instant::now();
+        server.stop();
+        assert!(started.elapsed() < Duration::from_millis(500));
+        for client in &clients {
+            assert_eq!(recv(client), b"Bye!");
+            client.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+            assert!(client.recv(&mut [0u8; 16]).is_err(), "a second Bye!");
+        }
+        assert_eq!(server.stats().joins, 12);
+    }
+
+    #[test]
+    fn workers_out_of_range_are_refused() {
+        for workers in [0, crate::config::WORKERS.max as usize + 1] {
+            let mut config = ServerConfig::new("127.0.0.1", 0, 1.0);
+            config.workers = workers;
+            assert!(matches!(Server::start(config), Err(ChatError::InvalidArgument(m)) if m.contains("workers")));
+        }
+    }
+
+    #[test]
+    fn messages_wait_for_validation_and_echoes_are_never_chat() {
+        let mut config = ServerConfig::new("127.0.0.1", 0, 10.0);
+        config.validate = true;
+        let server = Server::start(config).unwrap();
+        let a = peer();
+        a.send_to(b"hello", server.local_addr()).unwrap();
+        a.send_to(b"world", server.local_addr()).unwrap();
+        let challenge = recv(&a);
+        assert!(crate::auth::is_challenge(&challenge));
+        assert_eq!(recv(&a), challenge);
+        assert!(server.clients().is_empty());
+        a.send_to(&challenge, server.local_addr()).unwrap();
+        let port = a.local_addr().unwrap().port();
+        assert_eq!(recv(&a), format!("Ack b'HELLO'. from 127.0.0.1:{port}").into_bytes());
+        assert_eq!(recv(&a), format!("Ack b'WORLD'. from 127.0.0.1:{port}").into_bytes());
+        // A second echo, then a message: only the message is relayed.
+        a.send_to(&challenge, server.local_addr()).unwrap();
+        a.send_to(b"three", server.local_addr()).unwrap();
+        assert_eq!(recv(&a), format!("Ack b'THREE'. from 127.0.0.1:{port}").into_bytes());
+        let stats = server.stats();
+        assert_eq!((stats.relayed, stats.joins, stats.dropped(DropReason::Unvalidated)), (3, 1, 0));
     }
 
     #[test]

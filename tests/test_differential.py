@@ -11,6 +11,7 @@ these tests check the model and the harness even while chatudp is not built.
 Tests that need chatudp skip when it cannot be imported.
 """
 
+import functools
 import importlib.util
 import os
 import socket
@@ -39,7 +40,10 @@ HEARTBEAT = b'^hb^'
 MARKER = b'marker'
 END = b'end of script'
 SENDER = b'<SENDER>'
-KINDS = ['model', 'chatudp']
+# chatudp's server modes that must be indistinguishable from the tutorial's server.
+SERVER_MODES = {'chatudp': {}, 'chatudp-workers4': {'workers': 4}}
+KINDS = ['model', *SERVER_MODES]
+CLIENT_KINDS = ['model', 'chatudp']
 
 
 # --------------------------------------------------------------------------
@@ -114,7 +118,8 @@ PAYLOAD_CASES = [(payload, acked) for _, payload, acked in PAYLOADS]
 def server_class(kind):
     if kind == 'model':
         return model.ChatUdpServer
-    return pytest.importorskip('chatudp').ChatUdpServer
+    server = pytest.importorskip('chatudp').ChatUdpServer
+    return functools.partial(server, **SERVER_MODES[kind])
 
 
 def client_class(kind):
@@ -303,11 +308,12 @@ def test_payload_gives_spec_acks(kind, payload, acked, start_server, new_socket)
 
 
 @pytest.mark.parametrize('payload, acked', PAYLOAD_CASES, ids=PAYLOAD_IDS)
-def test_payload_chatudp_matches_model(payload, acked, start_server, new_socket):
+@pytest.mark.parametrize('mode', SERVER_MODES)
+def test_payload_chatudp_matches_model(mode, payload, acked, start_server, new_socket):
     pytest.importorskip('chatudp')
     script = script_for(payload)
     want = run_script(start_server('model'), script, new_socket)
-    got = run_script(start_server('chatudp'), script, new_socket)
+    got = run_script(start_server(mode), script, new_socket)
     assert got == want
 
 
@@ -328,11 +334,12 @@ def test_whole_script_gives_spec_acks(kind, start_server, new_socket):
         assert datagrams == want, name
 
 
-def test_whole_script_chatudp_matches_model(start_server, new_socket):
+@pytest.mark.parametrize('mode', SERVER_MODES)
+def test_whole_script_chatudp_matches_model(mode, start_server, new_socket):
     pytest.importorskip('chatudp')
     script = [p for p, _ in WHOLE_SCRIPT]
     want = run_script(start_server('model'), script, new_socket)
-    got = run_script(start_server('chatudp'), script, new_socket)
+    got = run_script(start_server(mode), script, new_socket)
     assert got == want
 
 
@@ -455,7 +462,7 @@ def test_model_clients_chat_through_server(kind, start_server, start_client):
     assert received(b) == want
 
 
-@pytest.mark.parametrize('kind', KINDS)
+@pytest.mark.parametrize('kind', CLIENT_KINDS)
 def test_clients_of_kind_on_model_server(kind, start_server, start_client):
     server = start_server('model')
     m = start_client('model', server.addr, interval=0.1)

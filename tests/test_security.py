@@ -29,14 +29,15 @@ def test_validation_challenges_new_sources_within_3x(stopper: Any, peers: Any) -
     challenge = a.recv()
     assert challenge.startswith(b"^ck^") and len(challenge) <= 3 * len(b"^hb^")
     assert srv.clients == {}
-    # Nothing at all for a datagram too short to pay for a challenge.
+    # Nothing at all for a datagram too short to pay for a challenge (the message is held).
     a.send(b"", srv.addr)
     assert a.recv_nothing()
     a.send(challenge, srv.addr)
     wait_for(lambda: a.addr in srv.clients, what="validated join")
+    assert a.recv() == ack(b"", a.port)
     a.send(b"hi", srv.addr)
     assert a.recv() == ack(b"HI", a.port)
-    assert srv.stats["dropped"]["auth"] == 2
+    assert srv.stats["dropped"]["auth"] == 1
 
 
 def test_spoofed_source_never_receives_broadcasts(stopper: Any, peers: Any) -> None:
@@ -390,3 +391,59 @@ def test_a_replayed_cookie_echo_does_not_skip_the_rate_limit(stopper: Any, peers
         a.send(b"again %d" % i, srv.addr)
     wait_for(lambda: srv.stats["relayed"] + srv.stats["dropped"]["rate"] == 30, what="30 messages handled")
     assert srv.stats["relayed"] <= 2 + (time.monotonic() - started), srv.stats
+# -- validate=True: first messages kept, no protocol datagram relayed ---------------------------
+
+
+def test_first_messages_are_held_until_validation_and_echoes_never_relayed(stopper: Any, peers: Any) -> None:
+    """A client sending three messages right after start() used to lose the first two, and its
+    extra cookie echoes reached every member as chat (Ack b'^CK^...')."""
+    srv = ChatUdpServer(port=0, validate=True)
+    srv.start()
+    stopper(srv)
+    member = peers()
+    member.send(b"^hb^", srv.addr)
+    member.send(member.recv(), srv.addr)
+    wait_for(lambda: member.addr in srv.clients, what="the member joins")
+    got: List[bytes] = []
+    cli = ChatUdpClient(*srv.addr, on_message=lambda d, a: got.append(d))
+    cli.start()
+    stopper(cli)
+    for word in ("one", "two", "three"):
+        cli.send(word)
+    expected = [ack(w, cli.addr[1]) for w in (b"ONE", b"TWO", b"THREE")]
+    seen = [member.recv() for _ in expected]
+    assert seen == expected
+    wait_for(lambda: got == expected, what="the client's own Acks")
+    assert member.recv_nothing(0.3)
+    # A member's cookie echo (a duplicate, or sent by hand) is no chat message either.
+    cli_cookie_like = b"^ck^" + b"\x00" * 8
+    member.send(cli_cookie_like, srv.addr)
+    assert member.recv_nothing(0.3)
+    assert srv.stats["relayed"] == 3 and srv.stats["dropped"]["unvalidated"] == 0
+    record_figures(
+        "test_security::test_first_messages_are_held_until_validation_and_echoes_never_relayed",
+        sent_before_validation=3,
+        relayed=srv.stats["relayed"],
+        challenges_answered=srv.stats["joins"] - 1,
+    )
+
+
+def test_messages_that_cannot_be_held_are_counted(stopper: Any, peers: Any) -> None:
+    srv = ChatUdpServer(port=0, validate=True)
+    srv.start()
+    stopper(srv)
+    a = peers()
+    for i in range(10):
+        a.send(b"early %d" % i, srv.addr)
+    # Eight are held, the other two refused and counted; the eight arrive once a answers.
+    wait_for(lambda: srv.stats["dropped"]["unvalidated"] == 2, what="two refusals")
+    cookie = a.recv()
+    while len(cookie) != 12:
+        cookie = a.recv()
+    a.send(cookie, srv.addr)
+    acks = []
+    while len(acks) < 8:
+        data = a.recv()
+        if data.startswith(b"Ack"):
+            acks.append(data)
+    assert acks == [ack(b"EARLY %d" % i, a.port) for i in range(8)]

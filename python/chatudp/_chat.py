@@ -284,6 +284,7 @@ class ChatUdpServer(_Endpoint):
         backlog: int = _DEFAULT_BACKLOG,
         rcvbuf: Optional[int] = None,
         sndbuf: Optional[int] = None,
+        workers: int = 1,
         bus: Union[None, str, Sequence[str]] = None,
         room: str = "chatudp",
     ) -> None:
@@ -293,6 +294,10 @@ class ChatUdpServer(_Endpoint):
             check_callback(name, callback)
         if isinstance(max_clients, bool) or not isinstance(max_clients, int) or max_clients < 1:
             raise ValueError(f"max_clients must be an int >= 1, not {max_clients!r}")
+        if isinstance(workers, bool) or not isinstance(workers, int):
+            raise TypeError(f"workers must be an int, not {type(workers).__name__}")
+        if not 1 <= workers <= 256:
+            raise ValueError(f"workers must be between 1 and 256 (socket threads on the port), not {workers!r}")
         if expiry_grace is not None and not expiry_grace >= 0:
             raise ValueError(f"expiry_grace must be None or >= 0 seconds, not {expiry_grace!r}")
         self.addr: Address = (ip, _check_port(port))
@@ -310,6 +315,7 @@ class ChatUdpServer(_Endpoint):
             "secret": _check_secret(secret),
             "rcvbuf": rcvbuf,
             "sndbuf": sndbuf,
+            "workers": workers,
             **_check_bus(bus, room),
         }
 

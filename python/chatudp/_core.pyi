@@ -109,6 +109,7 @@ class Server:
         allow: list[str] | tuple[str, ...] | None = None,
         validate: bool = False,
         secret: bytes | None = None,
+        workers: int = 1,
         bus: list[str] | None = None,
         room: str = ...,
     ) -> Server:

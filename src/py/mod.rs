@@ -260,7 +260,7 @@ struct PyServer {
 endpoint_pymethods! {
 impl PyServer {
     #[new]
-    #[pyo3(signature = (host, port, interval, *, bufsize=1024, expiry_grace=None, queue_size=65536, rcvbuf=None, sndbuf=None, drop_unreachable=true, max_clients=crate::config::DEFAULT_MAX_CLIENTS, rate=None, allow=None, validate=false, secret=None, bus=None, room=String::from("chatudp")))]
+    #[pyo3(signature = (host, port, interval, *, bufsize=1024, expiry_grace=None, queue_size=65536, rcvbuf=None, sndbuf=None, drop_unreachable=true, max_clients=crate::config::DEFAULT_MAX_CLIENTS, rate=None, allow=None, validate=false, secret=None, workers=1, bus=None, room=String::from("chatudp")))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -278,6 +278,7 @@ impl PyServer {
         allow: Option<Vec<String>>,
         validate: bool,
         secret: Option<Vec<u8>>,
+        workers: usize,
         bus: Option<Vec<String>>,
         room: String,
     ) -> PyResult<PyServer> {
@@ -288,6 +289,7 @@ impl PyServer {
         config.max_clients = max_clients;
         config.validate = validate;
         config.secret = secret;
+        config.workers = workers;
         config.bus = bus.map(|urls| crate::bus::BusConfig::new(urls, room));
         config.rate = rate.map(|(per_second, burst)| Rate::new(per_second, burst)).transpose().map_err(PyChatError)?;
         config.allow = allow
