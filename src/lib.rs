@@ -6,6 +6,7 @@
 pub mod auth;
 pub mod bus;
 pub mod client;
+pub mod collector;
 pub mod config;
 pub mod error;
 pub mod events;

@@ -56,6 +56,13 @@ EXPECTED: Dict[str, List[str]] = {
         "b'Bye!'",
         "stopped: True, True, True",
     ],
+    "sensors.py": [
+        "received 19976 readings in ",
+        "kernel drops 0, dropped 0",
+        "8 sensors, lost per sensor: [3]",
+        "mean reading per sensor: 0.50 1.50 2.50 3.50 4.50 5.50 6.50 7.50",
+        "done",
+    ],
 }
 
 

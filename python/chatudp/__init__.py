@@ -11,15 +11,18 @@ from __future__ import annotations
 
 from ._chat import ChatUdpClient, ChatUdpServer
 from ._core import MAX_DATAGRAM, __version__
+from .collector import Batch, Collector
 from .errors import ChatUdpError, ClosedError, NoReplyError
 from .services import EchoClient, EchoServer, QQPeer, TimeClient, TimeServer
 
 __all__ = [
     "MAX_DATAGRAM",
+    "Batch",
     "ChatUdpClient",
     "ChatUdpError",
     "ChatUdpServer",
     "ClosedError",
+    "Collector",
     "EchoClient",
     "EchoServer",
     "NoReplyError",

@@ -11,7 +11,21 @@ from typing import Final, Literal, TypedDict, final, type_check_only
 
 from typing_extensions import NotRequired, TypeAlias
 
-__all__ = ["Client", "EchoServer", "MAX_DATAGRAM", "Peer", "Server", "TRAILER_LEN", "TimeServer", "__version__", "check_bus"]
+__all__ = [
+    "BATCH_BUFFER",
+    "Batch",
+    "Client",
+    "Collector",
+    "EchoServer",
+    "MAX_DATAGRAM",
+    "Peer",
+    "REUSEPORT",
+    "Server",
+    "TRAILER_LEN",
+    "TimeServer",
+    "__version__",
+    "check_bus",
+]
 
 __version__: Final[str]
 """The version of the Rust crate, which is the version of the package."""
@@ -330,3 +344,129 @@ class Peer:
     def stats(self) -> dict[str, int]:
         """Counters: ``received``, ``sent``, ``retries``, ``truncated``, ``ignored``,
         ``send_errors``, ``challenges`` (address-validation challenges answered)."""
+
+BATCH_BUFFER: Final[bool]
+"""True when ``Batch`` objects offer the buffer protocol (``memoryview(batch)``)."""
+
+REUSEPORT: Final[bool]
+"""True where ``workers > 1`` can bind several ``SO_REUSEPORT`` sockets on one port."""
+
+_Metric: TypeAlias = (
+    tuple[str, float | str, str, float, dict[str, str]]
+    | tuple[str, dict[str, str], dict[str, float | int | bool | str], int | None]
+)
+
+@type_check_only
+class _CollectorStats(TypedDict):
+    received: int
+    batches: int
+    truncated: int
+    kernel_drops: int | None
+    dropped: int
+    parse_errors: int
+    short: int
+    evicted_sources: int
+
+@type_check_only
+class _SourceCounts(TypedDict):
+    received: int
+    lost: int
+    reordered: int
+    duplicates: int
+
+@final
+class Batch:
+    """Datagrams received together. ``memoryview(batch)`` is every payload back to back
+    (read-only, format ``B``); datagram ``i`` is ``buf[batch.offsets[i]:batch.offsets[i + 1]]``."""
+
+    def __len__(self) -> int:
+        """The number of datagrams."""
+
+    def __getitem__(self, index: int, /) -> bytes:
+        """The payload of datagram ``index`` (negative counts from the end)."""
+
+    def __buffer__(self, flags: int, /) -> memoryview:
+        """The payloads back to back, without a copy."""
+
+    @property
+    def offsets(self) -> list[int]:
+        """``len(batch) + 1`` offsets into the buffer."""
+
+    @property
+    def payloads(self) -> list[bytes]:
+        """Each payload as ``bytes``."""
+
+    @property
+    def addrs(self) -> list[_Address]:
+        """The source of each datagram."""
+
+    @property
+    def times(self) -> list[float]:
+        """Receive time of each datagram, wall-clock seconds (the kernel's stamp on Linux)."""
+
+    @property
+    def metrics(self) -> list[_Metric]:
+        """Parsed lines under ``format``: statsd ``(name, value, type, sample_rate, tags)``,
+        influx ``(measurement, tags, fields, timestamp)``; ``[]`` without a format."""
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes in the buffer."""
+
+@final
+class Collector:
+    """A running collector (the Rust half of ``chatudp.Collector``): ``workers`` socket threads
+    on ``(host, port)`` handing batches to one bounded queue."""
+
+    def __new__(
+        cls,
+        host: str,
+        port: int,
+        *,
+        bufsize: int = 2048,
+        batch: int = 1000,
+        flush: float = 0.05,
+        workers: int = 1,
+        seq: tuple[int, int, str] | None = None,
+        format: str | None = None,
+        rcvbuf: int | None = None,
+        queue_size: int = ...,
+        max_sources: int = ...,
+    ) -> Collector:
+        """Bind and start; ``OSError`` for a busy port, ``ValueError`` for a bad argument.
+        ``queue_size`` defaults to 1024 batches, ``max_sources`` to 65536."""
+
+    def local_addr(self) -> _Address:
+        """The address actually bound (port 0 resolved)."""
+
+    def next_events(self) -> list[Batch] | None:
+        """For the dispatcher: the next batches; ``None`` once stopped and drained."""
+
+    def discard_events(self, unprocessed: int = 0) -> int:
+        """Drop what is queued and the last ``unprocessed`` batches taken, counting their
+        datagrams as dropped; return how many datagrams that was."""
+
+    def recv_batch(self, timeout: float | None = None) -> Batch:
+        """The next batch; ``TimeoutError`` after ``timeout``, ``ClosedError`` once stopped and
+        drained."""
+
+    def try_recv_batch(self) -> Batch | None:
+        """A queued batch or ``None``; ``ClosedError`` once stopped and drained."""
+
+    def wait_ready(self, timeout: float) -> None:
+        """Wait until a batch is queued or the collector ends, taking nothing."""
+
+    def stop(self) -> None:
+        """End every socket thread (each hands over its last batch) and join them. Idempotent."""
+
+    def is_running(self) -> bool:
+        """True while every socket thread is alive."""
+
+    def failure(self) -> str | None:
+        """Why a socket thread ended on its own (a panic), else ``None``."""
+
+    def stats(self) -> _CollectorStats:
+        """The counters, as ``chatudp.Collector.stats`` shows them."""
+
+    def sources(self) -> dict[_Address, _SourceCounts]:
+        """Counts per source, for the sources heard most recently."""

@@ -1042,6 +1042,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="a contact (repeatable); default: the tutorial's four names, all on --ip:--port",
     )
     p.add_argument("--timeout", type=_positive_seconds, default=5.0, help="seconds to wait for a reply (default 5)")
+    from ._collect_cli import register as add_collect_commands
+
+    add_collect_commands(sub)
     return parser
 
 

@@ -17,6 +17,7 @@ use crate::stats::{Counters, DropReason, Stats};
 use crate::{Client, ClientConfig, Endpoint, Server, ServerConfig};
 
 mod bus;
+mod collector;
 mod services;
 
 pyo3::import_exception!(chatudp.errors, ClosedError);
@@ -384,6 +385,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyClient>()?;
     services::register(m)?;
     m.add_function(wrap_pyfunction!(bus::check_bus, m)?)?;
+    collector::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("MAX_DATAGRAM", crate::protocol::MAX_DATAGRAM)?;
     m.add("TRAILER_LEN", crate::auth::TRAILER_LEN)?;

@@ -10,7 +10,9 @@
 //!   ping       1 sender, 1 message in flight, round trip percentiles
 //!   ceiling    bare sendmmsg loop to N loopback sockets drained by another thread
 //!   minirelay  a minimal Rust relay (blocking recvmmsg + sendmmsg), the "ceiling relay"
+//!   blast/sink numbered datagrams from S sources, and a bare recvmmsg receiver (collector bench)
 
+mod blast;
 mod json;
 mod mmsg;
 mod wire;
@@ -37,6 +39,10 @@ MODES
   ceiling    --seconds T --receivers N --payload P [--batch B]
   minirelay  [--port 0] [--seconds T] [--interval I]   prints {\"event\":\"listening\",\"port\":..}
              then relays until T passes or stdin reaches EOF
+  blast      --server ... [--sources 4] [--count N] [--rate R] [--payload 16] [--seconds T]
+             numbered datagrams (4-byte big-endian sequence per source) with sendmmsg
+  sink       [--port 0] [--seconds T] [--quiet 0.5]   prints {\"event\":\"listening\",\"port\":..},
+             counts what a blocking recvmmsg receives until --quiet seconds pass without any
 
 COMMON
   --label TEXT       copied into the JSON line
@@ -59,6 +65,8 @@ fn main() {
         "ping" => run_ping(&opts),
         "ceiling" => run_ceiling(&opts),
         "minirelay" => run_minirelay(&opts),
+        "blast" => blast::run_blast(&opts),
+        "sink" => blast::run_sink(&opts),
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             return;
