@@ -6,7 +6,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
 use parking_lot::{Mutex, RwLock};
 use socket2::Socket;
 
@@ -14,11 +13,11 @@ use crate::auth::{self, Direction, Opener, Sealer, TRAILER_LEN};
 pub use crate::config::ClientConfig;
 use crate::config::RECV_BATCH;
 use crate::error::{ChatError, Result};
-use crate::events::{self, Event, EventSender};
+use crate::events::{self, Event, EventReceiver, EventSender};
 use crate::net::{self, RecvBatch, Waiter};
-use crate::protocol::{HEARTBEAT, MAX_DATAGRAM};
+use crate::protocol::{self, HEARTBEAT, MAX_DATAGRAM};
 use crate::stats::{Counters, Stats};
-use crate::worker::{wall_clock, Control, Endpoint, Worker};
+use crate::worker::{wall_clock, Control, Endpoint, Worker, MIN_TIMER_PERIOD};
 
 struct Shared {
     /// `None` once stopped: `stop()` closes the socket, as the original does.
@@ -36,7 +35,7 @@ pub struct Client {
     shared: Arc<Shared>,
     local: SocketAddr,
     remote: SocketAddr,
-    events: Receiver<Event>,
+    events: EventReceiver,
     worker: Worker,
 }
 
@@ -52,14 +51,18 @@ impl Client {
         let socket = Arc::new(socket);
         let local = net::local_addr(&socket)?;
         let (waiter, waker) = Waiter::new(&socket)?;
-        let (sender, events) = events::channel(config.queue_size);
+        let (sender, events) = events::channel(config.queue_size, config.route);
         let now = wall_clock();
         let secret = config.secret.is_some();
         let shared = Arc::new(Shared {
             socket: RwLock::new(Some(Arc::clone(&socket))),
             counters: Counters::default(),
             sealer: config.secret.as_deref().map(|secret| Mutex::new(Sealer::new(secret, Direction::ToServer))),
-            max_message: if secret { config.bufsize.min(MAX_DATAGRAM - TRAILER_LEN) } else { MAX_DATAGRAM },
+            max_message: if secret {
+                config.bufsize.min(MAX_DATAGRAM - TRAILER_LEN)
+            } else {
+                protocol::max_payload(&remote)
+            },
         });
         let mut client_loop = ClientLoop {
             socket,
@@ -68,7 +71,8 @@ impl Client {
             events: sender,
             recv: RecvBatch::new(RECV_BATCH, if secret { sealed_recv_len(config.bufsize) } else { config.bufsize }),
             bufsize: config.bufsize,
-            interval: Duration::from_secs_f64(config.interval),
+            // A floor, so a tiny interval cannot make the loop spin.
+            interval: Duration::from_secs_f64(config.interval.max(MIN_TIMER_PERIOD)),
             opener: config
                 .secret
                 .as_deref()
@@ -87,8 +91,9 @@ impl Client {
         if !self.worker.is_running() {
             return Err(ChatError::Closed("this ChatUdpClient"));
         }
-        if data.len() > MAX_DATAGRAM {
-            return Err(ChatError::TooLong { len: data.len(), max: MAX_DATAGRAM });
+        let max = protocol::max_payload(&self.remote);
+        if data.len() > max {
+            return Err(ChatError::TooLong { len: data.len(), max });
         }
         if data.len() > self.shared.max_message {
             return Err(ChatError::Undeliverable {
@@ -111,7 +116,7 @@ impl Client {
     }
 
     /// Received datagrams, as [`Event::Message`].
-    pub fn events(&self) -> &Receiver<Event> {
+    pub fn events(&self) -> &EventReceiver {
         &self.events
     }
 }
@@ -123,6 +128,9 @@ impl Endpoint for Client {
 
     /// Ends the thread and closes the socket.
     fn stop(&self) {
+        if self.worker.is_forked_copy() {
+            return;
+        }
         self.worker.stop();
         self.shared.socket.write().take();
     }
@@ -131,7 +139,7 @@ impl Endpoint for Client {
         &self.shared.counters
     }
 
-    fn event_queue(&self) -> Option<&Receiver<Event>> {
+    fn event_queue(&self) -> Option<&EventReceiver> {
         Some(&self.events)
     }
 
@@ -250,7 +258,9 @@ impl ClientLoop {
                             continue;
                         }
                         Counters::add(&counters.relayed, 1);
-                        self.events.emit(Event::Message { data: payload.to_vec(), from: datagram.from }, counters);
+                        if self.events.wants_messages() {
+                            self.events.emit(Event::Message { data: payload.to_vec(), from: datagram.from }, counters);
+                        }
                     }
                     if count < RECV_BATCH {
                         return;
@@ -295,8 +305,9 @@ mod tests {
         let (n, _) = server.recv_from(&mut buf).unwrap();
         assert_eq!(&buf[..n], b"^hb^");
         server.send_to(b"Ack", from).unwrap();
-        let event = client.events().recv_timeout(Duration::from_secs(3)).unwrap();
-        assert_eq!(event, Event::Message { data: b"Ack".to_vec(), from: server.local_addr().unwrap() });
+        let batch = client.events().next_batch(1, Duration::ZERO, Duration::from_secs(3));
+        let expected = Event::Message { data: b"Ack".to_vec(), from: server.local_addr().unwrap() };
+        assert_eq!(batch, events::Batch::Events(vec![expected], false));
         client.stop();
         assert!(matches!(client.send(b"late"), Err(ChatError::Closed(_))));
     }

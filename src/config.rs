@@ -9,6 +9,7 @@ use std::fmt::Display;
 
 use crate::bus::BusConfig;
 use crate::error::{ChatError, Result};
+pub use crate::events::{Route, MAX_QUEUE};
 use crate::limits::{Network, Rate};
 use crate::net::SocketOptions;
 pub use crate::protocol::{DEFAULT_BUFSIZE, MAX_DATAGRAM};
@@ -104,8 +105,8 @@ pub fn invalid(name: &str, accepted: &str, shown: impl Display) -> ChatError {
 pub const PORT: IntRange = IntRange { name: "port", min: 0, max: 65_535, unit: "" };
 pub const BUFSIZE: IntRange = IntRange { name: "bufsize", min: 1, max: MAX_DATAGRAM as i64, unit: " bytes" };
 /// Beyond this a queue could not be honoured in memory.
-pub const QUEUE_SIZE: IntRange = IntRange { name: "queue_size", min: 1, max: 1 << 24, unit: " events" };
-pub const BACKLOG: IntRange = IntRange { name: "backlog", min: 1, max: 1 << 24, unit: " messages" };
+pub const QUEUE_SIZE: IntRange = IntRange { name: "queue_size", min: 1, max: MAX_QUEUE as i64, unit: " events" };
+pub const BACKLOG: IntRange = IntRange { name: "backlog", min: 1, max: MAX_QUEUE as i64, unit: " messages" };
 pub const MAX_CLIENTS: IntRange = IntRange { name: "max_clients", min: 1, max: 1 << 30, unit: " clients" };
 pub const RCVBUF: IntRange = IntRange { name: "rcvbuf", min: 1, max: i32::MAX as i64, unit: " bytes" };
 pub const SNDBUF: IntRange = IntRange { name: "sndbuf", min: 1, max: i32::MAX as i64, unit: " bytes" };
@@ -156,6 +157,9 @@ pub struct ServerConfig {
     pub queue_size: usize,
     /// Messages kept for the pull consumers.
     pub backlog: usize,
+    /// Which events are queued for the consumer, and whether messages are kept (up to
+    /// `route.backlog`) for pull consumers; events nobody asked for are never built.
+    pub route: Route,
     pub socket: SocketOptions,
     /// Remove a client as soon as the network reports its port unreachable, instead of sending
     /// to it until it expires as the original does.
@@ -187,6 +191,7 @@ impl ServerConfig {
             bufsize: DEFAULT_BUFSIZE,
             queue_size: DEFAULT_QUEUE_SIZE,
             backlog: DEFAULT_BACKLOG,
+            route: Route::default(),
             socket: SocketOptions { rcvbuf: Some(DEFAULT_SOCKET_BUFFER), sndbuf: Some(DEFAULT_SOCKET_BUFFER) },
             drop_unreachable: true,
             max_clients: DEFAULT_MAX_CLIENTS,
@@ -233,6 +238,8 @@ pub struct ClientConfig {
     pub queue_size: usize,
     /// Messages kept for the pull consumers.
     pub backlog: usize,
+    /// Which events are queued and how many messages are kept for pull consumers.
+    pub route: Route,
     pub socket: SocketOptions,
     /// Shared secret of the server's authenticated mode.
     pub secret: Option<Vec<u8>>,
@@ -247,6 +254,7 @@ impl ClientConfig {
             bufsize: DEFAULT_BUFSIZE,
             queue_size: DEFAULT_QUEUE_SIZE,
             backlog: DEFAULT_BACKLOG,
+            route: Route::default(),
             socket: SocketOptions::default(),
             secret: None,
         }

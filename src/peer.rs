@@ -17,7 +17,6 @@ use crate::auth;
 use crate::config::BUFSIZE;
 use crate::error::{ChatError, Result};
 use crate::net::{self, RecvBatch, SocketOptions, Waiter, Waker};
-use crate::protocol::MAX_DATAGRAM;
 use crate::stats::{Counters, DropReason};
 
 /// What the receiving side owns; dropped by `close()`, which closes the socket.
@@ -103,8 +102,9 @@ impl UdpPeer {
 
     /// Sends one datagram to `to`, as `socket.sendto`.
     pub fn send_to(&self, data: &[u8], to: SocketAddr) -> Result<()> {
-        if data.len() > MAX_DATAGRAM {
-            return Err(ChatError::TooLong { len: data.len(), max: MAX_DATAGRAM });
+        let max = crate::protocol::max_payload(&to);
+        if data.len() > max {
+            return Err(ChatError::TooLong { len: data.len(), max });
         }
         let send = self.send.read();
         let socket = send.as_ref().ok_or(ChatError::Closed(CLOSED))?;
@@ -324,6 +324,7 @@ fn deadline_after(timeout: Duration) -> Instant {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::protocol::MAX_DATAGRAM;
     use std::net::UdpSocket;
 
     fn peer() -> UdpPeer {

@@ -15,6 +15,17 @@ pub const QUIT: &[u8] = b"quit";
 pub const BYE: &[u8] = b"Bye!";
 /// The largest UDP payload over IPv4.
 pub const MAX_DATAGRAM: usize = 65_507;
+/// The largest UDP payload over IPv6 (without jumbograms): the 40-byte header is not counted in
+/// IPv6's 16-bit payload length as IPv4's 20 bytes are in its total length.
+pub const MAX_DATAGRAM_V6: usize = 65_527;
+
+/// The largest payload one datagram to `to` can carry (IPv4-mapped addresses travel as IPv4).
+pub fn max_payload(to: &std::net::SocketAddr) -> usize {
+    match to {
+        std::net::SocketAddr::V6(v6) if v6.ip().to_ipv4_mapped().is_none() => MAX_DATAGRAM_V6,
+        _ => MAX_DATAGRAM,
+    }
+}
 /// The tutorial's `recvfrom(1024)`.
 pub const DEFAULT_BUFSIZE: usize = 1024;
 

@@ -31,7 +31,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 use socket2::Socket;
 
@@ -40,14 +39,14 @@ use crate::bus::{Bus, BusInbox, BusStatus};
 pub use crate::config::ServerConfig;
 use crate::config::RECV_BATCH;
 use crate::error::{ChatError, Result};
-use crate::events::{self, Event, EventSender, LeaveReason};
+use crate::events::{self, Event, EventReceiver, EventSender, LeaveReason};
 use crate::limits::Network;
 use crate::net::{self, Outgoing, RecvBatch, SendBatch, Waiter};
 use crate::protocol::{self, BYE};
 use crate::relay::{self, Outcome, Relay};
 use crate::reuseport;
 use crate::stats::{Counters, DropReason, Stats};
-use crate::worker::{wall_clock, Control, Endpoint, Worker};
+use crate::worker::{wall_clock, Control, Endpoint, Worker, MIN_TIMER_PERIOD};
 
 /// Batches handled per wake-up before the timer gets a look in.
 const BATCHES_PER_WAKE: usize = 64;
@@ -62,7 +61,7 @@ struct Shared {
 pub struct Server {
     shared: Arc<Shared>,
     local: SocketAddr,
-    events: Receiver<Event>,
+    events: EventReceiver,
     bus: Option<BusStatus>,
     worker: Worker,
 }
@@ -83,7 +82,7 @@ impl Server {
         let bind = net::resolve(&config.host, config.port)?;
         let sockets = reuseport::bind_group(bind, config.workers, config.socket)?;
         let local = net::local_addr(&sockets[0])?;
-        let (sender, events) = events::channel(config.queue_size);
+        let (sender, events) = events::channel(config.queue_size, config.route);
         let shared = Arc::new(Shared {
             relay: Mutex::new(Relay::with_limits(config.interval, config.max_clients, config.rate)),
             counters: Counters::default(),
@@ -149,7 +148,7 @@ impl Server {
     }
 
     /// Joins, leaves and chat messages, in the order the socket thread saw them.
-    pub fn events(&self) -> &Receiver<Event> {
+    pub fn events(&self) -> &EventReceiver {
         &self.events
     }
 }
@@ -163,7 +162,7 @@ impl Endpoint for Server {
         &self.shared.counters
     }
 
-    fn event_queue(&self) -> Option<&Receiver<Event>> {
+    fn event_queue(&self) -> Option<&EventReceiver> {
         Some(&self.events)
     }
 
@@ -389,12 +388,15 @@ impl Handover {
 
     fn message(&mut self, payload: &[u8], from: SocketAddr, counters: &Counters) {
         Counters::add(&counters.relayed, 1);
-        self.pending.push(Event::Message { data: payload.to_vec(), from });
+        // Built only when a consumer asked for messages (a callback, a log line, the backlog).
+        if self.events.wants_messages() {
+            self.pending.push(Event::Message { data: payload.to_vec(), from });
+        }
     }
 
     fn flush(&mut self, counters: &Counters) {
-        for event in self.pending.drain(..) {
-            self.events.emit(event, counters);
+        if !self.pending.is_empty() {
+            self.events.emit_all(self.pending.drain(..), counters);
         }
     }
 }
@@ -520,7 +522,9 @@ impl RelayLoop {
     fn serve(&mut self, control: &Control, group_done: &AtomicBool, mut next_sweep: Option<&mut f64>) {
         while !control.is_stopping() && !group_done.load(Ordering::Acquire) {
             let wait = match next_sweep.as_deref() {
-                Some(&at) => Duration::from_secs_f64((at - wall_clock()).clamp(0.0, self.max_age)),
+                Some(&at) => {
+                    Duration::from_secs_f64((at - wall_clock()).clamp(0.0, self.max_age.max(MIN_TIMER_PERIOD)))
+                }
                 // A follower only waits for datagrams; the leader wakes it to stop.
                 None => Duration::from_secs(3600),
             };
@@ -736,7 +740,7 @@ impl RelayLoop {
         self.handover.flush(&self.shared.counters);
         // Never sooner than a small slice of the interval, so a table of many clients with
         // spread-out deadlines is not rescanned continuously.
-        let min_gap = (self.max_age / 50.0).clamp(0.001, 0.1);
+        let min_gap = (self.max_age / 50.0).clamp(MIN_TIMER_PERIOD, 0.1);
         next.map_or(now + self.max_age, |deadline| deadline.max(now + min_gap))
     }
 
@@ -810,7 +814,7 @@ mod tests {
         a.send_to(b"^hb^", server.local_addr()).unwrap();
         wait_for("a to join", || server.clients().len() == 1);
         wait_for("a to expire", || server.clients().is_empty());
-        let events: Vec<Event> = server.events().try_iter().collect();
+        let events: Vec<Event> = server.events().take_queued();
         let a_addr = a.local_addr().unwrap();
         assert_eq!(events, vec![Event::Join(a_addr), Event::Leave(a_addr, LeaveReason::Expired)]);
         assert_eq!(server.stats().expired, 1);
@@ -828,7 +832,7 @@ mod tests {
         assert!(recv(&alive).starts_with(b"Ack b'ONE'"));
         wait_for("dead to leave", || server.clients().len() == 1);
         assert_eq!(server.clients()[0].0, alive.local_addr().unwrap());
-        let events: Vec<Event> = server.events().try_iter().collect();
+        let events: Vec<Event> = server.events().take_queued();
         assert!(events.contains(&Event::Leave(dead_addr, LeaveReason::Unreachable)), "{events:?}");
         assert_eq!(server.stats().unreachable, 1);
     }

@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crossbeam_channel::Receiver;
 use parking_lot::Mutex;
 use socket2::Socket;
 
@@ -22,7 +21,7 @@ use crate::auth::{AddressGuard, Verdict};
 pub use crate::config::ServiceConfig;
 use crate::config::RECV_BATCH;
 use crate::error::Result;
-use crate::events::{self, Event, EventSender};
+use crate::events::{self, Event, EventReceiver, EventSender, Route};
 use crate::net::{self, RecvBatch, Waiter};
 use crate::protocol::MAX_DATAGRAM;
 use crate::stats::{Counters, DropReason};
@@ -233,7 +232,7 @@ pub struct ServiceServer {
     service: Service,
     shared: Arc<Shared>,
     local: SocketAddr,
-    events: Option<Receiver<Event>>,
+    events: Option<EventReceiver>,
     worker: Worker,
 }
 
@@ -254,7 +253,7 @@ impl ServiceServer {
         });
         let (sender, events) = match config.events {
             Some(size) => {
-                let (sender, receiver) = events::channel(size);
+                let (sender, receiver) = events::channel(size, Route::default());
                 (Some(sender), Some(receiver))
             }
             None => (None, None),
@@ -314,7 +313,7 @@ impl Endpoint for ServiceServer {
         &self.shared.counters
     }
 
-    fn event_queue(&self) -> Option<&Receiver<Event>> {
+    fn event_queue(&self) -> Option<&EventReceiver> {
         self.events.as_ref()
     }
 
@@ -608,7 +607,7 @@ mod tests {
         let client = peer();
         assert_eq!(ask(&client, &server, b"one"), b"ONE");
         assert_eq!(ask(&client, &server, b"two"), b"TWO");
-        let events: Vec<Event> = server.event_queue().unwrap().try_iter().collect();
+        let events: Vec<Event> = server.event_queue().unwrap().take_queued();
         let from = client.local_addr().unwrap();
         assert_eq!(events, vec![Event::Message { data: b"one".to_vec(), from }]);
         assert_eq!(server.stats().dropped(DropReason::CallbackQueueFull), 1);

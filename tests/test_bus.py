@@ -289,48 +289,6 @@ def test_redis_and_nats_fixtures_are_real(nats_server: NatsServer, redis_server:
         assert sock.recv(16) == b"+PONG\r\n"
 
 
-def run_cli(*args: str, stdin: str = "") -> "subprocess.CompletedProcess[str]":
-    return subprocess.run(
-        [sys.executable, "-m", "chatudp", *args], input=stdin, capture_output=True, text=True, timeout=60
-    )
-
-
-def test_demo_shows_two_relays_chatting(broker: Broker) -> None:
-    result = run_cli("demo", "--bus", broker.url, "--seconds", "1")
-    assert result.returncode == 0, result.stderr
-    assert "(carol's) joined the first through" in result.stdout
-    # carol is on the second relay: she gets alice's Acks and alice gets hers, through the broker.
-    assert "  carol got: Ack b'HELLO FROM ALICE'. from 127.0.0.1:" in result.stdout
-    assert "  alice got: Ack b'HEY ALL, CAROL TOO'. from 127.0.0.1:" in result.stdout
-    assert "not seen within" not in result.stdout
-
-
-def test_server_command_joins_a_room(nats_server: NatsServer, relays: Any, peers: Any) -> None:
-    other = relays(nats_server.url, "cli-room")
-    listener = peers()
-    listener.send(b"^hb^", other.addr)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "chatudp", "server", "--port", "0", "--bus", nats_server.url, "--room", "cli-room"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        wait_for(lambda: len(other.peers) == 1, SETTLE, "the CLI relay to join the room")
-    finally:
-        out, err = process.communicate("quit\n", timeout=30)
-    assert process.returncode == 0, err
-    assert "room 'cli-room' on nats://" in out
-    wait_for(lambda: other.peers == [], 3, "the CLI relay's goodbye")
-
-
-def test_server_command_refuses_an_unknown_bus() -> None:
-    result = run_cli("server", "--port", "0", "--bus", "kafka://127.0.0.1:9092")
-    assert result.returncode == 2
-    assert "nats://" in result.stderr and "Traceback" not in result.stderr
-
-
 def test_bus_stats_and_peers_keys_match_the_stub(nats_server: NatsServer, relays: Any) -> None:
     from test_typing import stub_typeddict_keys
 

@@ -88,6 +88,25 @@ def test_stubtest(mypy_config: Path) -> None:
     assert "Success: no issues found" in proc.stdout, report(proc)
 
 
+@needs_mypy
+def test_mypy_and_stubtest_without_prompt_toolkit(tmp_path: Path) -> None:
+    """The optional line editor is not needed to import or type-check the package: mypy --strict
+    and stubtest with prompt_toolkit hidden from mypy (no site-packages) and, for stubtest's
+    imports, from the import system too."""
+    config = tmp_path / "mypy.ini"
+    config.write_text(f"[mypy]\ncache_dir = {tmp_path / 'cache'}\nno_site_packages = True\n")
+    proc = run(["-m", "mypy", "--strict", "--config-file", str(config), "-p", "chatudp"], cwd=PYTHON_DIR)
+    assert proc.returncode == 0, report(proc)
+    script = (
+        "import sys; sys.modules['prompt_toolkit'] = None; import mypy.stubtest; "
+        f"sys.argv = ['stubtest', '--mypy-config-file', {str(config)!r}, '--strict-type-check-only', 'chatudp']; "
+        "sys.exit(mypy.stubtest.main())"
+    )
+    proc = run(["-c", script], cwd=PYTHON_DIR)
+    assert proc.returncode == 0, report(proc)
+    assert "Success: no issues found" in proc.stdout, report(proc)
+
+
 def test_py_typed_and_stub_ship_with_the_package() -> None:
     package = Path(chatudp.__file__).parent
     assert (package / "py.typed").is_file()

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import atexit
 import logging
+import math
+import os
 import threading
 import time
 import weakref
@@ -21,11 +23,75 @@ _T = TypeVar("_T", bound="SocketThreadObject")
 
 _live: "weakref.WeakSet[SocketThreadObject]" = weakref.WeakSet()
 
+# How often an idle dispatcher looks again at what it must be told (a logging level that changed).
+_ROUTE_REFRESH = 0.5
+# At interpreter exit, how long each dispatcher may take to finish the callback it is running.
+_EXIT_JOIN_TIMEOUT = 2.0
+
+# Which dispatcher each thread is joining in stop(): a stop() never waits for a dispatcher that
+# is, directly or through other stop() calls, waiting for the caller. Reentrant, since a signal
+# handler may call stop() while the main thread is inside one.
+_joins_lock = threading.RLock()
+_joining: Dict[threading.Thread, threading.Thread] = {}
+
 
 @atexit.register
 def _stop_all_at_exit() -> None:
     for obj in list(_live):
-        obj.stop()
+        obj._stop(_EXIT_JOIN_TIMEOUT)
+
+
+def _refresh_routes_after_level_change() -> None:
+    """What reaches the dispatchers depends on logging levels (the tutorial's INFO lines, DEBUG
+    records): follow a change at once. Every level change (``setLevel``, ``logging.disable``)
+    clears the logging manager's cache, so hook that; the dispatchers also look again every
+    ``_ROUTE_REFRESH`` seconds, should the hook be missing."""
+    manager = logging.Logger.manager
+    clear_cache = getattr(manager, "_clear_cache", None)
+    if clear_cache is None:
+        return
+
+    def clear_cache_and_refresh() -> None:
+        clear_cache()
+        for obj in list(_live):
+            obj._refresh_route()
+
+    manager._clear_cache = clear_cache_and_refresh  # type: ignore[attr-defined]
+
+
+_refresh_routes_after_level_change()
+
+
+def _join_dispatcher(dispatcher: threading.Thread, timeout: Optional[float]) -> bool:
+    """Join `dispatcher` unless that could deadlock; False when it was left to end by itself
+    (it ends once its running callback returns, as the object is stopping)."""
+    me = threading.current_thread()
+    with _joins_lock:
+        waited: Optional[threading.Thread] = dispatcher
+        while waited is not None:
+            if waited is me:
+                return False
+            waited = _joining.get(waited)
+        _joining[me] = dispatcher
+    try:
+        dispatcher.join(timeout)
+    finally:
+        with _joins_lock:
+            if _joining.get(me) is dispatcher:
+                del _joining[me]
+    return not dispatcher.is_alive()
+
+
+def check_timeout(timeout: Optional[float]) -> Optional[float]:
+    """A ``timeout`` argument: None or ``inf`` mean no limit (None is returned); NaN and negative
+    values are a ValueError."""
+    if timeout is None:
+        return None
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be None or a number of seconds, not {type(timeout).__name__}")
+    if math.isnan(timeout) or timeout < 0:
+        raise ValueError(f"timeout must be None or a number of seconds >= 0, not {timeout!r}")
+    return None if math.isinf(timeout) else float(timeout)
 
 
 def check_bufsize(bufsize: int) -> int:
@@ -36,9 +102,11 @@ def check_bufsize(bufsize: int) -> int:
     return bufsize
 
 
-def check_count(name: str, value: int) -> int:
+def check_count(name: str, value: int, maximum: Optional[int] = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{name} must be an int >= 1, not {value!r}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be between 1 and {maximum}, not {value}")
     return value
 
 
@@ -52,14 +120,19 @@ class SocketThreadObject:
 
     _kind: ClassVar[str]
     _log: ClassVar[logging.Logger]
+    # How often an idle dispatcher refreshes its route; None: it has none to refresh.
+    _route_refresh: ClassVar[Optional[float]] = None
     addr: Optional[Address]
 
     def __init__(self) -> None:
         self.event = threading.Event()
-        self._lock = threading.Lock()
+        # Reentrant: a signal handler may call stop() while this thread is inside start()/stop().
+        self._lock = threading.RLock()
         self._core: Any = None
         self._dispatcher: Optional[threading.Thread] = None
         self._stopping = False
+        # The process that started the threads: in a fork() child the object is inert.
+        self._pid: Optional[int] = None
 
     # -- hooks for subclasses -------------------------------------------------------------------
 
@@ -82,7 +155,10 @@ class SocketThreadObject:
         return len(batch)
 
     def _on_stopped(self) -> None:
-        """Called once every thread has ended."""
+        """Called once the socket thread has ended."""
+
+    def _refresh_route(self) -> None:
+        """Tell the core again which events are wanted (a logging level may have changed)."""
 
     # -- life cycle -------------------------------------------------------------------------------
 
@@ -96,6 +172,7 @@ class SocketThreadObject:
             if self._core is not None:
                 raise RuntimeError(f"this {self._kind} is already started")
             self._core = self._open()
+            self._pid = os.getpid()
             self.addr = self._core.local_addr()
             if self._wants_events():
                 self._dispatcher = threading.Thread(
@@ -107,18 +184,30 @@ class SocketThreadObject:
     def stop(self) -> None:
         """Stop promptly: end the socket thread (a chat server first sends ``Bye!`` to its
         clients), close the socket, drop the events not yet delivered (they are counted, after the
-        callback that is running returns), and join every thread. Idempotent; safe to call from a
-        callback."""
+        callback that is running returns), and join every thread. Idempotent; safe to call from
+        any callback of any object, and from a signal handler. From a callback, it does not wait
+        for a dispatcher that is itself waiting for that callback (directly or through another
+        object's ``stop()``): that dispatcher ends by itself once its callback returns. In a child
+        made by ``os.fork()`` the inherited object is inert: ``stop()`` does nothing."""
+        self._stop(None)
+
+    def _stop(self, join_timeout: Optional[float]) -> None:
+        if self._forked():
+            return
         with self._lock:
             self._stopping = True
             core, dispatcher = self._core, self._dispatcher
         if core is not None:
             core.stop()
-        if dispatcher is not None and dispatcher is not threading.current_thread():
-            dispatcher.join()
         _live.discard(self)
         self._on_stopped()
+        if dispatcher is not None and dispatcher is not threading.current_thread():
+            if not _join_dispatcher(dispatcher, join_timeout) and join_timeout is not None:
+                self._log.warning("%s: a callback still runs at exit; not waiting for it", self._kind)
         self.event.set()
+
+    def _forked(self) -> bool:
+        return self._pid is not None and self._pid != os.getpid()
 
     def __enter__(self: _T) -> _T:
         with self._lock:
@@ -141,7 +230,7 @@ class SocketThreadObject:
     def running(self) -> bool:
         """True between ``start()`` and ``stop()`` while the socket thread is alive."""
         core = self._core
-        return core is not None and not self._stopping and bool(core.is_running())
+        return core is not None and not self._stopping and not self._forked() and bool(core.is_running())
 
     @property
     def stats(self) -> Dict[str, Any]:
@@ -156,15 +245,21 @@ class SocketThreadObject:
 
     def _dispatch(self) -> None:
         core = self._core
+        refreshed = time.monotonic()
         while True:
-            batch = core.next_events()
+            period = self._route_refresh
+            batch = core.next_events() if period is None else core.next_events(timeout=period)
             if batch is None:
                 self._report_failure(core)
+                self._on_stopped()
                 return
-            handled = self._deliver_batch(batch)
+            handled = self._deliver_batch(batch) if batch else 0
             if self._stopping:
                 core.discard_events(len(batch) - handled)
                 return
+            if period is not None and time.monotonic() - refreshed >= period:
+                self._refresh_route()
+                refreshed = time.monotonic()
 
     def _report_failure(self, core: Any) -> None:
         # The event channel closes while a panicking thread unwinds, just before its failure is

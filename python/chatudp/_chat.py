@@ -2,21 +2,21 @@
 
 The socket loops run in Rust threads that never take the GIL. What reaches Python (callbacks and
 the tutorial's log lines) goes through one dispatcher thread per object, which takes events from
-the core in batches, so a slow callback never slows the relay.
+the core in batches, so a slow callback never slows the relay. Only the events somebody consumes
+reach it: messages kept for ``recv_message()``, iteration and ``arecv()`` wait in the core's
+backlog, read from Rust when Python asks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import collections
 import ipaddress
 import logging
 import threading
-import time
-from typing import Any, AsyncIterator, Callable, Deque, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, AsyncIterator, Callable, ClassVar, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import _core
-from ._base import Address, Event, SocketThreadObject, check_bufsize, check_callback, check_count
+from ._base import _ROUTE_REFRESH, Address, Event, SocketThreadObject, check_bufsize, check_callback, check_count, check_timeout
 from .errors import ClosedError
 
 __all__ = ["ChatUdpServer", "ChatUdpClient"]
@@ -30,8 +30,6 @@ Message = Tuple[bytes, Address]
 _DEFAULT_QUEUE_SIZE = 65536
 _DEFAULT_BACKLOG = 1024
 DEFAULT_MAX_CLIENTS = 1 << 20
-# Longest a blocking wait sleeps before it looks again (Ctrl-C is seen at once regardless).
-_WAIT_SLICE = 0.25
 
 logger = logging.getLogger("chatudp")
 
@@ -97,21 +95,33 @@ class _Endpoint(SocketThreadObject):
     """What the server and the client share: the checks of the tutorial's arguments, logging of
     messages, and the pull and asyncio consumers."""
 
-    on_message: Optional[MessageCallback]
+    # The tutorial's server logs the sender's address after each message; its client does not.
+    _logs_address: ClassVar[bool] = False
+    _route_refresh = _ROUTE_REFRESH
 
     def __init__(self, interval: float, bufsize: int, queue_size: int, backlog: int) -> None:
         super().__init__()
         self.interval = _check_interval(interval)
         self.bufsize = check_bufsize(bufsize)
-        self._queue_size = check_count("queue_size", queue_size)
-        # Messages kept for recv_message(), iteration and arecv() when no on_message is set.
-        self._backlog = check_count("backlog", backlog)
-        self._inbox: Deque[Message] = collections.deque()
-        self._inbox_ready = threading.Condition(threading.Lock())
-        self._inbox_overflow = 0
-        self._inbox_closed = False
+        self._queue_size = check_count("queue_size", queue_size, _core.MAX_QUEUE)
+        # Messages kept (in the core) for recv_message(), iteration and arecv() when no
+        # on_message is set.
+        self._backlog = check_count("backlog", backlog, _core.MAX_QUEUE)
+        self._on_message: Optional[MessageCallback] = None
+        self._route: Dict[str, Any] = {}
+        self._async_lock = threading.Lock()
         self._async_waiters: List[Tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]] = []
-        self._log_messages = False
+
+    @property
+    def on_message(self) -> Optional[MessageCallback]:
+        """Called for each message on the dispatcher thread; may be changed at any time."""
+        return self._on_message
+
+    @on_message.setter
+    def on_message(self, callback: Optional[MessageCallback]) -> None:
+        check_callback("on_message", callback)
+        self._on_message = callback
+        self._refresh_route()
 
     @property
     def stats(self) -> Dict[str, Any]:
@@ -119,8 +129,33 @@ class _Endpoint(SocketThreadObject):
         heartbeats, dropped by reason, and send errors by errno; ``{}`` before ``start()``."""
         stats = super().stats
         if stats:
-            stats["dropped"]["backlog_full"] = self._inbox_overflow
+            stats["dropped"]["backlog_full"] = self._core.backlog_dropped()
         return stats
+
+    # -- what the core hands to the dispatcher -----------------------------------------------------
+
+    def _wanted(self) -> Dict[str, Any]:
+        """The core's route: messages for the dispatcher only for a callback or the tutorial's
+        INFO log lines; kept for the pull consumers only when there is no callback."""
+        return {
+            "messages": self.on_message is not None or logger.isEnabledFor(logging.INFO),
+            "backlog": self._backlog if self.on_message is None else 0,
+        }
+
+    def _refresh_route(self) -> None:
+        core = self._core
+        route = self._wanted()
+        if core is not None and route != self._route and not self._stopping:
+            core.set_route(**self._full_route(route))
+        self._route = route
+
+    def _full_route(self, route: Dict[str, Any]) -> Dict[str, Any]:
+        return route
+
+    def _open_route(self) -> Dict[str, Any]:
+        """The route given to the core's constructor, so no event precedes it."""
+        self._route = self._wanted()
+        return self._route
 
     def _require_core(self) -> Any:
         core = self._core
@@ -128,87 +163,60 @@ class _Endpoint(SocketThreadObject):
             raise RuntimeError(f"this {self._kind} is not started; call start() first")
         return core
 
+    def _pull_core(self) -> Any:
+        core = self._core
+        if core is None:
+            if self._stopping:
+                raise ClosedError(f"this {self._kind} is stopped and every message was read")
+            raise RuntimeError(f"this {self._kind} is not started; call start() first")
+        return core
+
     def _on_stopped(self) -> None:
-        self._close_inbox()
+        self._wake_async()
 
     def _deliver_batch(self, batch: List[Event]) -> int:
-        # Asked once per batch: a logger disabled for INFO costs nothing per message.
-        self._log_messages = self.on_message is None and logger.isEnabledFor(logging.INFO)
-        if self.on_message is None and not self._log_messages:
-            # Nothing to call per message: keep them for the pull consumers in one go.
-            kept = [(detail, addr) for kind, addr, detail in batch if kind == "message"]
-            if kept:
-                self._fill_inbox(kept)
-            others = [event for event in batch if event[0] != "message"]
-            unhandled = len(others) - super()._deliver_batch(others) if others else 0
-            return len(batch) - unhandled
-        pulled: List[Message] = []
         handled = 0
         for kind, addr, detail in batch:
             if self._stopping:
                 break
-            if kind == "message" and self.on_message is None:
-                pulled.append((detail, addr))
-            self._deliver(kind, addr, detail)
+            if kind == "kept":
+                self._wake_async()
+            else:
+                self._deliver(kind, addr, detail)
             handled += 1
-        if pulled:
-            self._fill_inbox(pulled)
         return handled
+
+    def _log_message(self, data: bytes, addr: Address) -> None:
+        if self.on_message is not None:
+            self._call(self.on_message, data, addr)
+        elif logger.isEnabledFor(logging.INFO):
+            # The tutorial logs the data, then (the server) the address, at INFO.
+            logger.info("%s", data, extra={"chatudp_addr": addr})
+            if self._logs_address:
+                logger.info("%s", addr, extra={"chatudp_addr": addr})
 
     # -- pull and asyncio consumers ------------------------------------------------------------
 
-    def _fill_inbox(self, messages: List[Message]) -> None:
-        with self._inbox_ready:
-            self._inbox.extend(messages)
-            excess = len(self._inbox) - self._backlog
-            for _ in range(max(0, excess)):
-                self._inbox.popleft()
-            self._inbox_overflow += max(0, excess)
-            self._inbox_ready.notify_all()
+    def _wake_async(self) -> None:
+        with self._async_lock:
             waiters, self._async_waiters = self._async_waiters, []
-        self._wake_async(waiters)
-
-    def _close_inbox(self) -> None:
-        with self._inbox_ready:
-            self._inbox_closed = True
-            self._inbox_ready.notify_all()
-            waiters, self._async_waiters = self._async_waiters, []
-        self._wake_async(waiters)
-
-    @staticmethod
-    def _wake_async(waiters: List[Tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]]) -> None:
         for loop, future in waiters:
             try:
                 loop.call_soon_threadsafe(_resolve, future)
             except RuntimeError:  # that loop is closed; nobody is waiting there any more
                 pass
 
-    def _take(self) -> Optional[Message]:
-        """The next message, None when there is none yet; ClosedError once stopped and empty.
-        Call with `_inbox_ready` held."""
-        if self._inbox:
-            return self._inbox.popleft()
-        if self._inbox_closed:
-            raise ClosedError(f"this {self._kind} is stopped and every message was read")
-        if self._core is None:
-            raise RuntimeError(f"this {self._kind} is not started; call start() first")
-        return None
-
     def recv_message(self, timeout: Optional[float] = None) -> Message:
         """Wait for the next message: ``(data, (ip, port))``. Raises ``TimeoutError`` after
-        ``timeout`` seconds, ``ClosedError`` once stopped and every message was read. Messages
-        are kept only when no ``on_message`` callback is set (at most ``backlog``, oldest dropped
-        first)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        with self._inbox_ready:
-            while True:
-                message = self._take()
-                if message is not None:
-                    return message
-                remaining = _WAIT_SLICE if deadline is None else deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError(f"no message within {timeout} s")
-                self._inbox_ready.wait(min(remaining, _WAIT_SLICE))
+        ``timeout`` seconds (``None`` or ``inf``: no limit; NaN or negative: ``ValueError``),
+        ``ClosedError`` once stopped and every message was read. Messages are kept only when no
+        ``on_message`` callback is set (at most ``backlog``, oldest dropped first). The wait
+        runs with the GIL released; Ctrl-C and signal handlers (which may call ``stop()``) run."""
+        limit = check_timeout(timeout)
+        got: Optional[Message] = self._pull_core().pull(limit)
+        if got is None:
+            raise TimeoutError(f"no message within {timeout} s")
+        return got
 
     def __iter__(self) -> Iterator[Message]:
         """``for data, addr in obj:`` — ends when the object is stopped."""
@@ -221,22 +229,28 @@ class _Endpoint(SocketThreadObject):
     async def arecv(self, timeout: Optional[float] = None) -> Message:
         """``await obj.arecv()``: the next message, delivered to the running event loop without
         polling. Same errors as ``recv_message``."""
+        limit = check_timeout(timeout)
         loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
+        deadline = None if limit is None else loop.time() + limit
         while True:
-            with self._inbox_ready:
-                message = self._take()
-                if message is not None:
-                    return message
-                future: "asyncio.Future[None]" = loop.create_future()
+            core = self._pull_core()
+            got: Optional[Message] = core.pull(0)
+            if got is not None:
+                return got
+            future: "asyncio.Future[None]" = loop.create_future()
+            with self._async_lock:
                 self._async_waiters.append((loop, future))
-            remaining = None if deadline is None else deadline - loop.time()
             try:
+                if not core.arm_async():
+                    continue  # a message came meanwhile, or the object stopped
+                remaining = None if deadline is None else deadline - loop.time()
+                if remaining is not None and remaining <= 0:
+                    raise TimeoutError(f"no message within {timeout} s")
                 await asyncio.wait_for(future, remaining)
             except asyncio.TimeoutError:
                 raise TimeoutError(f"no message within {timeout} s") from None
             finally:
-                with self._inbox_ready:
+                with self._async_lock:
                     if (loop, future) in self._async_waiters:
                         self._async_waiters.remove((loop, future))
 
@@ -251,7 +265,6 @@ class _Endpoint(SocketThreadObject):
                 return
 
 
-
 class ChatUdpServer(_Endpoint):
     """The tutorial's group-chat server, with its loops in a Rust thread.
 
@@ -260,6 +273,7 @@ class ChatUdpServer(_Endpoint):
     """
 
     _kind = "ChatUdpServer"
+    _logs_address = True
     _log = logging.getLogger("chatudp.server")
 
     def __init__(
@@ -301,10 +315,12 @@ class ChatUdpServer(_Endpoint):
         if expiry_grace is not None and not expiry_grace >= 0:
             raise ValueError(f"expiry_grace must be None or >= 0 seconds, not {expiry_grace!r}")
         self.addr: Address = (ip, _check_port(port))
+        self._peer_callbacks: Dict[str, Optional[Callable[..., object]]] = {
+            "join": on_join,
+            "leave": on_leave,
+            "reject": on_reject,
+        }
         self.on_message = on_message
-        self.on_join = on_join
-        self.on_leave = on_leave
-        self.on_reject = on_reject
         self._options: Dict[str, Any] = {
             "expiry_grace": expiry_grace,
             "drop_unreachable": bool(drop_unreachable),
@@ -322,8 +338,54 @@ class ChatUdpServer(_Endpoint):
     def _open(self) -> Any:
         ip, port = self.addr[0], self.addr[1]
         return _core.Server(
-            ip, port, float(self.interval), bufsize=self.bufsize, queue_size=self._queue_size, **self._options
+            ip,
+            port,
+            float(self.interval),
+            bufsize=self.bufsize,
+            queue_size=self._queue_size,
+            **self._options,
+            **self._full_route(self._open_route()),
         )
+
+    def _peer_callback(self, kind: str, callback: Optional[Callable[..., object]]) -> None:
+        check_callback(f"on_{kind}", callback)
+        self._peer_callbacks[kind] = callback
+        self._refresh_route()
+
+    @property
+    def on_join(self) -> Optional[PeerCallback]:
+        """``on_join(addr)``; may be changed at any time."""
+        return self._peer_callbacks["join"]
+
+    @on_join.setter
+    def on_join(self, callback: Optional[PeerCallback]) -> None:
+        self._peer_callback("join", callback)
+
+    @property
+    def on_leave(self) -> Optional[LeaveCallback]:
+        """``on_leave(addr, reason)``; may be changed at any time."""
+        return self._peer_callbacks["leave"]
+
+    @on_leave.setter
+    def on_leave(self, callback: Optional[LeaveCallback]) -> None:
+        self._peer_callback("leave", callback)
+
+    @property
+    def on_reject(self) -> Optional[LeaveCallback]:
+        """``on_reject(addr, reason)``; may be changed at any time."""
+        return self._peer_callbacks["reject"]
+
+    @on_reject.setter
+    def on_reject(self, callback: Optional[LeaveCallback]) -> None:
+        self._peer_callback("reject", callback)
+
+    def _wanted(self) -> Dict[str, Any]:
+        # Joins, leaves and refusals reach Python for their callback, or for a DEBUG record.
+        debug = self._log.isEnabledFor(logging.DEBUG)
+        route = super()._wanted()
+        for kind, callback in self._peer_callbacks.items():
+            route[kind + "s"] = callback is not None or debug
+        return route
 
     @property
     def clients(self) -> Dict[Address, float]:
@@ -346,28 +408,23 @@ class ChatUdpServer(_Endpoint):
 
     def _deliver(self, kind: str, addr: Address, detail: Any) -> None:
         if kind == "message":
-            if self.on_message is not None:
-                self._call(self.on_message, detail, addr)
-            elif self._log_messages:
-                # The tutorial logs the data, then the address, at INFO.
-                logger.info("%s", detail, extra={"chatudp_addr": addr})
-                logger.info("%s", addr, extra={"chatudp_addr": addr})
-        else:
-            # Joins, leaves and refusals: the callback if any, and a DEBUG record either way.
-            callback = {"join": self.on_join, "leave": self.on_leave, "reject": self.on_reject}.get(kind)
-            if self._log.isEnabledFor(logging.DEBUG):
-                self._log.debug(
-                    "%s %s%s",
-                    kind,
-                    addr,
-                    "" if detail is None else f" ({detail})",
-                    extra={"chatudp_event": kind, "chatudp_addr": addr, "chatudp_reason": detail},
-                )
-            if callback is not None:
-                if kind == "join":
-                    self._call(callback, addr)
-                else:
-                    self._call(callback, addr, detail)
+            self._log_message(detail, addr)
+            return
+        # Joins, leaves and refusals: the callback if any, and a DEBUG record either way.
+        callback = self._peer_callbacks.get(kind)
+        if self._log.isEnabledFor(logging.DEBUG):
+            self._log.debug(
+                "%s %s%s",
+                kind,
+                addr,
+                "" if detail is None else f" ({detail})",
+                extra={"chatudp_event": kind, "chatudp_addr": addr, "chatudp_reason": detail},
+            )
+        if callback is not None:
+            if kind == "join":
+                self._call(callback, addr)
+            else:
+                self._call(callback, addr, detail)
 
     def __repr__(self) -> str:
         try:
@@ -407,7 +464,13 @@ class ChatUdpClient(_Endpoint):
     def _open(self) -> Any:
         rip, rport = self.raddr[0], self.raddr[1]
         return _core.Client(
-            rip, rport, float(self.interval), bufsize=self.bufsize, queue_size=self._queue_size, **self._options
+            rip,
+            rport,
+            float(self.interval),
+            bufsize=self.bufsize,
+            queue_size=self._queue_size,
+            **self._options,
+            **self._open_route(),
         )
 
     def send(self, msg: Union[str, bytes, bytearray, memoryview]) -> None:
@@ -424,10 +487,7 @@ class ChatUdpClient(_Endpoint):
         core.send(data)
 
     def _deliver(self, kind: str, addr: Address, detail: Any) -> None:
-        if self.on_message is not None:
-            self._call(self.on_message, detail, addr)
-        elif self._log_messages:
-            logger.info("%s", detail, extra={"chatudp_addr": addr})
+        self._log_message(detail, addr)
 
     def __repr__(self) -> str:
         return f"ChatUdpClient(raddr={self.raddr!r}, addr={self.addr!r}, interval={self.interval!r}, running={self.running})"

@@ -18,6 +18,7 @@ __all__ = [
     "Collector",
     "EchoServer",
     "MAX_DATAGRAM",
+    "MAX_QUEUE",
     "Peer",
     "REUSEPORT",
     "Server",
@@ -25,6 +26,7 @@ __all__ = [
     "TimeServer",
     "__version__",
     "check_bus",
+    "_panic_for_test",
 ]
 
 __version__: Final[str]
@@ -32,6 +34,13 @@ __version__: Final[str]
 
 MAX_DATAGRAM: Final[int]
 """The largest UDP payload over IPv4, 65507 bytes: the upper bound of every ``bufsize``."""
+
+MAX_QUEUE: Final[int]
+"""The largest ``queue_size`` and ``backlog``, 2**24: the queues grow with what they hold, not
+with their bound, and a larger bound could not be honoured."""
+
+def _panic_for_test() -> None:
+    """Test seam: a panic inside an entry point, which reaches Python as ``RuntimeError``."""
 
 TRAILER_LEN: Final[int]
 """Bytes the authenticated mode (``secret=``) adds to every datagram: 40."""
@@ -43,7 +52,8 @@ _MessageEvent: TypeAlias = tuple[Literal["message"], _Address, bytes]
 _JoinEvent: TypeAlias = tuple[Literal["join"], _Address, None]
 _LeaveEvent: TypeAlias = tuple[Literal["leave"], _Address, Literal["quit", "expired", "unreachable"]]
 _RejectEvent: TypeAlias = tuple[Literal["reject"], _Address, str]
-_ChatEvent: TypeAlias = _MessageEvent | _JoinEvent | _LeaveEvent | _RejectEvent
+_KeptEvent: TypeAlias = tuple[Literal["kept"], None, None]
+_ChatEvent: TypeAlias = _MessageEvent | _JoinEvent | _LeaveEvent | _RejectEvent | _KeptEvent
 
 @type_check_only
 class _BusStats(TypedDict):
@@ -123,14 +133,20 @@ class Server:
         allow: list[str] | tuple[str, ...] | None = None,
         validate: bool = False,
         secret: bytes | None = None,
+        messages: bool = True,
+        joins: bool = True,
+        leaves: bool = True,
+        rejects: bool = True,
+        backlog: int = 0,
         workers: int = 1,
         bus: list[str] | None = None,
         room: str = ...,
     ) -> Server:
         """Bind and start. ``max_clients`` defaults to ``1 << 20``; ``rate`` is
         ``(messages_per_second, burst)`` per source; ``allow`` lists networks (``"10.0.0.0/8"``);
-        ``secret`` turns on the authenticated mode; ``bus`` joins the relays of ``room``
-        (default ``"chatudp"``) on that broker."""
+        ``secret`` turns on the authenticated mode; ``messages`` ... ``backlog``: the first route
+        (see ``set_route``); ``bus`` joins the relays of ``room`` (default ``"chatudp"``)
+        on that broker."""
 
     def local_addr(self) -> _Address:
         """The address actually bound (port 0 resolved)."""
@@ -151,6 +167,26 @@ class Server:
     def discard_events(self, unprocessed: int = 0) -> int:
         """Empty the event queue and count it, with ``unprocessed`` events already taken, as
         dropped; return how many were dropped in all."""
+
+    def set_route(self, *, messages: bool, joins: bool, leaves: bool, rejects: bool, backlog: int) -> None:
+        """Which events ``next_events`` gets, by kind, and how many messages are kept for
+        ``pull`` (0: none, else 1..``MAX_QUEUE``). Events nobody asked for are never built."""
+
+    def pull(self, timeout: float | None = None) -> tuple[bytes, _Address] | None:
+        """The oldest kept message, waiting at most ``timeout`` seconds (``None`` or ``inf``: no
+        limit; NaN or negative: ``ValueError``); ``None`` after the timeout; ``ClosedError``
+        once stopped and every kept message was read."""
+
+    def arm_async(self) -> bool:
+        """For an asynchronous consumer that found nothing: ``True`` when ``next_events`` will
+        hold a ``("kept", None, None)`` event once the next message is kept; ``False`` when a
+        message is there already or the object is stopped."""
+
+    def backlog_dropped(self) -> int:
+        """Kept messages dropped to make room for newer ones."""
+
+    def is_forked_copy(self) -> bool:
+        """True in a child made by ``os.fork()``, where the object is inert."""
 
     def stop(self) -> None:
         """Send ``Bye!`` to every client in the table, end the socket thread, join it.
@@ -178,6 +214,8 @@ class Client:
         rcvbuf: int | None = None,
         sndbuf: int | None = None,
         secret: bytes | None = None,
+        messages: bool = True,
+        backlog: int = 0,
     ) -> Client:
         """Connect and start the heartbeat and receive threads."""
 
@@ -194,13 +232,33 @@ class Client:
     def stats(self) -> _ChatStats:
         """The counters, as ``ChatUdpClient.stats`` shows them."""
 
-    def next_events(self, max_events: int = 1024, timeout: float | None = None) -> list[_MessageEvent] | None:
+    def next_events(self, max_events: int = 1024, timeout: float | None = None) -> list[_MessageEvent | _KeptEvent] | None:
         """Up to ``max_events`` received datagrams as ``("message", addr, data)``; ``[]`` after
         ``timeout`` seconds; ``None`` once the client is stopped and the queue is empty."""
 
     def discard_events(self, unprocessed: int = 0) -> int:
         """Empty the event queue and count it, with ``unprocessed`` events already taken, as
         dropped; return how many were dropped in all."""
+
+    def set_route(self, *, messages: bool, joins: bool, leaves: bool, rejects: bool, backlog: int) -> None:
+        """Which events ``next_events`` gets, by kind, and how many messages are kept for
+        ``pull`` (0: none, else 1..``MAX_QUEUE``). Events nobody asked for are never built."""
+
+    def pull(self, timeout: float | None = None) -> tuple[bytes, _Address] | None:
+        """The oldest kept message, waiting at most ``timeout`` seconds (``None`` or ``inf``: no
+        limit; NaN or negative: ``ValueError``); ``None`` after the timeout; ``ClosedError``
+        once stopped and every kept message was read."""
+
+    def arm_async(self) -> bool:
+        """For an asynchronous consumer that found nothing: ``True`` when ``next_events`` will
+        hold a ``("kept", None, None)`` event once the next message is kept; ``False`` when a
+        message is there already or the object is stopped."""
+
+    def backlog_dropped(self) -> int:
+        """Kept messages dropped to make room for newer ones."""
+
+    def is_forked_copy(self) -> bool:
+        """True in a child made by ``os.fork()``, where the object is inert."""
 
     def stop(self) -> None:
         """End the heartbeat and receive threads and close the socket; idempotent."""
@@ -231,12 +289,32 @@ class EchoServer:
         ``rcvbuf`` defaults to 4 MiB (capped by the kernel). ``validate``: the reflection guard
         (a new source gets only a 12-byte cookie challenge until it echoes it)."""
 
-    def next_events(self, max_events: int = 1024, timeout: float | None = None) -> list[_MessageEvent] | None:
+    def next_events(self, max_events: int = 1024, timeout: float | None = None) -> list[_MessageEvent | _KeptEvent] | None:
         """The next requests as ``("message", addr, data)``; ``[]`` after ``timeout``; ``None``
         once stopped and the queue is empty (or when no queue was asked for)."""
 
     def discard_events(self, unprocessed: int = 0) -> int:
         """Empty the event queue and count it as dropped; return how many were dropped."""
+
+    def set_route(self, *, messages: bool, joins: bool, leaves: bool, rejects: bool, backlog: int) -> None:
+        """Which events ``next_events`` gets, by kind, and how many messages are kept for
+        ``pull`` (0: none, else 1..``MAX_QUEUE``). Events nobody asked for are never built."""
+
+    def pull(self, timeout: float | None = None) -> tuple[bytes, _Address] | None:
+        """The oldest kept message, waiting at most ``timeout`` seconds (``None`` or ``inf``: no
+        limit; NaN or negative: ``ValueError``); ``None`` after the timeout; ``ClosedError``
+        once stopped and every kept message was read."""
+
+    def arm_async(self) -> bool:
+        """For an asynchronous consumer that found nothing: ``True`` when ``next_events`` will
+        hold a ``("kept", None, None)`` event once the next message is kept; ``False`` when a
+        message is there already or the object is stopped."""
+
+    def backlog_dropped(self) -> int:
+        """Kept messages dropped to make room for newer ones."""
+
+    def is_forked_copy(self) -> bool:
+        """True in a child made by ``os.fork()``, where the object is inert."""
 
     def local_addr(self) -> _Address:
         """The address actually bound."""
@@ -271,12 +349,32 @@ class TimeServer:
     ) -> TimeServer:
         """Bind and start answering; the keywords as for ``EchoServer``."""
 
-    def next_events(self, max_events: int = 1024, timeout: float | None = None) -> list[_MessageEvent] | None:
+    def next_events(self, max_events: int = 1024, timeout: float | None = None) -> list[_MessageEvent | _KeptEvent] | None:
         """The next requests as ``("message", addr, data)``; ``[]`` after ``timeout``; ``None``
         once stopped and the queue is empty (or when no queue was asked for)."""
 
     def discard_events(self, unprocessed: int = 0) -> int:
         """Empty the event queue and count it as dropped; return how many were dropped."""
+
+    def set_route(self, *, messages: bool, joins: bool, leaves: bool, rejects: bool, backlog: int) -> None:
+        """Which events ``next_events`` gets, by kind, and how many messages are kept for
+        ``pull`` (0: none, else 1..``MAX_QUEUE``). Events nobody asked for are never built."""
+
+    def pull(self, timeout: float | None = None) -> tuple[bytes, _Address] | None:
+        """The oldest kept message, waiting at most ``timeout`` seconds (``None`` or ``inf``: no
+        limit; NaN or negative: ``ValueError``); ``None`` after the timeout; ``ClosedError``
+        once stopped and every kept message was read."""
+
+    def arm_async(self) -> bool:
+        """For an asynchronous consumer that found nothing: ``True`` when ``next_events`` will
+        hold a ``("kept", None, None)`` event once the next message is kept; ``False`` when a
+        message is there already or the object is stopped."""
+
+    def backlog_dropped(self) -> int:
+        """Kept messages dropped to make room for newer ones."""
+
+    def is_forked_copy(self) -> bool:
+        """True in a child made by ``os.fork()``, where the object is inert."""
 
     def local_addr(self) -> _Address:
         """The address actually bound."""

@@ -75,7 +75,7 @@ class _Service(SocketThreadObject):
         if not isinstance(validate, bool):
             raise TypeError(f"validate must be True or False, not {type(validate).__name__}")
         self.validate = validate
-        self._queue_size = check_count("queue_size", queue_size)
+        self._queue_size = check_count("queue_size", queue_size, _core.MAX_QUEUE)
         self.addr: Address = (ip, port)
         self.on_request = on_request
         self._options = {"rcvbuf": rcvbuf, "sndbuf": sndbuf}

@@ -3,14 +3,13 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError};
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyValueError};
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 use crate::error::ChatError;
-use crate::events::Event;
+use crate::events::{Batch, Event, EventReceiver, Pull, Route};
 use crate::limits::{Network, Rate};
 use crate::net::SocketOptions;
 use crate::stats::{Counters, DropReason, Stats};
@@ -132,63 +131,113 @@ fn event_tuple<'py>(py: Python<'py>, event: &Event) -> PyResult<Bound<'py, PyTup
     PyTuple::new(py, [kind.clone().into_any(), address(py, addr)?.into_any(), detail])
 }
 
-/// Waits for the next batch of events, detached and in slices so Ctrl-C is seen.
-/// `None` means the socket thread is gone and the queue is empty.
-fn next_events<'py>(
-    py: Python<'py>,
-    events: &Receiver<Event>,
-    max_events: usize,
-    timeout: Option<f64>,
-) -> PyResult<Option<Vec<Bound<'py, PyTuple>>>> {
-    let deadline = match timeout {
-        Some(t) if !(t.is_finite() && t >= 0.0) => {
-            return Err(PyValueError::new_err(format!("timeout must be None or a number of seconds >= 0, not {t}")))
+/// A panic inside an entry point (a bug) becomes a `RuntimeError`, never pyo3's
+/// `PanicException`, which is a `BaseException` that `except Exception` would not catch.
+pub(crate) fn guarded<T>(body: impl FnOnce() -> PyResult<T>) -> PyResult<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(body)).unwrap_or_else(|payload| {
+        let why = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_owned())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".to_owned());
+        Err(PyRuntimeError::new_err(format!("internal error in chatudp ({why}); please report it")))
+    })
+}
+
+/// A `timeout` argument: `None` or infinity mean no limit; NaN and negative values are refused.
+pub(crate) fn deadline(name: &str, timeout: Option<f64>) -> PyResult<Option<Instant>> {
+    match timeout {
+        None => Ok(None),
+        Some(t) if t.is_nan() || t < 0.0 => {
+            Err(PyValueError::new_err(format!("{name} must be None or a number of seconds >= 0, not {t}")))
         }
-        Some(t) => Some(Instant::now() + Duration::from_secs_f64(t.min(1e9))),
-        None => None,
-    };
-    // Take what is queued. When nothing is, wait a moment without blocking on the channel:
-    // under load the socket thread then never pays for waking us, and we take the GIL once
-    // for many events.
-    let queued = py.detach(|| {
-        let mut batch: Vec<Event> = events.try_iter().take(max_events.max(1)).collect();
-        if batch.is_empty() {
-            std::thread::sleep(LINGER);
-            batch.extend(events.try_iter().take(max_events.max(1)));
-        }
-        batch
-    });
-    if !queued.is_empty() {
-        return queued.iter().map(|e| event_tuple(py, e)).collect::<PyResult<Vec<_>>>().map(Some);
+        Some(t) if t.is_infinite() => Ok(None),
+        Some(t) => Ok(Some(Instant::now() + Duration::from_secs_f64(t.min(1e9)))),
     }
+}
+
+/// Waits in slices with the GIL released, until `attempt` gives an answer or `deadline` passes
+/// (`Ok(None)`); between slices Python's signal handlers run (Ctrl-C raises), with no lock held.
+pub(crate) fn wait_detached<T: Send>(
+    py: Python<'_>,
+    deadline: Option<Instant>,
+    mut attempt: impl FnMut(Duration) -> Option<T> + Send,
+) -> PyResult<Option<T>> {
     loop {
         let slice = deadline.map_or(SIGNAL_SLICE, |d| d.saturating_duration_since(Instant::now()).min(SIGNAL_SLICE));
-        let batch = py.detach(|| match events.recv_timeout(slice) {
-            Ok(first) => {
-                let mut batch = Vec::with_capacity(max_events.clamp(1, 1024));
-                batch.push(first);
-                batch.extend(events.try_iter().take(max_events.saturating_sub(1)));
-                Ok(batch)
-            }
-            Err(e) => Err(e),
-        });
-        match batch {
-            Ok(batch) => return batch.iter().map(|e| event_tuple(py, e)).collect::<PyResult<Vec<_>>>().map(Some),
-            Err(RecvTimeoutError::Disconnected) => return Ok(None),
-            Err(RecvTimeoutError::Timeout) => {
-                py.check_signals()?;
-                if deadline.is_some_and(|d| Instant::now() >= d) {
-                    return Ok(Some(Vec::new()));
-                }
-            }
+        if let Some(answer) = py.detach(|| attempt(slice)) {
+            return Ok(Some(answer));
+        }
+        py.check_signals()?;
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(None);
         }
     }
 }
 
-fn discard_events(events: &Receiver<Event>, counters: &Counters, unprocessed: usize) -> usize {
-    let n = events.try_iter().count() + unprocessed;
+/// The dispatcher's next events: `None` once the socket thread is gone and the queue is empty.
+/// A `("kept", None, None)` tuple in the batch says a message was kept while an asynchronous
+/// consumer waited for one.
+fn next_events<'py>(
+    py: Python<'py>,
+    events: &EventReceiver,
+    max_events: usize,
+    timeout: Option<f64>,
+) -> PyResult<Option<Vec<Bound<'py, PyTuple>>>> {
+    let deadline = deadline("timeout", timeout)?;
+    let mut linger = LINGER;
+    let batch = wait_detached(py, deadline, |slice| {
+        let batch = events.next_batch(max_events, std::mem::take(&mut linger), slice);
+        match &batch {
+            Batch::Events(list, ready) if list.is_empty() && !ready => None,
+            _ => Some(batch),
+        }
+    })?;
+    match batch {
+        None => Ok(Some(Vec::new())),
+        Some(Batch::Closed) => Ok(None),
+        Some(Batch::Events(list, ready)) => {
+            let mut tuples = list.iter().map(|e| event_tuple(py, e)).collect::<PyResult<Vec<_>>>()?;
+            if ready {
+                let none = py.None().into_bound(py);
+                tuples.push(PyTuple::new(py, [intern!(py, "kept").clone().into_any(), none.clone(), none])?);
+            }
+            Ok(Some(tuples))
+        }
+    }
+}
+
+/// The oldest kept message; `None` after `timeout`; `ClosedError` once the socket thread is
+/// gone and every kept message was read.
+fn pull<'py>(py: Python<'py>, events: &EventReceiver, timeout: Option<f64>, what: &str) -> PyResult<Option<Kept<'py>>> {
+    let deadline = deadline("timeout", timeout)?;
+    let got = wait_detached(py, deadline, |slice| match events.pull(slice) {
+        Pull::Empty => None,
+        other => Some(other),
+    })?;
+    match got {
+        None => Ok(None),
+        Some(Pull::Message((data, from))) => Ok(Some((PyBytes::new(py, &data), address(py, &from)?))),
+        Some(Pull::Closed) | Some(Pull::Empty) => {
+            Err(ClosedError::new_err(format!("this {what} is stopped and every message was read")))
+        }
+    }
+}
+
+type Kept<'py> = (Bound<'py, PyBytes>, Bound<'py, PyTuple>);
+
+fn discard_events(events: &EventReceiver, counters: &Counters, unprocessed: usize) -> usize {
+    let n = events.clear() + unprocessed;
     counters.drop_many(DropReason::CallbackQueueFull, n as u64);
     n
+}
+
+/// A route as the constructors take it: `backlog` 0 (none) or within the bounds.
+fn checked_route(route: Route) -> PyResult<Route> {
+    if route.backlog > 0 {
+        crate::events::validate_bound("backlog", route.backlog).map_err(PyChatError)?;
+    }
+    Ok(route)
 }
 
 fn socket_options(defaults: SocketOptions, rcvbuf: Option<usize>, sndbuf: Option<usize>) -> SocketOptions {
@@ -198,13 +247,13 @@ fn socket_options(defaults: SocketOptions, rcvbuf: Option<usize>, sndbuf: Option
 /// `#[pymethods]` for a class wrapping an [`Endpoint`] in `inner`: its own methods, given to
 /// the macro, and the ones every socket-thread object shares.
 macro_rules! endpoint_pymethods {
-    (impl $class:ident { $($own:tt)* }) => {
+    (impl $class:ident as $kind:literal { $($own:tt)* }) => {
         #[pymethods]
         impl $class {
             $($own)*
 
             fn local_addr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-                address(py, &Endpoint::local_addr(&self.inner))
+                guarded(|| address(py, &Endpoint::local_addr(&self.inner)))
             }
 
             /// The next events as `(kind, addr, detail)` tuples; `[]` after `timeout`; `None`
@@ -216,36 +265,86 @@ macro_rules! endpoint_pymethods {
                 max_events: usize,
                 timeout: Option<f64>,
             ) -> PyResult<Option<Vec<Bound<'py, PyTuple>>>> {
-                match self.inner.event_queue() {
-                    Some(events) => next_events(py, events, max_events, timeout),
-                    None => Ok(None),
-                }
+                guarded(|| match self.inner.event_queue() {
+                    Some(events) if !self.inner.is_forked_copy() => next_events(py, events, max_events, timeout),
+                    _ => Ok(None),
+                })
             }
 
             /// Empties the event queue and counts it, with `unprocessed` events already taken,
             /// as dropped; returns how many were dropped in all.
             #[pyo3(signature = (unprocessed=0))]
-            fn discard_events(&self, unprocessed: usize) -> usize {
-                match self.inner.event_queue() {
-                    Some(events) => discard_events(events, self.inner.counters(), unprocessed),
-                    None => 0,
-                }
+            fn discard_events(&self, unprocessed: usize) -> PyResult<usize> {
+                guarded(|| match self.inner.event_queue() {
+                    Some(events) if !self.inner.is_forked_copy() => Ok(discard_events(events, self.inner.counters(), unprocessed)),
+                    _ => Ok(0),
+                })
             }
 
-            fn stop(&self, py: Python<'_>) {
-                py.detach(|| Endpoint::stop(&self.inner));
+            /// Where events go: to `next_events` by kind, and how many messages are kept for
+            /// `pull` (0: none). Events nobody asked for are never built.
+            #[pyo3(signature = (*, messages, joins, leaves, rejects, backlog))]
+            fn set_route(&self, messages: bool, joins: bool, leaves: bool, rejects: bool, backlog: usize) -> PyResult<()> {
+                guarded(|| {
+                    let route = checked_route(Route { messages, joins, leaves, rejects, backlog })?;
+                    if let Some(events) = self.inner.event_queue() {
+                        events.set_route(route);
+                    }
+                    Ok(())
+                })
             }
 
-            fn is_running(&self) -> bool {
-                self.inner.is_running()
+            /// The oldest kept message `(data, addr)`, waiting at most `timeout` seconds (`None`
+            /// or infinity: no limit) with the GIL released; `None` after the timeout;
+            /// `ClosedError` once stopped and every kept message was read.
+            #[pyo3(signature = (timeout=None))]
+            fn pull<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Option<Kept<'py>>> {
+                guarded(|| match self.inner.event_queue() {
+                    Some(events) if !self.inner.is_forked_copy() => pull(py, events, timeout, $kind),
+                    _ => Err(ClosedError::new_err(format!("this {} is stopped and every message was read", $kind))),
+                })
             }
 
-            fn failure(&self) -> Option<String> {
-                self.inner.failure()
+            /// For `arecv`: `True` when the dispatcher will get a `"kept"` event with the next
+            /// kept message; `False` when there is no need to wait (a message is there, or the
+            /// object is stopped).
+            fn arm_async(&self) -> PyResult<bool> {
+                guarded(|| match self.inner.event_queue() {
+                    Some(events) if !self.inner.is_forked_copy() => Ok(events.arm_async()),
+                    _ => Ok(false),
+                })
             }
 
-            fn _inject_panic(&self) {
-                self.inner.inject_panic();
+            /// Messages the backlog dropped to make room for newer ones.
+            fn backlog_dropped(&self) -> PyResult<u64> {
+                guarded(|| Ok(self.inner.event_queue().map_or(0, |events| events.backlog_dropped())))
+            }
+
+            fn stop(&self, py: Python<'_>) -> PyResult<()> {
+                guarded(|| {
+                    py.detach(|| Endpoint::stop(&self.inner));
+                    Ok(())
+                })
+            }
+
+            fn is_running(&self) -> PyResult<bool> {
+                guarded(|| Ok(self.inner.is_running()))
+            }
+
+            /// True in a child made by `os.fork()`: the object is inert there.
+            fn is_forked_copy(&self) -> PyResult<bool> {
+                guarded(|| Ok(self.inner.is_forked_copy()))
+            }
+
+            fn failure(&self) -> PyResult<Option<String>> {
+                guarded(|| Ok(self.inner.failure()))
+            }
+
+            fn _inject_panic(&self) -> PyResult<()> {
+                guarded(|| {
+                    self.inner.inject_panic();
+                    Ok(())
+                })
             }
         }
     };
@@ -259,9 +358,9 @@ struct PyServer {
 }
 
 endpoint_pymethods! {
-impl PyServer {
+impl PyServer as "ChatUdpServer" {
     #[new]
-    #[pyo3(signature = (host, port, interval, *, bufsize=1024, expiry_grace=None, queue_size=65536, rcvbuf=None, sndbuf=None, drop_unreachable=true, max_clients=crate::config::DEFAULT_MAX_CLIENTS, rate=None, allow=None, validate=false, secret=None, workers=1, bus=None, room=String::from("chatudp")))]
+    #[pyo3(signature = (host, port, interval, *, bufsize=1024, expiry_grace=None, queue_size=65536, rcvbuf=None, sndbuf=None, drop_unreachable=true, max_clients=crate::config::DEFAULT_MAX_CLIENTS, rate=None, allow=None, validate=false, secret=None, messages=true, joins=true, leaves=true, rejects=true, backlog=0, workers=1, bus=None, room=String::from("chatudp")))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -279,10 +378,16 @@ impl PyServer {
         allow: Option<Vec<String>>,
         validate: bool,
         secret: Option<Vec<u8>>,
+        messages: bool,
+        joins: bool,
+        leaves: bool,
+        rejects: bool,
+        backlog: usize,
         workers: usize,
         bus: Option<Vec<String>>,
         room: String,
     ) -> PyResult<PyServer> {
+        guarded(|| {
         let mut config = ServerConfig::new(host, port, interval);
         config.bufsize = bufsize;
         config.expiry_grace = expiry_grace.unwrap_or(config.expiry_grace);
@@ -300,22 +405,26 @@ impl PyServer {
             .collect::<Result<_, _>>()
             .map_err(PyChatError)?;
         config.queue_size = queue_size;
+        config.route = checked_route(Route { messages, joins, leaves, rejects, backlog })?;
         config.socket = socket_options(config.socket, rcvbuf, sndbuf);
         let inner = py.detach(|| Server::start(config)).map_err(PyChatError)?;
         Ok(PyServer { inner })
+        })
     }
 
     fn clients<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let snapshot = py.detach(|| self.inner.clients());
-        let dict = PyDict::new(py);
-        for (addr, stamp) in snapshot {
-            dict.set_item(address(py, &addr)?, stamp)?;
-        }
-        Ok(dict)
+        guarded(|| {
+            let snapshot = py.detach(|| self.inner.clients());
+            let dict = PyDict::new(py);
+            for (addr, stamp) in snapshot {
+                dict.set_item(address(py, &addr)?, stamp)?;
+            }
+            Ok(dict)
+        })
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let stats = stats_dict(py, &self.inner.stats())?;
+        let stats = guarded(|| stats_dict(py, &self.inner.stats()))?;
         if let Some(bus) = self.inner.bus() {
             stats.set_item("bus", bus::stats_dict(py, bus)?)?;
         }
@@ -340,9 +449,9 @@ struct PyClient {
 }
 
 endpoint_pymethods! {
-impl PyClient {
+impl PyClient as "ChatUdpClient" {
     #[new]
-    #[pyo3(signature = (host, port, interval, *, bufsize=1024, queue_size=65536, rcvbuf=None, sndbuf=None, secret=None))]
+    #[pyo3(signature = (host, port, interval, *, bufsize=1024, queue_size=65536, rcvbuf=None, sndbuf=None, secret=None, messages=true, backlog=0))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -354,29 +463,40 @@ impl PyClient {
         rcvbuf: Option<usize>,
         sndbuf: Option<usize>,
         secret: Option<Vec<u8>>,
+        messages: bool,
+        backlog: usize,
     ) -> PyResult<PyClient> {
+        guarded(|| {
         let mut config = ClientConfig::new(host, port, interval);
         config.bufsize = bufsize;
         config.queue_size = queue_size;
         config.socket = socket_options(config.socket, rcvbuf, sndbuf);
         config.secret = secret;
+        config.route = checked_route(Route { messages, backlog, ..Route::default() })?;
         let inner = py.detach(|| Client::start(config)).map_err(PyChatError)?;
         Ok(PyClient { inner })
+        })
     }
 
     fn send(&self, py: Python<'_>, data: &[u8]) -> PyResult<()> {
-        py.detach(|| self.inner.send(data)).map_err(|e| PyChatError(e).into())
+        guarded(|| py.detach(|| self.inner.send(data)).map_err(|e| PyChatError(e).into()))
     }
 
     fn remote_addr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        address(py, &self.inner.remote_addr())
+        guarded(|| address(py, &self.inner.remote_addr()))
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        stats_dict(py, &self.inner.stats())
+        guarded(|| stats_dict(py, &self.inner.stats()))
     }
 
 }
+}
+
+/// Test seam: a panic inside an entry point, to prove it reaches Python as `RuntimeError`.
+#[pyfunction]
+fn _panic_for_test() -> PyResult<()> {
+    guarded(|| panic!("panic requested by a test"))
 }
 
 #[pymodule(gil_used = false)]
@@ -388,6 +508,8 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     collector::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("MAX_DATAGRAM", crate::protocol::MAX_DATAGRAM)?;
+    m.add("MAX_QUEUE", crate::events::MAX_QUEUE)?;
+    m.add_function(wrap_pyfunction!(_panic_for_test, m)?)?;
     m.add("TRAILER_LEN", crate::auth::TRAILER_LEN)?;
     Ok(())
 }

@@ -2,13 +2,16 @@
 //! result conversion only. Every wait runs detached, in slices, with a Ctrl-C check between.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
-use super::{address, counters_dict, discard_events, endpoint_pymethods, next_events, PyChatError, SIGNAL_SLICE};
+use super::{
+    address, checked_route, counters_dict, deadline, discard_events, endpoint_pymethods, guarded, next_events, pull,
+    wait_detached, ClosedError, Kept, PyChatError, Route, SIGNAL_SLICE,
+};
 use crate::error::ChatError;
 use crate::net::{self, SocketOptions};
 use crate::peer::{Request, RequestPoll, UdpPeer};
@@ -65,7 +68,7 @@ macro_rules! service_class {
         }
 
         endpoint_pymethods! {
-        impl $rust {
+        impl $rust as $python {
             #[new]
             /// `queue_size`: when given, every request is also queued as an event for
             /// `next_events` (a queue of that many events); `None`: no events. `validate`: the
@@ -82,13 +85,17 @@ macro_rules! service_class {
                 sndbuf: Option<usize>,
                 validate: bool,
             ) -> PyResult<Self> {
-                let inner = start_service(py, $service, host, port, bufsize, queue_size, rcvbuf, sndbuf, validate)?;
-                Ok($rust { inner })
+                guarded(|| {
+                    let inner = start_service(py, $service, host, port, bufsize, queue_size, rcvbuf, sndbuf, validate)?;
+                    Ok($rust { inner })
+                })
             }
 
             fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-                let stats = py.detach(|| self.inner.stats());
-                service_stats(py, &stats)
+                guarded(|| {
+                    let stats = py.detach(|| self.inner.stats());
+                    service_stats(py, &stats)
+                })
             }
         }
         }
@@ -109,7 +116,8 @@ service_class!(
 );
 
 fn seconds(name: &str, value: f64) -> PyResult<Duration> {
-    if value.is_finite() && value >= 0.0 {
+    // Infinity means no limit (a billion seconds); NaN compares false.
+    if value >= 0.0 {
         Ok(Duration::from_secs_f64(value.min(1e9)))
     } else {
         Err(PyValueError::new_err(format!("{name} must be a number of seconds >= 0, not {value}")))
@@ -146,9 +154,12 @@ impl PyPeer {
         rcvbuf: Option<usize>,
         sndbuf: Option<usize>,
     ) -> PyResult<PyPeer> {
-        let local = resolve(py, &host, port)?;
-        let inner = py.detach(|| UdpPeer::bind(local, bufsize, SocketOptions { rcvbuf, sndbuf })).map_err(py_err)?;
-        Ok(PyPeer { inner })
+        guarded(|| {
+            let local = resolve(py, &host, port)?;
+            let inner =
+                py.detach(|| UdpPeer::bind(local, bufsize, SocketOptions { rcvbuf, sndbuf })).map_err(py_err)?;
+            Ok(PyPeer { inner })
+        })
     }
 
     /// A peer on a free port of the family of `(host, port)`, and that address resolved.
@@ -162,40 +173,36 @@ impl PyPeer {
         rcvbuf: Option<usize>,
         sndbuf: Option<usize>,
     ) -> PyResult<(PyPeer, Bound<'py, PyTuple>)> {
-        let remote = resolve(py, &host, port)?;
-        let inner =
-            py.detach(|| UdpPeer::for_remote(remote, bufsize, SocketOptions { rcvbuf, sndbuf })).map_err(py_err)?;
-        Ok((PyPeer { inner }, address(py, &remote)?))
+        guarded(|| {
+            let remote = resolve(py, &host, port)?;
+            let inner =
+                py.detach(|| UdpPeer::for_remote(remote, bufsize, SocketOptions { rcvbuf, sndbuf })).map_err(py_err)?;
+            Ok((PyPeer { inner }, address(py, &remote)?))
+        })
     }
 
     fn local_addr<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyTuple>> {
-        address(py, &self.inner.local_addr())
+        guarded(|| address(py, &self.inner.local_addr()))
     }
 
     fn send_to(&self, py: Python<'_>, data: &[u8], host: String, port: u16) -> PyResult<()> {
-        let to = resolve(py, &host, port)?;
-        py.detach(|| self.inner.send_to(data, to)).map_err(py_err)
+        guarded(|| {
+            let to = resolve(py, &host, port)?;
+            py.detach(|| self.inner.send_to(data, to)).map_err(py_err)
+        })
     }
 
-    /// One datagram from anyone, or `None` after `timeout` seconds (`None`: no limit).
+    /// One datagram from anyone, or `None` after `timeout` seconds (`None` or infinity: no limit).
     #[pyo3(signature = (timeout=None))]
     fn recv_from<'py>(&self, py: Python<'py>, timeout: Option<f64>) -> PyResult<Option<Received<'py>>> {
-        let deadline = match timeout {
-            Some(t) => Some(Instant::now() + seconds("timeout", t)?),
-            None => None,
-        };
-        loop {
-            let slice =
-                deadline.map_or(SIGNAL_SLICE, |d| d.saturating_duration_since(Instant::now()).min(SIGNAL_SLICE));
-            let got = py.detach(|| self.inner.recv_from(slice)).map_err(py_err)?;
-            if let Some((data, from)) = got {
-                return received(py, &data, &from).map(Some);
+        guarded(|| {
+            let deadline = deadline("timeout", timeout)?;
+            let got = wait_detached(py, deadline, |slice| self.inner.recv_from(slice).transpose())?;
+            match got.transpose().map_err(py_err)? {
+                Some((data, from)) => received(py, &data, &from).map(Some),
+                None => Ok(None),
             }
-            py.check_signals()?;
-            if deadline.is_some_and(|d| Instant::now() >= d) {
-                return Ok(None);
-            }
-        }
+        })
     }
 
     /// Sends `data` to `(host, port)` and waits for its reply, resending after each `timeout`
@@ -210,29 +217,40 @@ impl PyPeer {
         timeout: f64,
         retries: u32,
     ) -> PyResult<Option<Received<'py>>> {
-        let to = resolve(py, &host, port)?;
-        let timeout = seconds("timeout", timeout)?;
-        let mut request = py.detach(|| Request::start(&self.inner, data, to, timeout, retries)).map_err(py_err)?;
-        loop {
-            match py.detach(|| request.poll(SIGNAL_SLICE)).map_err(py_err)? {
-                RequestPoll::Reply(data, from) => return received(py, &data, &from).map(Some),
-                RequestPoll::NoReply => return Ok(None),
-                RequestPoll::Pending => py.check_signals()?,
+        guarded(|| {
+            let to = resolve(py, &host, port)?;
+            let timeout = seconds("timeout", timeout)?;
+            let mut request = py.detach(|| Request::start(&self.inner, data, to, timeout, retries)).map_err(py_err)?;
+            loop {
+                match py.detach(|| request.poll(SIGNAL_SLICE)).map_err(py_err)? {
+                    RequestPoll::Reply(data, from) => return received(py, &data, &from).map(Some),
+                    RequestPoll::NoReply => return Ok(None),
+                    RequestPoll::Pending => py.check_signals()?,
+                }
             }
-        }
+        })
     }
 
     /// Closes the socket and wakes a thread waiting in `recv_from`; idempotent.
-    fn close(&self, py: Python<'_>) {
-        py.detach(|| self.inner.close());
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        guarded(|| {
+            py.detach(|| self.inner.close());
+            Ok(())
+        })
     }
 
     #[getter]
-    fn closed(&self) -> bool {
-        self.inner.is_closed()
+    fn closed(&self) -> PyResult<bool> {
+        guarded(|| Ok(self.inner.is_closed()))
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        guarded(|| self.stats_dict(py))
+    }
+}
+
+impl PyPeer {
+    fn stats_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let stats = self.inner.stats();
         let dict = PyDict::new(py);
         for (name, value) in [
