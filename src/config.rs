@@ -7,6 +7,7 @@
 
 use std::fmt::Display;
 
+use crate::bus::BusConfig;
 use crate::error::{ChatError, Result};
 pub use crate::events::{Route, MAX_QUEUE};
 use crate::limits::{Network, Rate};
@@ -176,6 +177,8 @@ pub struct ServerConfig {
     /// Socket threads, each with its own `SO_REUSEPORT` socket on the one port (see
     /// `reuseport`); they share the clients table, the limits and the replay state.
     pub workers: usize,
+    /// Relays on the same broker and room form one chat (see `bus`).
+    pub bus: Option<BusConfig>,
 }
 
 impl ServerConfig {
@@ -197,10 +200,20 @@ impl ServerConfig {
             validate: false,
             secret: None,
             workers: 1,
+            bus: None,
         }
     }
 
     pub fn validate(&self) -> Result<()> {
+        if let Some(bus) = &self.bus {
+            bus.validate()?;
+            if self.workers > 1 {
+                return Err(ChatError::InvalidArgument(format!(
+                    "bus= works with one socket thread for now: use workers=1 (not {}) on a relay with a bus",
+                    self.workers
+                )));
+            }
+        }
         INTERVAL.check(self.interval)?;
         EXPIRY_GRACE.check(self.expiry_grace)?;
         WORKERS.check_usize(self.workers)?;

@@ -4,6 +4,7 @@
 //! Plain Rust, tested with `cargo test`; the `python` feature adds the thin PyO3 layer in `py`.
 
 pub mod auth;
+pub mod bus;
 pub mod client;
 pub mod collector;
 pub mod config;

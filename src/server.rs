@@ -35,6 +35,7 @@ use parking_lot::Mutex;
 use socket2::Socket;
 
 use crate::auth::{self, CookieJar, Direction, HoldQueue, Opener, Refused, Sealer, TRAILER_LEN};
+use crate::bus::{Bus, BusInbox, BusStatus};
 pub use crate::config::ServerConfig;
 use crate::config::RECV_BATCH;
 use crate::error::{ChatError, Result};
@@ -61,6 +62,7 @@ pub struct Server {
     shared: Arc<Shared>,
     local: SocketAddr,
     events: EventReceiver,
+    bus: Option<BusStatus>,
     worker: Worker,
 }
 
@@ -107,6 +109,16 @@ impl Server {
             let group = Group { shared: Arc::clone(&shared), events: sender.clone(), sinks: sinks() };
             loops.push(RelayLoop::new(&config, socket, waiter, error_queue, filter, admission, group));
         }
+        // With a bus (one socket thread, see `ServerConfig::validate`), relayed messages are also
+        // published (a sink), and what other relays publish comes back through the inbox, woken
+        // by the leader's poller.
+        let bus = config.bus.as_ref().map(Bus::start).transpose()?;
+        let bus_status = bus.as_ref().map(Bus::status);
+        if let Some(bus) = bus {
+            bus.set_waker(wakers[0].clone());
+            loops[0].bus = Some(bus.inbox());
+            loops[0].fanout.sinks.push(Box::new(bus));
+        }
         let mut leader = loops.remove(0);
         let waker = wakers.remove(0);
         let (ready, group_started) = crossbeam_channel::bounded(1);
@@ -118,7 +130,7 @@ impl Server {
             worker.stop();
             return Err(ChatError::Io(error));
         }
-        Ok(Server { shared, local, events, worker })
+        Ok(Server { shared, local, events, bus: bus_status, worker })
     }
 
     /// A snapshot of the clients table: address and wall-clock time last heard from.
@@ -128,6 +140,11 @@ impl Server {
 
     pub fn stats(&self) -> Stats {
         self.shared.counters.snapshot()
+    }
+
+    /// The bus's counters and the other relays of the room; `None` without a bus.
+    pub fn bus(&self) -> Option<&BusStatus> {
+        self.bus.as_ref()
     }
 
     /// Joins, leaves and chat messages, in the order the socket thread saw them.
@@ -385,6 +402,8 @@ impl Handover {
 }
 
 struct RelayLoop {
+    /// What other relays of the room published, when this relay has a bus.
+    bus: Option<BusInbox>,
     socket: Arc<Socket>,
     waiter: Waiter,
     shared: Arc<Shared>,
@@ -465,6 +484,7 @@ impl RelayLoop {
         // `bufsize` counts payload bytes: in authenticated mode the trailer comes on top.
         let recv_len = config.bufsize + if config.secret.is_some() { TRAILER_LEN } else { 0 };
         RelayLoop {
+            bus: None,
             filter,
             admission,
             fanout: Fanout {
@@ -514,6 +534,7 @@ impl RelayLoop {
                 // A poller that cannot wait any more leaves nothing to do but stop.
                 Err(_) => break,
             }
+            self.deliver_from_bus();
             if let Some(at) = next_sweep.as_deref_mut() {
                 let now = wall_clock();
                 if now >= *at {
@@ -521,6 +542,29 @@ impl RelayLoop {
                 }
             }
         }
+    }
+
+    /// Acks the chat messages other relays of the room published to this relay's live clients,
+    /// byte for byte as if their senders were here. They go to the local clients only: nothing
+    /// from the bus is published again.
+    fn deliver_from_bus(&mut self) {
+        let Some(bus) = &self.bus else { return };
+        let now = wall_clock();
+        let relay = self.shared.relay.lock();
+        bus.set_clients(relay.len());
+        let mut records = bus.drain().peekable();
+        if records.peek().is_none() {
+            return;
+        }
+        self.live.clear();
+        self.live.extend(relay.iter().filter(|(_, seen)| now - seen <= relay.interval()).map(|(addr, _)| *addr));
+        drop(relay);
+        let out = &mut self.fanout;
+        for record in records {
+            protocol::write_ack(&record.payload, &record.from, &mut out.ack);
+            out.local.queue(&out.ack, &self.live);
+        }
+        out.local.flush(&self.shared.counters);
     }
 
     fn drain(&mut self, control: &Control) {

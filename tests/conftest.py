@@ -7,6 +7,7 @@ import time
 from typing import Callable, Iterator, List
 
 import pytest
+from brokers import broker, nats_cluster, nats_server, redis_server  # noqa: F401  (fixtures)
 
 LOOPBACK = "127.0.0.1"
 

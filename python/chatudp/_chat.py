@@ -13,7 +13,7 @@ import asyncio
 import ipaddress
 import logging
 import threading
-from typing import Any, AsyncIterator, Callable, ClassVar, Dict, Iterable, Iterator, List, Optional, Tuple, Union
+from typing import Any, AsyncIterator, Callable, ClassVar, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import _core
 from ._base import _ROUTE_REFRESH, Address, Event, SocketThreadObject, check_bufsize, check_callback, check_count, check_timeout
@@ -72,6 +72,18 @@ def _check_secret(secret: Optional[bytes]) -> Optional[bytes]:
     if len(secret) < 16:
         raise ValueError("secret must be at least 16 bytes long; use os.urandom(32)")
     return bytes(secret)
+
+
+def _check_bus(bus: Union[None, str, Sequence[str]], room: str) -> Dict[str, Any]:
+    if bus is None:
+        return {}
+    urls = [bus] if isinstance(bus, str) else list(bus)
+    if not all(isinstance(url, str) for url in urls):
+        raise TypeError(f"bus must be a URL string or a list of URL strings, not {bus!r}")
+    if not isinstance(room, str):
+        raise TypeError(f"room must be a str, not {type(room).__name__}")
+    _core.check_bus(urls, room)
+    return {"bus": urls, "room": room}
 
 
 def _resolve(future: "asyncio.Future[None]") -> None:
@@ -287,6 +299,8 @@ class ChatUdpServer(_Endpoint):
         rcvbuf: Optional[int] = None,
         sndbuf: Optional[int] = None,
         workers: int = 1,
+        bus: Union[None, str, Sequence[str]] = None,
+        room: str = "chatudp",
     ) -> None:
         super().__init__(interval, bufsize, queue_size, backlog)
         callbacks = (("on_message", on_message), ("on_join", on_join), ("on_leave", on_leave), ("on_reject", on_reject))
@@ -318,6 +332,7 @@ class ChatUdpServer(_Endpoint):
             "rcvbuf": rcvbuf,
             "sndbuf": sndbuf,
             "workers": workers,
+            **_check_bus(bus, room),
         }
 
     def _open(self) -> Any:
@@ -380,6 +395,16 @@ class ChatUdpServer(_Endpoint):
             return {}
         clients: Dict[Address, float] = core.clients()
         return clients
+
+    @property
+    def peers(self) -> List[Dict[str, Any]]:
+        """The other relays of the room (``bus=``) alive now: ``{"id", "clients", "last_seen"}``
+        dicts; ``[]`` without a bus or before ``start()``."""
+        core = self._core
+        if core is None:
+            return []
+        peers: List[Dict[str, Any]] = core.peers()
+        return peers
 
     def _deliver(self, kind: str, addr: Address, detail: Any) -> None:
         if kind == "message":

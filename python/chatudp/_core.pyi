@@ -9,7 +9,7 @@ every blocking call waits with the GIL released and wakes at least every 100 ms 
 
 from typing import Final, Literal, TypedDict, final, type_check_only
 
-from typing_extensions import TypeAlias
+from typing_extensions import NotRequired, TypeAlias
 
 __all__ = [
     "BATCH_BUFFER",
@@ -25,6 +25,7 @@ __all__ = [
     "TRAILER_LEN",
     "TimeServer",
     "__version__",
+    "check_bus",
     "_panic_for_test",
 ]
 
@@ -55,6 +56,28 @@ _KeptEvent: TypeAlias = tuple[Literal["kept"], None, None]
 _ChatEvent: TypeAlias = _MessageEvent | _JoinEvent | _LeaveEvent | _RejectEvent | _KeptEvent
 
 @type_check_only
+class _BusStats(TypedDict):
+    backend: Literal["nats", "redis"]
+    id: str
+    connected: bool
+    published: int
+    received: int
+    lost: int
+    duplicates: int
+    foreign: int
+    malformed: int
+    reconnects: int
+    disconnects: int
+    slow_consumer: int
+    dropped: dict[str, int]
+
+@type_check_only
+class _Peer(TypedDict):
+    id: str
+    clients: int
+    last_seen: float
+
+@type_check_only
 class _ChatStats(TypedDict):
     received: int
     relayed: int
@@ -68,6 +91,11 @@ class _ChatStats(TypedDict):
     dropped: dict[str, int]
     auth_refused: dict[str, int]
     send_errors: dict[int, int]
+    bus: NotRequired[_BusStats]
+
+def check_bus(urls: list[str], room: str) -> None:
+    """``ValueError`` unless ``urls`` (one Redis URL, or NATS URLs of one cluster) and ``room``
+    are what ``Server(bus=..., room=...)`` accepts."""
 
 @type_check_only
 class _ServiceStats(TypedDict):
@@ -111,11 +139,14 @@ class Server:
         rejects: bool = True,
         backlog: int = 0,
         workers: int = 1,
+        bus: list[str] | None = None,
+        room: str = ...,
     ) -> Server:
         """Bind and start. ``max_clients`` defaults to ``1 << 20``; ``rate`` is
         ``(messages_per_second, burst)`` per source; ``allow`` lists networks (``"10.0.0.0/8"``);
         ``secret`` turns on the authenticated mode; ``messages`` ... ``backlog``: the first route
-        (see ``set_route``)."""
+        (see ``set_route``); ``bus`` joins the relays of ``room`` (default ``"chatudp"``)
+        on that broker."""
 
     def local_addr(self) -> _Address:
         """The address actually bound (port 0 resolved)."""
@@ -125,6 +156,9 @@ class Server:
 
     def stats(self) -> _ChatStats:
         """The counters, as ``ChatUdpServer.stats`` shows them."""
+
+    def peers(self) -> list[_Peer]:
+        """The other relays of the room alive now, by id; ``[]`` without a bus."""
 
     def next_events(self, max_events: int = 1024, timeout: float | None = None) -> list[_ChatEvent] | None:
         """Up to ``max_events`` queued events; ``[]`` after ``timeout`` seconds (``None``: wait

@@ -15,6 +15,7 @@ use crate::net::SocketOptions;
 use crate::stats::{Counters, DropReason, Stats};
 use crate::{Client, ClientConfig, Endpoint, Server, ServerConfig};
 
+mod bus;
 mod collector;
 mod services;
 
@@ -359,7 +360,7 @@ struct PyServer {
 endpoint_pymethods! {
 impl PyServer as "ChatUdpServer" {
     #[new]
-    #[pyo3(signature = (host, port, interval, *, bufsize=1024, expiry_grace=None, queue_size=65536, rcvbuf=None, sndbuf=None, drop_unreachable=true, max_clients=crate::config::DEFAULT_MAX_CLIENTS, rate=None, allow=None, validate=false, secret=None, messages=true, joins=true, leaves=true, rejects=true, backlog=0, workers=1))]
+    #[pyo3(signature = (host, port, interval, *, bufsize=1024, expiry_grace=None, queue_size=65536, rcvbuf=None, sndbuf=None, drop_unreachable=true, max_clients=crate::config::DEFAULT_MAX_CLIENTS, rate=None, allow=None, validate=false, secret=None, messages=true, joins=true, leaves=true, rejects=true, backlog=0, workers=1, bus=None, room=String::from("chatudp")))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -383,6 +384,8 @@ impl PyServer as "ChatUdpServer" {
         rejects: bool,
         backlog: usize,
         workers: usize,
+        bus: Option<Vec<String>>,
+        room: String,
     ) -> PyResult<PyServer> {
         guarded(|| {
         let mut config = ServerConfig::new(host, port, interval);
@@ -393,6 +396,7 @@ impl PyServer as "ChatUdpServer" {
         config.validate = validate;
         config.secret = secret;
         config.workers = workers;
+        config.bus = bus.map(|urls| crate::bus::BusConfig::new(urls, room));
         config.rate = rate.map(|(per_second, burst)| Rate::new(per_second, burst)).transpose().map_err(PyChatError)?;
         config.allow = allow
             .unwrap_or_default()
@@ -420,7 +424,19 @@ impl PyServer as "ChatUdpServer" {
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        guarded(|| stats_dict(py, &self.inner.stats()))
+        let stats = guarded(|| stats_dict(py, &self.inner.stats()))?;
+        if let Some(bus) = self.inner.bus() {
+            stats.set_item("bus", bus::stats_dict(py, bus)?)?;
+        }
+        Ok(stats)
+    }
+
+    /// The other relays of the room, alive now; `[]` without a bus.
+    fn peers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, pyo3::types::PyList>> {
+        match self.inner.bus() {
+            Some(bus) => bus::peers_list(py, bus),
+            None => Ok(pyo3::types::PyList::empty(py)),
+        }
     }
 
 }
@@ -488,6 +504,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyServer>()?;
     m.add_class::<PyClient>()?;
     services::register(m)?;
+    m.add_function(wrap_pyfunction!(bus::check_bus, m)?)?;
     collector::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("MAX_DATAGRAM", crate::protocol::MAX_DATAGRAM)?;
