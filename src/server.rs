@@ -741,7 +741,7 @@ impl RelayLoop {
         // Never sooner than a small slice of the interval, so a table of many clients with
         // spread-out deadlines is not rescanned continuously.
         let min_gap = (self.max_age / 50.0).clamp(MIN_TIMER_PERIOD, 0.1);
-        next.map_or(now + self.max_age, |deadline| deadline.max(now + min_gap))
+        next.unwrap_or(now + self.max_age).max(now + min_gap)
     }
 
     fn say_goodbye(&mut self) {
