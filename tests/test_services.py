@@ -581,9 +581,12 @@ def test_qq_peer_timeout_and_close_from_another_thread() -> None:
 
 def test_ctrl_c_interrupts_waits(std_server: Any) -> None:
     silent = std_server(lambda data: None)
+    # Made before the timer starts, so the interrupt can only land in the wait itself (on a
+    # loaded machine a construction can take longer than the timer).
+    peer, client = QQPeer(), EchoClient(*silent.addr, timeout=30, retries=0)
     for wait in (
-        lambda: QQPeer().recvfrom(),
-        lambda: EchoClient(*silent.addr, timeout=30, retries=0).request("x"),
+        lambda: peer.recvfrom(),
+        lambda: client.request("x"),
     ):
         timer = threading.Timer(0.2, _thread.interrupt_main)
         timer.start()
@@ -594,3 +597,5 @@ def test_ctrl_c_interrupts_waits(std_server: Any) -> None:
         finally:
             timer.cancel()
         assert time.monotonic() - started < 2
+    peer.close()
+    client.close()
