@@ -34,6 +34,8 @@ pub enum LeaveReason {
     Expired,
     /// Its port was unreachable.
     Unreachable,
+    /// The server's owner removed it from the table.
+    Removed,
 }
 
 impl LeaveReason {
@@ -42,6 +44,7 @@ impl LeaveReason {
             LeaveReason::Quit => "quit",
             LeaveReason::Expired => "expired",
             LeaveReason::Unreachable => "unreachable",
+            LeaveReason::Removed => "removed",
         }
     }
 }

@@ -138,7 +138,7 @@ impl UdpPeer {
     ) -> Result<Option<(Vec<u8>, SocketAddr)>> {
         let mut request = Request::start(self, data, to, timeout, retries)?;
         loop {
-            match request.poll(timeout)? {
+            match request.poll(self, timeout)? {
                 RequestPoll::Reply(data, from) => return Ok(Some((data, from))),
                 RequestPoll::NoReply => return Ok(None),
                 RequestPoll::Pending => {}
@@ -185,9 +185,27 @@ impl UdpPeer {
         }
     }
 
-    /// Waits until `deadline` for a datagram from `from` (anyone when `None`).
+    /// The socket's descriptor, for an event loop to watch for readability (never to read:
+    /// the receives go through the peer).
+    #[cfg(unix)]
+    pub fn fileno(&self) -> Result<i32> {
+        use std::os::fd::AsRawFd;
+        let recv = self.recv.lock();
+        recv.as_ref().map(|side| side.socket.as_raw_fd()).ok_or(ChatError::Closed(CLOSED))
+    }
+
+    /// Waits until `deadline` for a datagram from `from` (anyone when `None`). A deadline that
+    /// has passed is a look without waiting, not even for another thread's receive to end.
     fn recv_matching(&self, deadline: Instant, from: Option<SocketAddr>) -> Result<Option<(Vec<u8>, SocketAddr)>> {
-        let mut recv = self.recv.lock();
+        let mut recv = if Instant::now() >= deadline {
+            match self.recv.try_lock() {
+                Some(recv) => recv,
+                None if self.is_closed() => return Err(ChatError::Closed(CLOSED)),
+                None => return Ok(None),
+            }
+        } else {
+            self.recv.lock()
+        };
         loop {
             if self.is_closed() {
                 return Err(ChatError::Closed(CLOSED));
@@ -237,10 +255,9 @@ pub enum RequestPoll {
 }
 
 /// A request in flight, polled in slices so a caller can do other work (such as checking for
-/// Ctrl-C) between waits. [`UdpPeer::request`] is the blocking form.
-pub struct Request<'a> {
-    peer: &'a UdpPeer,
-    data: &'a [u8],
+/// Ctrl-C, or serving an event loop) between waits. [`UdpPeer::request`] is the blocking form.
+pub struct Request {
+    data: Vec<u8>,
     to: SocketAddr,
     timeout: Duration,
     retries_left: u32,
@@ -252,20 +269,13 @@ pub struct Request<'a> {
 /// the validation runs out mid-request); more is a peer playing games.
 const MAX_CHALLENGES: u32 = 3;
 
-impl<'a> Request<'a> {
+impl Request {
     /// Discards stale datagrams, then sends the first try.
-    pub fn start(
-        peer: &'a UdpPeer,
-        data: &'a [u8],
-        to: SocketAddr,
-        timeout: Duration,
-        retries: u32,
-    ) -> Result<Request<'a>> {
+    pub fn start(peer: &UdpPeer, data: &[u8], to: SocketAddr, timeout: Duration, retries: u32) -> Result<Request> {
         peer.discard_pending()?;
         peer.send_to(data, to)?;
         Ok(Request {
-            peer,
-            data,
+            data: data.to_vec(),
             to,
             timeout,
             retries_left: retries,
@@ -274,34 +284,39 @@ impl<'a> Request<'a> {
         })
     }
 
-    /// Waits at most `slice` (and never past the current try's timeout); resends when a try
-    /// has timed out and retries are left.
-    pub fn poll(&mut self, slice: Duration) -> Result<RequestPoll> {
+    /// Waits at most `slice` (and never past the current try's timeout) on `peer`, the peer
+    /// that started it; resends when a try has timed out and retries are left.
+    pub fn poll(&mut self, peer: &UdpPeer, slice: Duration) -> Result<RequestPoll> {
         if Instant::now() >= self.deadline {
             if self.retries_left == 0 {
                 return Ok(RequestPoll::NoReply);
             }
             self.retries_left -= 1;
-            self.peer.retries.fetch_add(1, Ordering::Relaxed);
-            self.peer.send_to(self.data, self.to)?;
+            peer.retries.fetch_add(1, Ordering::Relaxed);
+            peer.send_to(&self.data, self.to)?;
             self.deadline = deadline_after(self.timeout);
         }
         let until = deadline_after(slice).min(self.deadline);
-        Ok(match self.peer.recv_matching(until, Some(self.to))? {
+        Ok(match peer.recv_matching(until, Some(self.to))? {
             // A server with `validate=True` asks for its cookie back first; answer it and ask
             // again, without spending a retry. A request that itself starts like a cookie
             // (a time format `^ck^...`) takes its answer as it is.
             Some((data, _)) if self.is_challenge(&data) => {
                 self.challenges_left -= 1;
-                self.peer.challenges.fetch_add(1, Ordering::Relaxed);
-                self.peer.send_to(&data, self.to)?;
-                self.peer.send_to(self.data, self.to)?;
+                peer.challenges.fetch_add(1, Ordering::Relaxed);
+                peer.send_to(&data, self.to)?;
+                peer.send_to(&self.data, self.to)?;
                 self.deadline = deadline_after(self.timeout);
                 RequestPoll::Pending
             }
             Some((data, from)) => RequestPoll::Reply(data, from),
             None => RequestPoll::Pending,
         })
+    }
+
+    /// How long until the current try times out (zero once it has).
+    pub fn time_left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
     }
 
     fn is_challenge(&self, reply: &[u8]) -> bool {

@@ -98,6 +98,18 @@ impl Relay {
         self.clients.keys()
     }
 
+    /// When `addr` was last heard from, if it is in the table.
+    pub fn last_seen(&self, addr: &SocketAddr) -> Option<f64> {
+        self.clients.get(addr).map(|entry| entry.last_seen)
+    }
+
+    /// Fills `live` with the clients heard from within `interval` at `now`: those a chat message
+    /// would be Acked to. Nobody is removed.
+    pub fn live(&self, now: f64, live: &mut Vec<SocketAddr>) {
+        live.clear();
+        live.extend(self.iter().filter(|(_, seen)| now - seen <= self.interval).map(|(addr, _)| *addr));
+    }
+
     /// Applies one datagram as the original receive loop does. For a chat message, `recipients`
     /// receives every client heard from within `interval` (the sender included). `expired`
     /// receives every client found silent for longer, which is removed.

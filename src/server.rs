@@ -26,6 +26,7 @@
 //! flushed once per receive batch, after the local Acks are sent. No stage needs to change to
 //! add one.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -51,10 +52,32 @@ use crate::worker::{wall_clock, Control, Endpoint, Worker, MIN_TIMER_PERIOD};
 /// Batches handled per wake-up before the timer gets a look in.
 const BATCHES_PER_WAKE: usize = 64;
 
+/// Datagrams the owner may have queued for the socket thread at once, and their bytes: beyond
+/// either, [`Server::send_to`] and [`Server::broadcast`] refuse with `WouldBlock`, as a full
+/// non-blocking socket does.
+const MAX_QUEUED_SENDS: usize = 65_536;
+const MAX_QUEUED_BYTES: usize = 16 << 20;
+
 /// State shared between the socket thread and the owner.
 struct Shared {
     relay: Mutex<Relay>,
     counters: Counters,
+    /// Locked after `relay` when both are held.
+    commands: Mutex<Commands>,
+    /// Set when the leader has sends to make: it looks at `commands` only then.
+    sends_pending: AtomicBool,
+}
+
+/// What the owner asked of the socket threads, done at their next turn.
+#[derive(Default)]
+struct Commands {
+    /// Clients the owner removed from the table, whose leave is not reported yet: reported by
+    /// the next socket thread to take the table, before anything it reads may bring them back.
+    removed: Vec<SocketAddr>,
+    /// Datagrams to send from the server's socket: to one address, or (`None`) to every live
+    /// client.
+    sends: VecDeque<(Vec<u8>, Option<SocketAddr>)>,
+    queued_bytes: usize,
 }
 
 /// A running group-chat server. Dropping it stops it.
@@ -63,6 +86,10 @@ pub struct Server {
     local: SocketAddr,
     events: EventReceiver,
     bus: Option<BusStatus>,
+    /// Wakes the leader for the owner's commands; dropped at `stop()`.
+    leader: Mutex<Option<net::Waker>>,
+    /// Payload bytes a datagram of the owner's may hold (less the trailer with `secret=`).
+    trailer: usize,
     worker: Worker,
 }
 
@@ -86,6 +113,8 @@ impl Server {
         let shared = Arc::new(Shared {
             relay: Mutex::new(Relay::with_limits(config.interval, config.max_clients, config.rate)),
             counters: Counters::default(),
+            commands: Mutex::new(Commands::default()),
+            sends_pending: AtomicBool::new(false),
         });
         // One replay cache and one cookie key for every worker: a source the kernel moves to
         // another worker is still known.
@@ -121,6 +150,7 @@ impl Server {
         }
         let mut leader = loops.remove(0);
         let waker = wakers.remove(0);
+        let leader_waker = waker.clone();
         let (ready, group_started) = crossbeam_channel::bounded(1);
         let worker = Worker::spawn("chatudp-server", waker, move |control| {
             run_group(&mut leader, loops, wakers, control, ready);
@@ -130,12 +160,92 @@ impl Server {
             worker.stop();
             return Err(ChatError::Io(error));
         }
-        Ok(Server { shared, local, events, bus: bus_status, worker })
+        let trailer = if config.secret.is_some() { TRAILER_LEN } else { 0 };
+        Ok(Server { shared, local, events, bus: bus_status, leader: Mutex::new(Some(leader_waker)), trailer, worker })
     }
 
     /// A snapshot of the clients table: address and wall-clock time last heard from.
     pub fn clients(&self) -> Vec<(SocketAddr, f64)> {
         self.shared.relay.lock().iter().map(|(a, t)| (*a, t)).collect()
+    }
+
+    /// When `addr` was last heard from, if it is in the table.
+    pub fn last_seen(&self, addr: &SocketAddr) -> Option<f64> {
+        self.shared.relay.lock().last_seen(addr)
+    }
+
+    /// Removes `addr` from the table, as its `quit` would; its leave is reported with
+    /// [`LeaveReason::Removed`]. False when it was not in the table.
+    pub fn remove(&self, addr: &SocketAddr) -> bool {
+        let mut relay = self.shared.relay.lock();
+        let removed = relay.remove(addr);
+        if removed {
+            self.shared.commands.lock().removed.push(*addr);
+        }
+        drop(relay);
+        self.wake_leader();
+        removed
+    }
+
+    /// Removes every client from the table (see [`Server::remove`]); returns how many.
+    pub fn clear(&self) -> usize {
+        let mut relay = self.shared.relay.lock();
+        let gone: Vec<SocketAddr> = relay.addresses().copied().collect();
+        for addr in &gone {
+            relay.remove(addr);
+        }
+        self.shared.commands.lock().removed.extend_from_slice(&gone);
+        drop(relay);
+        self.wake_leader();
+        gone.len()
+    }
+
+    /// Sends `data` to `to` from the server's socket (sealed with `secret=`), on the socket
+    /// thread: never blocks. See [`Server::broadcast`] for the errors.
+    pub fn send_to(&self, data: &[u8], to: SocketAddr) -> Result<()> {
+        if to.is_ipv6() != self.local.is_ipv6() {
+            let (want, got) = if self.local.is_ipv6() { ("IPv6", "IPv4") } else { ("IPv4", "IPv6") };
+            return Err(ChatError::InvalidArgument(format!(
+                "addr {to} is an {got} address; this server's socket is {want}"
+            )));
+        }
+        self.queue_send(data, Some(to))
+    }
+
+    /// Sends `data` to every live client (heard from within `interval`), as the relay sends an
+    /// Ack, on the socket thread: never blocks. `ChatError::Closed` once stopped, `TooLong`
+    /// beyond one datagram, `Io(WouldBlock)` when the socket thread has too much queued.
+    pub fn broadcast(&self, data: &[u8]) -> Result<()> {
+        self.queue_send(data, None)
+    }
+
+    fn queue_send(&self, data: &[u8], to: Option<SocketAddr>) -> Result<()> {
+        if let Some(why) = self.worker.failure() {
+            return Err(ChatError::Failed(why));
+        }
+        if !self.worker.is_running() {
+            return Err(ChatError::Closed("this ChatUdpServer"));
+        }
+        let max = protocol::max_payload(&to.unwrap_or(self.local)) - self.trailer;
+        if data.len() > max {
+            return Err(ChatError::TooLong { len: data.len(), max });
+        }
+        let mut commands = self.shared.commands.lock();
+        if commands.sends.len() >= MAX_QUEUED_SENDS || commands.queued_bytes + data.len() > MAX_QUEUED_BYTES {
+            return Err(ChatError::Io(std::io::Error::from_raw_os_error(libc::EAGAIN)));
+        }
+        commands.queued_bytes += data.len();
+        commands.sends.push_back((data.to_vec(), to));
+        drop(commands);
+        self.shared.sends_pending.store(true, Ordering::Release);
+        self.wake_leader();
+        Ok(())
+    }
+
+    fn wake_leader(&self) {
+        if let Some(waker) = self.leader.lock().as_ref() {
+            waker.wake();
+        }
     }
 
     pub fn stats(&self) -> Stats {
@@ -168,6 +278,12 @@ impl Endpoint for Server {
 
     fn local_addr(&self) -> SocketAddr {
         self.local
+    }
+
+    fn stop(&self) {
+        self.worker.stop();
+        // The leader's poller closes once every handle to its waker is gone.
+        self.leader.lock().take();
     }
 }
 
@@ -357,7 +473,7 @@ impl Handover {
 
     fn leave(&mut self, addr: SocketAddr, reason: LeaveReason, counters: &Counters) {
         let counter = match reason {
-            LeaveReason::Quit => None,
+            LeaveReason::Quit | LeaveReason::Removed => None,
             LeaveReason::Expired => Some(&counters.expired),
             LeaveReason::Unreachable => Some(&counters.unreachable),
         };
@@ -366,6 +482,15 @@ impl Handover {
         }
         Counters::add(&counters.leaves, 1);
         self.pending.push(Event::Leave(addr, reason));
+    }
+
+    /// The leaves of the clients the owner removed; called with the table locked, so they come
+    /// before any event of a datagram that brings such a client back.
+    fn removed(&mut self, shared: &Shared, counters: &Counters) {
+        let mut commands = shared.commands.lock();
+        for addr in commands.removed.drain(..) {
+            self.leave(addr, LeaveReason::Removed, counters);
+        }
     }
 
     fn expired(&mut self, gone: &[SocketAddr], counters: &Counters) {
@@ -515,6 +640,8 @@ impl RelayLoop {
     fn run(&mut self, control: &Control, group_done: &AtomicBool) {
         let mut next_sweep = wall_clock() + self.max_age;
         self.serve(control, group_done, Some(&mut next_sweep));
+        // What the owner sent before `stop()` goes out before the `Bye!`.
+        self.run_commands();
         self.say_goodbye();
     }
 
@@ -535,7 +662,9 @@ impl RelayLoop {
                 Err(_) => break,
             }
             self.deliver_from_bus();
+            // The leader's own duties: the owner's commands, the expiry timer.
             if let Some(at) = next_sweep.as_deref_mut() {
+                self.run_commands();
                 let now = wall_clock();
                 if now >= *at {
                     *at = self.sweep(now);
@@ -556,8 +685,7 @@ impl RelayLoop {
         if records.peek().is_none() {
             return;
         }
-        self.live.clear();
-        self.live.extend(relay.iter().filter(|(_, seen)| now - seen <= relay.interval()).map(|(addr, _)| *addr));
+        relay.live(now, &mut self.live);
         drop(relay);
         let out = &mut self.fanout;
         for record in records {
@@ -565,6 +693,33 @@ impl RelayLoop {
             out.local.queue(&out.ack, &self.live);
         }
         out.local.flush(&self.shared.counters);
+    }
+
+    /// The leaves of the clients the owner removed, then the datagrams it sends (leader only:
+    /// its socket and sealer send them).
+    fn run_commands(&mut self) {
+        let counters = &self.shared.counters;
+        let relay = self.shared.relay.lock();
+        self.handover.removed(&self.shared, counters);
+        let sends = if self.shared.sends_pending.swap(false, Ordering::AcqRel) {
+            let mut commands = self.shared.commands.lock();
+            commands.queued_bytes = 0;
+            std::mem::take(&mut commands.sends)
+        } else {
+            VecDeque::new()
+        };
+        if sends.iter().any(|(_, to)| to.is_none()) {
+            relay.live(wall_clock(), &mut self.live);
+        }
+        drop(relay);
+        for (data, to) in &sends {
+            match to {
+                Some(to) => self.fanout.local.queue(data, std::slice::from_ref(to)),
+                None => self.fanout.local.queue(data, &self.live),
+            }
+        }
+        self.fanout.local.flush(counters);
+        self.handover.flush(counters);
     }
 
     fn drain(&mut self, control: &Control) {
@@ -620,6 +775,7 @@ impl RelayLoop {
         Counters::add(&counters.received, count as u64);
         let now = wall_clock();
         let mut relay = self.shared.relay.lock();
+        self.handover.removed(&self.shared, counters);
         for index in 0..count {
             let datagram = self.recv.get(index);
             let from = datagram.from;

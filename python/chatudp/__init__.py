@@ -9,25 +9,55 @@ Same constructors, same methods, same bytes on the wire.
 
 from __future__ import annotations
 
+from ._ack import parse_ack
 from ._chat import ChatUdpClient, ChatUdpServer
 from ._core import MAX_DATAGRAM, __version__
+from ._dropin import ClientsView, SocketView, StopEvent
 from .collector import Batch, Collector
 from .errors import ChatUdpError, ClosedError, NoReplyError
 from .services import EchoClient, EchoServer, QQPeer, TimeClient, TimeServer
+from .types import (
+    Address,
+    ChatStats,
+    JoinCallback,
+    LeaveCallback,
+    LeaveReason,
+    MessageCallback,
+    PeerStats,
+    RejectCallback,
+    RejectReason,
+    RequestCallback,
+    ServiceStats,
+)
 
 __all__ = [
     "MAX_DATAGRAM",
+    "Address",
     "Batch",
+    "ChatStats",
     "ChatUdpClient",
     "ChatUdpError",
     "ChatUdpServer",
+    "ClientsView",
     "ClosedError",
     "Collector",
     "EchoClient",
     "EchoServer",
+    "JoinCallback",
+    "LeaveCallback",
+    "LeaveReason",
+    "MessageCallback",
     "NoReplyError",
+    "PeerStats",
     "QQPeer",
+    "RejectCallback",
+    "RejectReason",
+    "RequestCallback",
+    "ServiceStats",
+    "SocketView",
+    "StopEvent",
     "TimeClient",
     "TimeServer",
     "__version__",
+    "parse_ack",
 ]

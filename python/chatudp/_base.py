@@ -14,7 +14,9 @@ import time
 import weakref
 from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple, TypeVar
 
-Address = Tuple[Any, ...]
+from ._dropin import StopEvent
+from .types import Address
+
 Event = Tuple[str, Address, Any]
 
 MAX_DATAGRAM = 65507
@@ -82,6 +84,19 @@ def _join_dispatcher(dispatcher: threading.Thread, timeout: Optional[float]) -> 
     return not dispatcher.is_alive()
 
 
+def as_bytes(name: str, data: object) -> bytes:
+    """A bytes-like argument as ``bytes``; ``TypeError`` naming ``name`` for anything else."""
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    raise TypeError(f"{name}: a bytes-like object is required, not {type(data).__name__!r}")
+
+
+def resolve_future(future: "asyncio.Future[None]") -> None:
+    """Wake an asynchronous consumer waiting on ``future`` (on its event loop's thread)."""
+    if not future.done():
+        future.set_result(None)
+
+
 def check_timeout(timeout: Optional[float]) -> Optional[float]:
     """A ``timeout`` argument: None or ``inf`` mean no limit (None is returned); NaN and negative
     values are a ValueError."""
@@ -125,7 +140,7 @@ class SocketThreadObject:
     addr: Optional[Address]
 
     def __init__(self) -> None:
-        self.event = threading.Event()
+        self.event: threading.Event = StopEvent(self)
         # Reentrant: a signal handler may call stop() while this thread is inside start()/stop().
         self._lock = threading.RLock()
         self._core: Any = None
@@ -204,7 +219,14 @@ class SocketThreadObject:
         if dispatcher is not None and dispatcher is not threading.current_thread():
             if not _join_dispatcher(dispatcher, join_timeout) and join_timeout is not None:
                 self._log.warning("%s: a callback still runs at exit; not waiting for it", self._kind)
-        self.event.set()
+        self._set_stopped()
+
+    def _set_stopped(self) -> None:
+        event = self.event
+        if isinstance(event, StopEvent):
+            event._set_flag()
+        else:  # a script replaced it by an event of its own
+            event.set()
 
     def _forked(self) -> bool:
         return self._pid is not None and self._pid != os.getpid()
@@ -232,14 +254,11 @@ class SocketThreadObject:
         core = self._core
         return core is not None and not self._stopping and not self._forked() and bool(core.is_running())
 
-    @property
-    def stats(self) -> Dict[str, Any]:
-        """The counters of the socket thread (see the class); ``{}`` before ``start()``."""
+    def _core_stats(self) -> Any:
+        """The counters of the socket thread (see each class's ``stats``); ``{}`` before
+        ``start()``."""
         core = self._core
-        if core is None:
-            return {}
-        stats: Dict[str, Any] = core.stats()
-        return stats
+        return {} if core is None else core.stats()
 
     # -- dispatcher ---------------------------------------------------------------------------
 

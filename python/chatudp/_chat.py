@@ -10,20 +10,29 @@ backlog, read from Rust when Python asks.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import threading
 from typing import Any, AsyncIterator, Callable, ClassVar, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import _core
-from ._base import _ROUTE_REFRESH, Address, Event, SocketThreadObject, check_bufsize, check_callback, check_count, check_timeout
+from ._base import (
+    _ROUTE_REFRESH,
+    Event,
+    SocketThreadObject,
+    as_bytes,
+    check_bufsize,
+    check_callback,
+    check_count,
+    check_timeout,
+    resolve_future,
+)
+from ._dropin import ClientsView, SocketView
 from .errors import ClosedError
+from .types import Address, ChatStats, JoinCallback, LeaveCallback, MessageCallback, RejectCallback
 
 __all__ = ["ChatUdpServer", "ChatUdpClient"]
-
-MessageCallback = Callable[[bytes, Address], object]
-PeerCallback = Callable[[Address], object]
-LeaveCallback = Callable[[Address, str], object]
 
 Message = Tuple[bytes, Address]
 
@@ -86,11 +95,6 @@ def _check_bus(bus: Union[None, str, Sequence[str]], room: str) -> Dict[str, Any
     return {"bus": urls, "room": room}
 
 
-def _resolve(future: "asyncio.Future[None]") -> None:
-    if not future.done():
-        future.set_result(None)
-
-
 class _Endpoint(SocketThreadObject):
     """What the server and the client share: the checks of the tutorial's arguments, logging of
     messages, and the pull and asyncio consumers."""
@@ -124,13 +128,22 @@ class _Endpoint(SocketThreadObject):
         self._refresh_route()
 
     @property
-    def stats(self) -> Dict[str, Any]:
+    def stats(self) -> ChatStats:
         """Counters: received, relayed, sent, truncated, expired, unreachable, joins, leaves,
         heartbeats, dropped by reason, and send errors by errno; ``{}`` before ``start()``."""
-        stats = super().stats
+        stats: ChatStats = self._core_stats()
         if stats:
             stats["dropped"]["backlog_full"] = self._core.backlog_dropped()
         return stats
+
+    @property
+    def sock(self) -> SocketView:
+        """A socket-like view of the object's socket, for scripts that call
+        ``obj.sock.getsockname()`` or ``obj.sock.sendto(data, addr)``: see ``SocketView``."""
+        return SocketView(self)
+
+    def _sock_sendto(self, data: bytes, addr: Address) -> None:
+        raise NotImplementedError
 
     # -- what the core hands to the dispatcher -----------------------------------------------------
 
@@ -202,7 +215,7 @@ class _Endpoint(SocketThreadObject):
             waiters, self._async_waiters = self._async_waiters, []
         for loop, future in waiters:
             try:
-                loop.call_soon_threadsafe(_resolve, future)
+                loop.call_soon_threadsafe(resolve_future, future)
             except RuntimeError:  # that loop is closed; nobody is waiting there any more
                 pass
 
@@ -284,9 +297,9 @@ class ChatUdpServer(_Endpoint):
         *,
         bufsize: int = 1024,
         on_message: Optional[MessageCallback] = None,
-        on_join: Optional[PeerCallback] = None,
+        on_join: Optional[JoinCallback] = None,
         on_leave: Optional[LeaveCallback] = None,
-        on_reject: Optional[LeaveCallback] = None,
+        on_reject: Optional[RejectCallback] = None,
         expiry_grace: Optional[float] = None,
         drop_unreachable: bool = True,
         max_clients: int = DEFAULT_MAX_CLIENTS,
@@ -353,12 +366,12 @@ class ChatUdpServer(_Endpoint):
         self._refresh_route()
 
     @property
-    def on_join(self) -> Optional[PeerCallback]:
+    def on_join(self) -> Optional[JoinCallback]:
         """``on_join(addr)``; may be changed at any time."""
         return self._peer_callbacks["join"]
 
     @on_join.setter
-    def on_join(self, callback: Optional[PeerCallback]) -> None:
+    def on_join(self, callback: Optional[JoinCallback]) -> None:
         self._peer_callback("join", callback)
 
     @property
@@ -371,12 +384,12 @@ class ChatUdpServer(_Endpoint):
         self._peer_callback("leave", callback)
 
     @property
-    def on_reject(self) -> Optional[LeaveCallback]:
+    def on_reject(self) -> Optional[RejectCallback]:
         """``on_reject(addr, reason)``; may be changed at any time."""
         return self._peer_callbacks["reject"]
 
     @on_reject.setter
-    def on_reject(self, callback: Optional[LeaveCallback]) -> None:
+    def on_reject(self, callback: Optional[RejectCallback]) -> None:
         self._peer_callback("reject", callback)
 
     def _wanted(self) -> Dict[str, Any]:
@@ -388,13 +401,31 @@ class ChatUdpServer(_Endpoint):
         return route
 
     @property
-    def clients(self) -> Dict[Address, float]:
-        """A snapshot of the clients table: ``{(ip, port): last_seen}`` (``time.time()`` floats)."""
-        core = self._core
-        if core is None:
-            return {}
-        clients: Dict[Address, float] = core.clients()
-        return clients
+    def clients(self) -> ClientsView:
+        """The clients table, live: ``{(ip, port): last_seen}`` (``time.time()`` floats).
+        ``del server.clients[addr]`` and ``server.clients.clear()`` remove clients (reported to
+        ``on_leave`` as ``"removed"``); ``server.clients.copy()`` is a snapshot dict. Empty
+        before ``start()``."""
+        return ClientsView(lambda: self._core)
+
+    def sendto(self, data: Union[bytes, bytearray, memoryview], addr: Address) -> None:
+        """Send ``data`` to ``addr`` from the server's socket (so it comes from the server's
+        address, sealed with ``secret=``), counted in ``stats['sent']``. The socket thread sends
+        it: this never blocks (``BlockingIOError`` when it has too much queued already).
+        ``RuntimeError`` before ``start()``, ``ClosedError`` after ``stop()``, ``OSError``
+        (EMSGSIZE) beyond one datagram."""
+        payload = as_bytes("data", data)
+        host, port = addr[:2]
+        self._require_core().send_to(payload, host, port)
+
+    def broadcast(self, data: Union[bytes, bytearray, memoryview]) -> None:
+        """Send ``data`` to every live client (heard from within ``interval``), as the relay
+        sends an Ack; the rules of ``sendto``. Clients a chatudp client or the tutorial's one
+        see it as any datagram from the server (``on_message``, the INFO log line)."""
+        self._require_core().broadcast(as_bytes("data", data))
+
+    def _sock_sendto(self, data: bytes, addr: Address) -> None:
+        self.sendto(data, addr)
 
     @property
     def peers(self) -> List[Dict[str, Any]]:
@@ -475,12 +506,7 @@ class ChatUdpClient(_Endpoint):
 
     def send(self, msg: Union[str, bytes, bytearray, memoryview]) -> None:
         """Send ``msg`` to the server (a ``str`` is encoded as UTF-8, as the original does)."""
-        if isinstance(msg, str):
-            data = msg.encode()
-        elif isinstance(msg, (bytes, bytearray, memoryview)):
-            data = bytes(msg)
-        else:
-            raise TypeError(f"msg must be str or bytes, not {type(msg).__name__}")
+        data = msg.encode() if isinstance(msg, str) else as_bytes("msg", msg)
         core = self._require_core()
         if self._stopping:
             raise ClosedError(f"this {self._kind} is stopped; create a new one to talk again")
@@ -488,6 +514,17 @@ class ChatUdpClient(_Endpoint):
 
     def _deliver(self, kind: str, addr: Address, detail: Any) -> None:
         self._log_message(detail, addr)
+
+    def _sock_sendto(self, data: bytes, addr: Address) -> None:
+        # The client's socket is connected to its server, as the tutorial's: it sends there only.
+        core = self._require_core()
+        if tuple(addr[:2]) not in (tuple(self.raddr[:2]), tuple(core.remote_addr()[:2])):
+            raise OSError(
+                errno.EISCONN,
+                f"the client's socket is connected to {self.raddr[0]}:{self.raddr[1]} and sends only there, "
+                f"not to {addr!r}",
+            )
+        self.send(data)
 
     def __repr__(self) -> str:
         return f"ChatUdpClient(raddr={self.raddr!r}, addr={self.addr!r}, interval={self.interval!r}, running={self.running})"

@@ -7,9 +7,18 @@ every blocking call waits with the GIL released and wakes at least every 100 ms 
 (``KeyboardInterrupt``) through.
 """
 
-from typing import Final, Literal, TypedDict, final, type_check_only
+from typing import Final, Literal, final
 
-from typing_extensions import NotRequired, TypeAlias
+from typing_extensions import TypeAlias
+
+from chatudp.types import ChatStats as _ChatStats
+from chatudp.types import CollectorStats as _CollectorStats
+from chatudp.types import LeaveReason as _LeaveReason
+from chatudp.types import PeerInfo as _Peer
+from chatudp.types import PeerStats as _PeerStats
+from chatudp.types import RejectReason as _RejectReason
+from chatudp.types import ServiceStats as _ServiceStats
+from chatudp.types import SourceCounts as _SourceCounts
 
 __all__ = [
     "BATCH_BUFFER",
@@ -20,6 +29,7 @@ __all__ = [
     "MAX_DATAGRAM",
     "MAX_QUEUE",
     "Peer",
+    "Request",
     "REUSEPORT",
     "Server",
     "TRAILER_LEN",
@@ -45,68 +55,20 @@ def _panic_for_test() -> None:
 TRAILER_LEN: Final[int]
 """Bytes the authenticated mode (``secret=``) adds to every datagram: 40."""
 
-_Address: TypeAlias = tuple[str, int] | tuple[str, int, int, int]
-"""``(host, port)`` for IPv4, ``(host, port, flowinfo, scope_id)`` for IPv6, as ``socket``."""
+_Address: TypeAlias = tuple[str, int]
+"""``(host, port)`` for IPv4; ``(host, port, flowinfo, scope_id)`` for IPv6 at run time, as
+``socket`` gives them, typed by their first two items (``chatudp.types.Address``)."""
 
 _MessageEvent: TypeAlias = tuple[Literal["message"], _Address, bytes]
 _JoinEvent: TypeAlias = tuple[Literal["join"], _Address, None]
-_LeaveEvent: TypeAlias = tuple[Literal["leave"], _Address, Literal["quit", "expired", "unreachable"]]
-_RejectEvent: TypeAlias = tuple[Literal["reject"], _Address, str]
+_LeaveEvent: TypeAlias = tuple[Literal["leave"], _Address, _LeaveReason]
+_RejectEvent: TypeAlias = tuple[Literal["reject"], _Address, _RejectReason]
 _KeptEvent: TypeAlias = tuple[Literal["kept"], None, None]
 _ChatEvent: TypeAlias = _MessageEvent | _JoinEvent | _LeaveEvent | _RejectEvent | _KeptEvent
-
-@type_check_only
-class _BusStats(TypedDict):
-    backend: Literal["nats", "redis"]
-    id: str
-    connected: bool
-    published: int
-    received: int
-    lost: int
-    duplicates: int
-    foreign: int
-    malformed: int
-    reconnects: int
-    disconnects: int
-    slow_consumer: int
-    dropped: dict[str, int]
-
-@type_check_only
-class _Peer(TypedDict):
-    id: str
-    clients: int
-    last_seen: float
-
-@type_check_only
-class _ChatStats(TypedDict):
-    received: int
-    relayed: int
-    sent: int
-    truncated: int
-    expired: int
-    unreachable: int
-    joins: int
-    leaves: int
-    heartbeats: int
-    dropped: dict[str, int]
-    auth_refused: dict[str, int]
-    send_errors: dict[int, int]
-    bus: NotRequired[_BusStats]
 
 def check_bus(urls: list[str], room: str) -> None:
     """``ValueError`` unless ``urls`` (one Redis URL, or NATS URLs of one cluster) and ``room``
     are what ``Server(bus=..., room=...)`` accepts."""
-
-@type_check_only
-class _ServiceStats(TypedDict):
-    received: int
-    answered: int
-    bad_requests: int
-    sent: int
-    truncated: int
-    kernel_drops: int | None
-    dropped: dict[str, int]
-    send_errors: dict[int, int]
 
 @final
 class Server:
@@ -153,6 +115,27 @@ class Server:
 
     def clients(self) -> dict[_Address, float]:
         """A snapshot of the clients table: ``{address: last_seen}`` (``time.time()`` floats)."""
+
+    def last_seen(self, addr: object) -> float | None:
+        """When ``addr`` (a key of ``clients()``) was last heard from; ``None`` when it is not in
+        the table."""
+
+    def remove_client(self, addr: object) -> bool:
+        """Remove ``addr`` from the table, as its ``quit`` would; its leave is reported with
+        the reason ``"removed"``. ``False`` when it was not in the table."""
+
+    def clear_clients(self) -> int:
+        """Remove every client (see ``remove_client``); return how many."""
+
+    def send_to(self, data: bytes, host: str, port: int) -> None:
+        """Queue ``data`` for ``(host, port)``, sent by the socket thread (sealed with
+        ``secret=``); never blocks. ``ClosedError`` once stopped, ``OSError`` (EMSGSIZE) beyond
+        one datagram, ``BlockingIOError`` when too much is queued, ``ValueError`` for an
+        address of the other family."""
+
+    def broadcast(self, data: bytes) -> None:
+        """Queue ``data`` for every live client (heard from within ``interval``), as an Ack is
+        sent; the errors of ``send_to``."""
 
     def stats(self) -> _ChatStats:
         """The counters, as ``ChatUdpServer.stats`` shows them."""
@@ -432,6 +415,15 @@ class Peer:
         """Send ``data`` to ``(host, port)`` and wait for its reply, resending after each
         ``timeout`` seconds up to ``retries`` more times; ``None`` when no reply came."""
 
+    def start_request(self, data: bytes, host: str, port: int, timeout: float, retries: int) -> Request:
+        """Send the first try of a request and return it, to be polled by an event loop; the
+        rules of ``request``."""
+
+    def fileno(self) -> int:
+        """The socket's descriptor, for an event loop to watch for readability (reading from it
+        would take datagrams from the peer); ``ClosedError`` once closed,
+        ``NotImplementedError`` where there is none to watch."""
+
     def close(self) -> None:
         """Close the socket and wake a thread waiting in ``recv_from``; idempotent."""
 
@@ -439,9 +431,18 @@ class Peer:
     def closed(self) -> bool:
         """True once ``close()`` was called."""
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> _PeerStats:
         """Counters: ``received``, ``sent``, ``retries``, ``truncated``, ``ignored``,
         ``send_errors``, ``challenges`` (address-validation challenges answered)."""
+
+@final
+class Request:
+    """A request in flight on a ``Peer`` (``Peer.start_request``)."""
+
+    def poll(self, timeout: float = 0.0) -> tuple[bytes, _Address] | float | None:
+        """Wait at most ``timeout`` seconds (0: just look) with the GIL released: the reply
+        ``(data, addr)``; while none came, the seconds until the current try times out (the
+        poll after that resends); ``None`` once every try timed out."""
 
 BATCH_BUFFER: Final[bool]
 """True when ``Batch`` objects offer the buffer protocol (``memoryview(batch)``)."""
@@ -453,24 +454,6 @@ _Metric: TypeAlias = (
     tuple[str, float | str, str, float, dict[str, str]]
     | tuple[str, dict[str, str], dict[str, float | int | bool | str], int | None]
 )
-
-@type_check_only
-class _CollectorStats(TypedDict):
-    received: int
-    batches: int
-    truncated: int
-    kernel_drops: int | None
-    dropped: int
-    parse_errors: int
-    short: int
-    evicted_sources: int
-
-@type_check_only
-class _SourceCounts(TypedDict):
-    received: int
-    lost: int
-    reordered: int
-    duplicates: int
 
 @final
 class Batch:

@@ -14,8 +14,9 @@ import time
 from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, Optional, Tuple
 
 from . import _core
-from ._base import Address, SocketThreadObject, check_bufsize, check_callback, check_count
+from ._base import SocketThreadObject, check_bufsize, check_callback, check_count
 from .errors import ClosedError
+from .types import Address, CollectorStats
 
 __all__ = ["Batch", "Collector"]
 
@@ -151,13 +152,14 @@ class Collector(SocketThreadObject):
     # -- counters ---------------------------------------------------------------------------
 
     @property
-    def stats(self) -> Dict[str, Any]:
+    def stats(self) -> CollectorStats:
         """``received``, ``batches``, ``truncated``, ``kernel_drops`` (what the kernel dropped
         because the socket buffer was full; ``None`` where the platform does not tell),
         ``dropped`` (datagrams in batches Python did not take in time, or still queued at
         ``stop()`` with ``on_batch``), ``parse_errors``, ``short`` (too short for ``seq``) and
         ``evicted_sources``; ``{}`` before ``start()``."""
-        return super().stats
+        stats: CollectorStats = self._core_stats()
+        return stats
 
     def sources(self) -> Dict[Address, Dict[str, int]]:
         """``{(ip, port): {'received', 'lost', 'reordered', 'duplicates'}}`` for the sources

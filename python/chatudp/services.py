@@ -8,23 +8,38 @@ lost). Every wait is cut in short slices, so Ctrl-C works while Python waits on 
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from typing import Any, Callable, ClassVar, Dict, Optional, Tuple, TypeVar, Union
+import os
+import threading
+from typing import Any, ClassVar, List, Optional, Tuple, TypeVar, Union
 
 from . import _core
-from ._base import MAX_DATAGRAM, Address, SocketThreadObject, check_bufsize, check_callback, check_count
+from ._base import (
+    MAX_DATAGRAM,
+    SocketThreadObject,
+    as_bytes,
+    check_bufsize,
+    check_callback,
+    check_count,
+    resolve_future,
+)
 from .errors import NoReplyError
+from .types import Address, PeerStats, RequestCallback, ServiceStats
 
 __all__ = ["EchoServer", "TimeServer", "EchoClient", "TimeClient", "QQPeer"]
 
-RequestCallback = Callable[[bytes, Address], object]
 BytesLike = Union[bytes, bytearray, memoryview]
 
 _DEFAULT_QUEUE_SIZE = 65536
 
 _log = logging.getLogger("chatudp.services")
 
-_C = TypeVar("_C", bound="_RequestClient")
+_S = TypeVar("_S", bound="_PeerSocket")
+
+# Without a descriptor to watch (an event loop that has no add_reader), an asynchronous wait
+# looks again this often.
+_ASYNC_POLL = 0.05
 
 def _check_seconds(name: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -40,12 +55,6 @@ def _check_retries(retries: int) -> int:
     if not 0 <= retries <= 1_000_000:
         raise ValueError(f"retries must be between 0 and 1000000, not {retries}")
     return retries
-
-
-def _as_bytes(name: str, data: object) -> bytes:
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return bytes(data)
-    raise TypeError(f"{name}: a bytes-like object is required, not {type(data).__name__!r}")
 
 
 # -- servers ---------------------------------------------------------------------------------
@@ -95,12 +104,13 @@ class _Service(SocketThreadObject):
             self._call(self.on_request, detail, addr)
 
     @property
-    def stats(self) -> Dict[str, Any]:
+    def stats(self) -> ServiceStats:
         """Counters: ``received``, ``answered``, ``bad_requests`` (answered with an error),
         ``sent``, ``truncated`` (requests longer than ``bufsize``), ``kernel_drops`` (datagrams
         the kernel dropped for a full receive buffer; Linux, else None), ``dropped`` by reason and
         ``send_errors`` by errno. ``{}`` before ``start()``."""
-        return super().stats
+        stats: ServiceStats = self._core_stats()
+        return stats
 
     def __repr__(self) -> str:
         return f"{self._kind}(addr={self.addr!r}, bufsize={self.bufsize}, running={self.running})"
@@ -149,7 +159,81 @@ class TimeServer(_Service):
 # -- clients ---------------------------------------------------------------------------------
 
 
-class _RequestClient:
+class _PeerSocket:
+    """What the request clients and the QQ peer share: a socket on the Rust core, its counters,
+    ``close()``, and waits for it to be readable that keep an event loop free."""
+
+    _peer: Any
+
+    def __init__(self) -> None:
+        self._async_lock = threading.Lock()
+        self._async_waiters: List[Tuple[asyncio.AbstractEventLoop, "asyncio.Future[None]"]] = []
+
+    async def _wait_readable(self, timeout: Optional[float]) -> None:
+        """Return once a datagram may be there, ``timeout`` seconds have passed, or the socket
+        was closed; the event loop runs meanwhile, and a cancellation ends the wait at once.
+        The loop watches a duplicate of the descriptor, so a ``close()`` from any thread never
+        leaves it watching a number the system hands out again."""
+        loop = asyncio.get_running_loop()
+        future: "asyncio.Future[None]" = loop.create_future()
+        try:
+            fd = os.dup(self._peer.fileno())
+        except NotImplementedError:
+            fd = -1
+        try:
+            if fd >= 0:
+                try:
+                    loop.add_reader(fd, resolve_future, future)
+                except NotImplementedError:  # an event loop without readiness callbacks
+                    os.close(fd)
+                    fd = -1
+            with self._async_lock:
+                self._async_waiters.append((loop, future))
+            if self.closed:
+                return
+            wait = timeout if fd >= 0 else _ASYNC_POLL if timeout is None else min(timeout, _ASYNC_POLL)
+            await asyncio.wait((future,), timeout=wait)
+        finally:
+            with self._async_lock:
+                if (loop, future) in self._async_waiters:
+                    self._async_waiters.remove((loop, future))
+            if fd >= 0:
+                loop.remove_reader(fd)
+                os.close(fd)
+
+    def close(self) -> None:
+        """Close the socket (the port is free again); idempotent. A ``recvfrom`` or ``request``
+        waiting in another thread, and an awaiting ``arecvfrom`` or ``arequest``, end with
+        :class:`chatudp.ClosedError`."""
+        self._peer.close()
+        with self._async_lock:
+            waiters, self._async_waiters = self._async_waiters, []
+        for loop, future in waiters:
+            try:
+                loop.call_soon_threadsafe(resolve_future, future)
+            except RuntimeError:  # that loop is closed; nobody waits there any more
+                pass
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._peer.closed)
+
+    @property
+    def stats(self) -> PeerStats:
+        """Counters: ``received``, ``sent``, ``retries``, ``truncated``, ``ignored`` (datagrams
+        from other addresses and late replies), ``send_errors``, ``challenges`` (cookie
+        challenges of a ``validate=True`` server, answered by themselves)."""
+        stats: PeerStats = self._peer.stats()
+        return stats
+
+    def __enter__(self: _S) -> _S:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class _RequestClient(_PeerSocket):
     """A socket on a free port that sends a request and waits for its reply."""
 
     _kind: ClassVar[str]
@@ -165,6 +249,7 @@ class _RequestClient:
         rcvbuf: Optional[int] = None,
         sndbuf: Optional[int] = None,
     ) -> None:
+        super().__init__()
         self.timeout = _check_seconds("timeout", timeout)
         self.retries = _check_retries(retries)
         self.bufsize = check_bufsize(bufsize)
@@ -172,39 +257,32 @@ class _RequestClient:
         self._peer, self._remote = _core.Peer.for_remote(rip, rport, bufsize=bufsize, rcvbuf=rcvbuf, sndbuf=sndbuf)
         self.addr: Address = self._peer.local_addr()
 
+    def _no_reply(self) -> NoReplyError:
+        tries = self.retries + 1
+        return NoReplyError(
+            f"no reply from {self.raddr[0]}:{self.raddr[1]} after {tries} "
+            f"{'try' if tries == 1 else 'tries'} of {self.timeout:g} s each"
+        )
+
     def _request(self, data: bytes) -> bytes:
         host, port = self._remote[0], self._remote[1]
         got = self._peer.request(data, host, port, self.timeout, self.retries)
         if got is None:
-            tries = self.retries + 1
-            raise NoReplyError(
-                f"no reply from {self.raddr[0]}:{self.raddr[1]} after {tries} "
-                f"{'try' if tries == 1 else 'tries'} of {self.timeout:g} s each"
-            )
+            raise self._no_reply()
         reply: bytes = got[0]
         return reply
 
-    def close(self) -> None:
-        """Close the socket; idempotent."""
-        self._peer.close()
-
-    @property
-    def closed(self) -> bool:
-        return bool(self._peer.closed)
-
-    @property
-    def stats(self) -> Dict[str, Any]:
-        """Counters: ``received``, ``sent``, ``retries``, ``truncated``, ``ignored`` (datagrams
-        from other addresses and late replies), ``send_errors``, ``challenges`` (cookie
-        challenges of a ``validate=True`` server, answered by themselves)."""
-        stats: Dict[str, Any] = self._peer.stats()
-        return stats
-
-    def __enter__(self: _C) -> _C:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    async def _arequest(self, data: bytes) -> bytes:
+        host, port = self._remote[0], self._remote[1]
+        request = self._peer.start_request(data, host, port, self.timeout, self.retries)
+        while True:
+            got = request.poll()
+            if got is None:
+                raise self._no_reply()
+            if isinstance(got, tuple):
+                reply: bytes = got[0]
+                return reply
+            await self._wait_readable(got)
 
     def __repr__(self) -> str:
         return f"{self._kind}(raddr={self.raddr!r}, addr={self.addr!r}, closed={self.closed})"
@@ -213,40 +291,57 @@ class _RequestClient:
 class EchoClient(_RequestClient):
     """A client of the echo server: ``request(data)`` sends one datagram and returns the reply,
     resending after ``timeout`` seconds up to ``retries`` more times; then it raises
-    :class:`chatudp.errors.NoReplyError` (a ``TimeoutError``)."""
+    :class:`chatudp.errors.NoReplyError` (a ``TimeoutError``). ``await arequest(data)`` is the
+    same for asyncio: the event loop runs while it waits, and cancelling it ends the wait."""
 
     _kind = "EchoClient"
 
     def request(self, data: Union[str, BytesLike]) -> bytes:
         """Send ``data`` (a ``str`` is UTF-8 encoded, as the tutorial's client does) and return
         the reply."""
-        payload = data.encode() if isinstance(data, str) else _as_bytes("data", data)
-        return self._request(payload)
+        return self._request(_echo_payload(data))
+
+    async def arequest(self, data: Union[str, BytesLike]) -> bytes:
+        """``request(data)`` for asyncio: never blocks the event loop; cancellable."""
+        return await self._arequest(_echo_payload(data))
+
+
+def _echo_payload(data: Union[str, BytesLike]) -> bytes:
+    return data.encode() if isinstance(data, str) else as_bytes("data", data)
+
+
+def _time_format(fmt: str) -> bytes:
+    if not isinstance(fmt, str):
+        raise TypeError(f"fmt must be str, not {type(fmt).__name__}")
+    return fmt.encode("utf-8")
 
 
 class TimeClient(_RequestClient):
     """A client of the time server: ``request(fmt)`` returns the server's local time formatted
     with ``fmt`` (``''``: the server's default, ``%Y-%m-%d %X``), resending after ``timeout``
-    seconds up to ``retries`` more times; then it raises :class:`chatudp.errors.NoReplyError`."""
+    seconds up to ``retries`` more times; then it raises :class:`chatudp.errors.NoReplyError`.
+    ``await arequest(fmt)`` is the same for asyncio."""
 
     _kind = "TimeClient"
 
     def request(self, fmt: str = "") -> str:
         """Ask for the time in ``fmt``; the answer decoded as UTF-8."""
-        if not isinstance(fmt, str):
-            raise TypeError(f"fmt must be str, not {type(fmt).__name__}")
-        return self._request(fmt.encode("utf-8")).decode("utf-8", "replace")
+        return self._request(_time_format(fmt)).decode("utf-8", "replace")
+
+    async def arequest(self, fmt: str = "") -> str:
+        """``request(fmt)`` for asyncio: never blocks the event loop; cancellable."""
+        return (await self._arequest(_time_format(fmt))).decode("utf-8", "replace")
 
 
-class QQPeer:
+class QQPeer(_PeerSocket):
     """The socket of the tutorial's "QQ" programs: bound to ``bind`` (default ``('', 0)``, a free
     port on every IPv4 address), not connected, so it talks to any address.
 
     ``sendto(data, addr)`` and ``recvfrom(timeout=None)`` behave as the socket methods, except
     that ``recvfrom`` waits at most ``timeout`` seconds (``None``: no limit) and then raises
     ``TimeoutError``; ``close()`` from another thread wakes a waiting ``recvfrom``
-    (:class:`chatudp.ClosedError`). Datagrams longer than ``bufsize`` are cut, as
-    ``recvfrom(1024)`` cuts them."""
+    (:class:`chatudp.ClosedError`). ``await arecvfrom(timeout=None)`` is ``recvfrom`` for
+    asyncio. Datagrams longer than ``bufsize`` are cut, as ``recvfrom(1024)`` cuts them."""
 
     def __init__(
         self,
@@ -256,6 +351,7 @@ class QQPeer:
         rcvbuf: Optional[int] = None,
         sndbuf: Optional[int] = None,
     ) -> None:
+        super().__init__()
         self.bufsize = check_bufsize(bufsize)
         host, port = bind[0], bind[1]
         self._peer = _core.Peer(host, port, bufsize=bufsize, rcvbuf=rcvbuf, sndbuf=sndbuf)
@@ -263,7 +359,7 @@ class QQPeer:
 
     def sendto(self, data: BytesLike, addr: Address) -> None:
         """Send one datagram to ``addr`` (``(host, port)``)."""
-        self._peer.send_to(_as_bytes("sendto()", data), addr[0], addr[1])
+        self._peer.send_to(as_bytes("sendto()", data), addr[0], addr[1])
 
     def recvfrom(self, timeout: Optional[float] = None) -> Tuple[bytes, Address]:
         """The next datagram and its sender; ``TimeoutError`` after ``timeout`` seconds."""
@@ -273,25 +369,21 @@ class QQPeer:
         data: bytes = got[0]
         return data, got[1]
 
-    def close(self) -> None:
-        """Close the socket (the port is free again); idempotent."""
-        self._peer.close()
-
-    @property
-    def closed(self) -> bool:
-        return bool(self._peer.closed)
-
-    @property
-    def stats(self) -> Dict[str, Any]:
-        """Counters: ``received``, ``sent``, ``truncated``, ``send_errors``."""
-        stats: Dict[str, Any] = self._peer.stats()
-        return stats
-
-    def __enter__(self) -> "QQPeer":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    async def arecvfrom(self, timeout: Optional[float] = None) -> Tuple[bytes, Address]:
+        """``recvfrom(timeout)`` for asyncio: the event loop runs while it waits (no thread, no
+        polling: the loop watches the socket), and cancelling it ends the wait."""
+        limit = None if timeout is None else _check_seconds("timeout", timeout)
+        loop = asyncio.get_running_loop()
+        deadline = None if limit is None else loop.time() + limit
+        while True:
+            got = self._peer.recv_from(0)
+            if got is not None:
+                data: bytes = got[0]
+                return data, got[1]
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError("timed out")
+            await self._wait_readable(remaining)
 
     def __repr__(self) -> str:
         return f"QQPeer(addr={self.addr!r}, closed={self.closed})"

@@ -351,6 +351,30 @@ macro_rules! endpoint_pymethods {
 }
 pub(crate) use endpoint_pymethods;
 
+/// The address a key of `Server.clients()` stands for: `None` unless `key` equals the tuple
+/// the table would give for it (a numeric host, the family's tuple length), as a dict lookup.
+fn table_key(py: Python<'_>, key: &Bound<'_, PyAny>) -> PyResult<Option<SocketAddr>> {
+    let Ok(tuple) = key.cast::<PyTuple>() else { return Ok(None) };
+    let (Ok(host), Ok(port)) =
+        (tuple.get_item(0).and_then(|h| h.extract::<String>()), tuple.get_item(1).and_then(|p| p.extract::<u16>()))
+    else {
+        return Ok(None);
+    };
+    let Ok(ip) = host.parse::<std::net::IpAddr>() else { return Ok(None) };
+    let addr = match (ip, tuple.len()) {
+        (std::net::IpAddr::V4(_), 2) => SocketAddr::new(ip, port),
+        (std::net::IpAddr::V6(v6), 4) => {
+            let (Ok(flowinfo), Ok(scope)) = (tuple.get_item(2)?.extract::<u32>(), tuple.get_item(3)?.extract::<u32>())
+            else {
+                return Ok(None);
+            };
+            SocketAddr::V6(std::net::SocketAddrV6::new(v6, port, flowinfo, scope))
+        }
+        _ => return Ok(None),
+    };
+    Ok(address(py, &addr)?.eq(tuple)?.then_some(addr))
+}
+
 /// A running group-chat server (the Rust half of `chatudp.ChatUdpServer`).
 #[pyclass(frozen, name = "Server", module = "chatudp._core")]
 struct PyServer {
@@ -421,6 +445,32 @@ impl PyServer as "ChatUdpServer" {
             }
             Ok(dict)
         })
+    }
+
+    /// When `addr` (a key of `clients()`) was last heard from; `None` when not in the table.
+    fn last_seen(&self, py: Python<'_>, addr: &Bound<'_, PyAny>) -> PyResult<Option<f64>> {
+        guarded(|| Ok(table_key(py, addr)?.and_then(|addr| self.inner.last_seen(&addr))))
+    }
+
+    /// Removes `addr` from the table; its leave is reported as `"removed"`. False when absent.
+    fn remove_client(&self, py: Python<'_>, addr: &Bound<'_, PyAny>) -> PyResult<bool> {
+        guarded(|| Ok(table_key(py, addr)?.is_some_and(|addr| self.inner.remove(&addr))))
+    }
+
+    /// Removes every client; returns how many.
+    fn clear_clients(&self) -> PyResult<usize> {
+        guarded(|| Ok(self.inner.clear()))
+    }
+
+    fn send_to(&self, py: Python<'_>, data: &[u8], host: String, port: u16) -> PyResult<()> {
+        guarded(|| {
+            let to = py.detach(|| crate::net::resolve(&host, port)).map_err(|e| PyChatError(ChatError::Io(e)))?;
+            self.inner.send_to(data, to).map_err(|e| PyChatError(e).into())
+        })
+    }
+
+    fn broadcast(&self, data: &[u8]) -> PyResult<()> {
+        guarded(|| self.inner.broadcast(data).map_err(|e| PyChatError(e).into()))
     }
 
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {

@@ -4,6 +4,8 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use parking_lot::Mutex;
+
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
@@ -222,12 +224,43 @@ impl PyPeer {
             let timeout = seconds("timeout", timeout)?;
             let mut request = py.detach(|| Request::start(&self.inner, data, to, timeout, retries)).map_err(py_err)?;
             loop {
-                match py.detach(|| request.poll(SIGNAL_SLICE)).map_err(py_err)? {
+                match py.detach(|| request.poll(&self.inner, SIGNAL_SLICE)).map_err(py_err)? {
                     RequestPoll::Reply(data, from) => return received(py, &data, &from).map(Some),
                     RequestPoll::NoReply => return Ok(None),
                     RequestPoll::Pending => py.check_signals()?,
                 }
             }
+        })
+    }
+
+    /// Sends the first try of a request and returns it, to be polled without blocking (for an
+    /// event loop); the rules of `request`.
+    #[pyo3(signature = (data, host, port, timeout, retries))]
+    fn start_request(
+        slf: &Bound<'_, PyPeer>,
+        data: &[u8],
+        host: String,
+        port: u16,
+        timeout: f64,
+        retries: u32,
+    ) -> PyResult<PyRequest> {
+        guarded(|| {
+            let py = slf.py();
+            let to = resolve(py, &host, port)?;
+            let timeout = seconds("timeout", timeout)?;
+            let peer = slf.get();
+            let request = py.detach(|| Request::start(&peer.inner, data, to, timeout, retries)).map_err(py_err)?;
+            Ok(PyRequest { peer: slf.clone().unbind(), state: Mutex::new(request) })
+        })
+    }
+
+    /// The socket's descriptor, to watch for readability (never to read from).
+    fn fileno(&self) -> PyResult<i64> {
+        guarded(|| {
+            #[cfg(unix)]
+            return self.inner.fileno().map(i64::from).map_err(py_err);
+            #[cfg(not(unix))]
+            Err(pyo3::exceptions::PyNotImplementedError::new_err("no descriptor to watch on this platform"))
         })
     }
 
@@ -268,7 +301,38 @@ impl PyPeer {
     }
 }
 
+/// A request in flight on a `Peer`, polled by an event loop.
+#[pyclass(frozen, name = "Request", module = "chatudp._core")]
+struct PyRequest {
+    peer: Py<PyPeer>,
+    state: Mutex<Request>,
+}
+
+#[pymethods]
+impl PyRequest {
+    /// Waits at most `timeout` seconds (0: just looks): the reply `(data, addr)`; while
+    /// waiting, the seconds until the current try times out (the next poll then resends);
+    /// `None` once every try timed out.
+    #[pyo3(signature = (timeout=0.0))]
+    fn poll<'py>(&self, py: Python<'py>, timeout: f64) -> PyResult<Bound<'py, PyAny>> {
+        guarded(|| {
+            let slice = seconds("timeout", timeout)?;
+            let peer = &self.peer.get().inner;
+            let (polled, left) = py.detach(|| {
+                let mut request = self.state.lock();
+                (request.poll(peer, slice), request.time_left())
+            });
+            match polled.map_err(py_err)? {
+                RequestPoll::Reply(data, from) => Ok(received(py, &data, &from)?.into_pyobject(py)?.into_any()),
+                RequestPoll::Pending => Ok(left.as_secs_f64().into_pyobject(py)?.into_any()),
+                RequestPoll::NoReply => Ok(py.None().into_bound(py)),
+            }
+        })
+    }
+}
+
 pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<PyRequest>()?;
     m.add_class::<PyEchoServer>()?;
     m.add_class::<PyTimeServer>()?;
     m.add_class::<PyPeer>()?;
