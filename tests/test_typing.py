@@ -16,6 +16,7 @@ from typing import Dict, Iterator, List, Set, Tuple
 import pytest
 
 import chatudp
+import chatudp.types
 from chatudp import _core
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -117,17 +118,18 @@ def test_py_typed_and_stub_ship_with_the_package() -> None:
 
 
 def stub_typeddict_keys() -> Dict[str, Set[str]]:
-    tree = ast.parse(STUB.read_text(encoding="utf-8"))
+    """The keys of each stats TypedDict: those of ``chatudp.types`` by their public names, and by
+    the private names the stub imports them under (``_ChatStats``, ...)."""
     keys: Dict[str, Set[str]] = {}
-    for node in tree.body:
-        if isinstance(node, ast.ClassDef) and any(
-            isinstance(base, ast.Name) and base.id == "TypedDict" for base in node.bases
-        ):
-            keys[node.name] = {
-                item.target.id
-                for item in node.body
-                if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name)
-            }
+    for name in chatudp.types.__all__:
+        kind = getattr(chatudp.types, name)
+        if hasattr(kind, "__required_keys__"):
+            keys[name] = set(kind.__required_keys__) | set(kind.__optional_keys__)
+    for node in ast.parse(STUB.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.ImportFrom) and node.module == "chatudp.types":
+            for alias in node.names:
+                if alias.name in keys and alias.asname:
+                    keys[alias.asname] = keys[alias.name]
     return keys
 
 

@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import threading
+import weakref
 from typing import Any, ClassVar, List, Optional, Tuple, TypeVar, Union
 
 from . import _core
@@ -256,6 +257,8 @@ class _RequestClient(_PeerSocket):
         self.raddr: Address = (rip, rport)
         self._peer, self._remote = _core.Peer.for_remote(rip, rport, bufsize=bufsize, rcvbuf=rcvbuf, sndbuf=sndbuf)
         self.addr: Address = self._peer.local_addr()
+        # One request at a time on the socket (replies carry no request id), per event loop.
+        self._turns: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]" = weakref.WeakKeyDictionary()
 
     def _no_reply(self) -> NoReplyError:
         tries = self.retries + 1
@@ -273,6 +276,14 @@ class _RequestClient(_PeerSocket):
         return reply
 
     async def _arequest(self, data: bytes) -> bytes:
+        loop = asyncio.get_running_loop()
+        turn = self._turns.get(loop)
+        if turn is None:
+            turn = self._turns[loop] = asyncio.Lock()
+        async with turn:
+            return await self._arequest_now(data)
+
+    async def _arequest_now(self, data: bytes) -> bytes:
         host, port = self._remote[0], self._remote[1]
         request = self._peer.start_request(data, host, port, self.timeout, self.retries)
         while True:
@@ -292,7 +303,8 @@ class EchoClient(_RequestClient):
     """A client of the echo server: ``request(data)`` sends one datagram and returns the reply,
     resending after ``timeout`` seconds up to ``retries`` more times; then it raises
     :class:`chatudp.errors.NoReplyError` (a ``TimeoutError``). ``await arequest(data)`` is the
-    same for asyncio: the event loop runs while it waits, and cancelling it ends the wait."""
+    same for asyncio: the event loop runs while it waits, cancelling it ends the wait, and
+    concurrent ``arequest`` calls on one client take turns (a reply carries no request id)."""
 
     _kind = "EchoClient"
 

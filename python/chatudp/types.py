@@ -18,7 +18,7 @@ families (a plain ``host, port = addr`` only for IPv4).
 
 from __future__ import annotations
 
-from typing import Callable, Dict, Literal, Optional, Tuple, TypedDict
+from typing import Callable, Dict, Literal, Optional, Tuple, TypedDict, Union
 
 __all__ = [
     "Address",
@@ -41,12 +41,14 @@ __all__ = [
 Address = Tuple[str, int]
 """``(host, port)``; see the module's docstring for IPv6."""
 
-LeaveReason = Literal["quit", "expired", "unreachable", "removed"]
+# Spelled as a Union of one-value Literals, which is what a type checker makes of
+# Literal["quit", "expired", ...], so that the run-time object is that Union too.
+LeaveReason = Union[Literal["quit"], Literal["expired"], Literal["unreachable"], Literal["removed"]]
 """Why a client left the server's table: it sent ``quit``; it was silent past ``interval`` (and
 ``expiry_grace``); its port was reported unreachable; the program removed it
 (``del server.clients[addr]``, ``server.clients.clear()``)."""
 
-RejectReason = Literal["table_full", "not_allowed"]
+RejectReason = Union[Literal["table_full"], Literal["not_allowed"]]
 """Why a datagram was refused: a new source while ``max_clients`` live clients are in the table;
 a source outside ``allow``."""
 
