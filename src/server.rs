@@ -1054,6 +1054,54 @@ mod tests {
     }
 
     #[test]
+    fn removed_clients_leave_once_and_hear_nothing_more() {
+        let server = start(10.0);
+        let (a, b) = (peer(), peer());
+        let (a_addr, b_addr) = (a.local_addr().unwrap(), b.local_addr().unwrap());
+        a.send_to(b"^hb^", server.local_addr()).unwrap();
+        b.send_to(b"^hb^", server.local_addr()).unwrap();
+        wait_for("both to join", || server.clients().len() == 2);
+        assert!(server.remove(&a_addr));
+        assert!(!server.remove(&a_addr));
+        assert_eq!(server.last_seen(&a_addr), None);
+        assert!(server.last_seen(&b_addr).is_some());
+        b.send_to(b"hi", server.local_addr()).unwrap();
+        assert_eq!(recv(&b), format!("Ack b'HI'. from 127.0.0.1:{}", b_addr.port()).into_bytes());
+        assert_eq!(server.clear(), 1);
+        wait_for("the leaves", || server.stats().leaves == 2);
+        server.stop();
+        a.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+        assert!(a.recv(&mut [0u8; 64]).is_err(), "a removed client heard from the server");
+        let leaves: Vec<Event> =
+            server.events().take_queued().into_iter().filter(|e| matches!(e, Event::Leave(..))).collect();
+        assert_eq!(
+            leaves,
+            vec![Event::Leave(a_addr, LeaveReason::Removed), Event::Leave(b_addr, LeaveReason::Removed)]
+        );
+    }
+
+    #[test]
+    fn the_owner_sends_to_one_address_and_to_every_live_client() {
+        let mut config = ServerConfig::new("127.0.0.1", 0, 10.0);
+        config.workers = 2;
+        let server = Server::start(config).unwrap();
+        let (a, b, outsider) = (peer(), peer(), peer());
+        for client in [&a, &b] {
+            client.send_to(b"^hb^", server.local_addr()).unwrap();
+        }
+        wait_for("both to join", || server.clients().len() == 2);
+        server.broadcast(b"news").unwrap();
+        server.send_to(b"direct", outsider.local_addr().unwrap()).unwrap();
+        assert_eq!((recv(&a), recv(&b), recv(&outsider)), (b"news".to_vec(), b"news".to_vec(), b"direct".to_vec()));
+        wait_for("the sends to be counted", || server.stats().sent == 3);
+        let v6: SocketAddr = "[::1]:9".parse().unwrap();
+        assert!(matches!(server.send_to(b"x", v6), Err(ChatError::InvalidArgument(m)) if m.contains("IPv6")));
+        assert!(matches!(server.broadcast(&[0; 70_000]), Err(ChatError::TooLong { .. })));
+        server.stop();
+        assert!(matches!(server.broadcast(b"late"), Err(ChatError::Closed(_))));
+    }
+
+    #[test]
     fn stop_is_prompt_while_idle() {
         let server = start(10.0);
         let started = Instant::now();

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import errno
 import io
+import re
 import socket
 import threading
 import time
 from collections.abc import MutableMapping
-from typing import Any, Callable, List, Tuple
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Tuple
 
 import pytest
 from conftest import LOOPBACK, Peer, wait_for
@@ -429,3 +431,60 @@ def test_many_sends_never_wait_for_the_socket(server: ChatUdpServer, peers: Peer
         except BlockingIOError:
             refused += 1
     wait_for(lambda: server.stats["sent"] + refused >= 5000, what="the burst to be sent")
+
+
+# -- the README's bot recipes, run as they are shown ----------------------------------------------------
+
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_blocks(heading: str) -> List[str]:
+    """The ```python blocks of the README section under `heading`."""
+    text = README.read_text(encoding="utf-8")
+    section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"```python\n(.*?)```", section, re.S)
+
+
+def run_snippet(code: str) -> Tuple[Dict[str, Any], threading.Thread]:
+    """Runs `code` on a thread of its own (its last line waits on an event), as a script would."""
+    namespace: Dict[str, Any] = {"__name__": "__readme__"}
+    thread = threading.Thread(target=exec, args=(compile(code, "README.md", "exec"), namespace), daemon=True)
+    thread.start()
+    return namespace, thread
+
+
+def test_readme_client_side_echo_bot(server: ChatUdpServer, peers: Peers) -> None:
+    code = readme_blocks("Writing a bot")[0]
+    assert len(code.strip().splitlines()) <= 12 and "9999" in code
+    namespace, thread = run_snippet(code.replace("9999", str(server.addr[1])))
+    wait_for(lambda: "bot" in namespace and namespace["bot"].addr in server.clients, what="the bot to join")
+    bot = namespace["bot"]
+    human = peers()
+    human.send(b"Hello bot", server.addr)
+    assert human.recv() == ack(b"Hello bot", human.addr)
+    assert human.recv() == ack(b"echo: hello bot", bot.addr)
+    assert human.recv_nothing(), "the bot answered its own echo"
+    bot.event.set()
+    thread.join(5)
+    assert not thread.is_alive() and not bot.running
+
+
+def test_readme_server_side_echo_bot(peers: Peers) -> None:
+    code = readme_blocks("Writing a bot")[1]
+    assert len(code.strip().splitlines()) <= 12 and '"127.0.0.1", 9999' in code
+    namespace, thread = run_snippet(code.replace('"127.0.0.1", 9999', '"127.0.0.1", 0'))
+    wait_for(lambda: "server" in namespace and namespace["server"].running, what="the bot's server")
+    server = namespace["server"]
+    try:
+        human = peers()
+        human.send(b"!echo ping", server.addr)
+        assert human.recv() == ack(b"!echo ping", human.addr)
+        assert human.recv() == b"ping"
+        human.send(b"!who", server.addr)
+        assert human.recv() == ack(b"!who", human.addr)
+        assert human.recv() == b"1 clients here"
+    finally:
+        server.event.set()
+    thread.join(5)
+    assert not thread.is_alive() and human.recv() == b"Bye!"

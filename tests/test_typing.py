@@ -5,11 +5,13 @@ dictionaries the stubs promise."""
 from __future__ import annotations
 
 import ast
+import re
 import importlib.metadata
 import importlib.util
 import os
 import subprocess
 import sys
+import typing
 from pathlib import Path
 from typing import Dict, Iterator, List, Set, Tuple
 
@@ -203,3 +205,142 @@ def test_module_constants() -> None:
         if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets)
     )
     assert sorted(stub_all) == sorted(_core.__all__)
+
+
+# -- a user's script, typed with what chatudp exports: mypy --strict, no casts, and it runs -------------
+
+USER_SCRIPT = '''
+"""A bot and a monitor, annotated with chatudp's public types only."""
+from __future__ import annotations
+
+import asyncio
+from typing import Dict, List, Optional, Tuple
+
+import chatudp
+from chatudp import (
+    Address,
+    ChatStats,
+    ChatUdpClient,
+    ChatUdpServer,
+    EchoClient,
+    EchoServer,
+    JoinCallback,
+    LeaveCallback,
+    LeaveReason,
+    MessageCallback,
+    PeerStats,
+    QQPeer,
+    RejectCallback,
+    RejectReason,
+    ServiceStats,
+    parse_ack,
+)
+
+left: List[Tuple[Address, LeaveReason]] = []
+refused: List[Tuple[str, RejectReason]] = []
+
+
+def on_leave(addr: Address, reason: LeaveReason) -> None:
+    left.append((addr, reason))
+
+
+def on_reject(addr: Address, reason: RejectReason) -> None:
+    host, port = addr[:2]
+    refused.append((f"{host}:{port + 0}", reason))
+
+
+def on_message(data: bytes, addr: Address) -> None:
+    if data.startswith(b"!echo "):
+        server.sendto(data[6:], addr)
+
+
+joined: List[Address] = []
+join_cb: JoinCallback = joined.append
+leave_cb: LeaveCallback = on_leave
+reject_cb: RejectCallback = on_reject
+message_cb: MessageCallback = on_message
+
+server = ChatUdpServer("127.0.0.1", 0, interval=5, on_message=message_cb, on_join=join_cb, on_leave=leave_cb,
+                       on_reject=reject_cb)
+server.start()
+host, port = server.addr[:2]
+client = ChatUdpClient(host, port)
+client.start()
+client.send("!echo hi")
+ack, _ = client.recv_message(timeout=5)
+parsed: Optional[Tuple[bytes, Address]] = parse_ack(ack)
+assert parsed is not None and parsed[0] == b"!ECHO HI" and parsed[1] == client.addr
+assert client.recv_message(timeout=5)[0] == b"hi"
+table: Dict[Address, float] = server.clients.copy()
+seen: float = server.clients[parsed[1]]
+assert seen == table[parsed[1]]
+server.broadcast(b"all")
+assert client.recv_message(timeout=5)[0] == b"all"
+name: Address = server.sock.getsockname()
+del server.clients[name if name in server.clients else parsed[1]]
+stats: ChatStats = server.stats
+received: int = stats["received"]
+errors: Dict[int, int] = stats["send_errors"]
+bus_up: bool = stats["bus"]["connected"] if "bus" in stats else False
+
+
+async def services() -> Tuple[bytes, bytes]:
+    with EchoServer("127.0.0.1", 0) as echo, EchoClient(*echo.addr[:2]) as asker:
+        reply: bytes = await asker.arequest(b"typed")
+        counts: ServiceStats = echo.stats
+        mine: PeerStats = asker.stats
+        assert counts["received"] >= 1 and mine["sent"] >= 1
+    with QQPeer(("127.0.0.1", 0)) as me, QQPeer(("127.0.0.1", 0)) as other:
+        other.sendto(b"qq", me.addr)
+        data, sender = await me.arecvfrom(timeout=5)
+        sender_port: int = sender[1]
+        assert sender_port == other.addr[1]
+    return reply, data
+
+
+assert asyncio.run(services()) == (b"TYPED", b"qq")
+client.stop()
+server.event.set()
+assert not server.running and received >= 1 and errors == {} and not bus_up
+assert chatudp.types.Address is Address
+print("typed script ok", left)
+'''
+
+
+def readme_python_blocks(*headings: str) -> List[str]:
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    blocks: List[str] = []
+    for heading in headings:
+        section = text.split(f"\n## {heading}\n", 1)[1].split("\n## ", 1)[0]
+        blocks.extend(part.split("```", 1)[0] for part in section.split("```python\n")[1:])
+    return blocks
+
+
+@needs_mypy
+def test_a_user_script_typed_with_the_exports_passes_mypy_strict_and_runs(tmp_path: Path, mypy_config: Path) -> None:
+    """Addresses, reasons, callbacks and stats typed with what ``chatudp`` exports: ``mypy
+    --strict`` accepts the script without a cast or an ignore, and the README's bot and types
+    snippets too; the script then runs against real servers on loopback."""
+    assert not re.search(r"\bcast\(|type: ?ignore|\bAny\b", USER_SCRIPT)
+    script = tmp_path / "typed_user.py"
+    script.write_text(USER_SCRIPT, encoding="utf-8")
+    snippets = readme_python_blocks("Writing a bot", "Types")
+    assert len(snippets) == 3
+    for n, snippet in enumerate(snippets):
+        (tmp_path / f"readme_snippet_{n}.py").write_text(snippet, encoding="utf-8")
+    proc = run(["-m", "mypy", "--strict", "--config-file", str(mypy_config), str(tmp_path)], cwd=tmp_path)
+    assert proc.returncode == 0, report(proc)
+    assert "Success: no issues found in 4 source files" in proc.stdout, report(proc)
+    env = dict(os.environ, PYTHONPATH=str(PYTHON_DIR))
+    ran = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=env)
+    assert ran.returncode == 0 and "typed script ok" in ran.stdout, ran.stderr
+    assert "'removed'" in ran.stdout, ran.stdout
+
+
+def test_public_types_are_exported() -> None:
+    for name in ["Address", "LeaveReason", "RejectReason", "MessageCallback", "JoinCallback", "LeaveCallback",
+                 "RejectCallback", "ChatStats", "ServiceStats", "PeerStats", "parse_ack"]:
+        assert name in chatudp.__all__ and hasattr(chatudp, name), name
+    assert typing.get_args(chatudp.LeaveReason) == tuple(
+        typing.Literal[r] for r in ("quit", "expired", "unreachable", "removed")
+    )
