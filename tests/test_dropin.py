@@ -488,3 +488,30 @@ def test_readme_server_side_echo_bot(peers: Peers) -> None:
         server.event.set()
     thread.join(5)
     assert not thread.is_alive() and human.recv() == b"Bye!"
+
+
+def test_sendto_checks_the_address(server: ChatUdpServer) -> None:
+    with pytest.raises(TypeError, match="addr"):
+        server.sendto(b"x", "127.0.0.1:5000")  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="port"):
+        server.sendto(b"x", ("127.0.0.1", "5000"))  # type: ignore[arg-type]
+    with pytest.raises(OverflowError, match="port"):
+        server.sendto(b"x", ("127.0.0.1", 70000))
+
+
+def test_a_copy_made_while_clients_leave_is_whole(server: ChatUdpServer, peers: Peers) -> None:
+    """dict(view) looks each key up after listing them: a client leaving in between must not
+    make the copy fail (the walk's snapshot answers for it)."""
+    a, b = peers(), peers()
+    join(server, a, b)
+    view = server.clients
+    keys = list(view.keys())
+    del server.clients[a.addr]
+    assert {k: view[k] for k in keys} == {a.addr: view[a.addr], b.addr: view[b.addr]}
+    assert a.addr not in view and a.addr not in server.clients
+    with pytest.raises(KeyError):
+        server.clients[a.addr]
+    for _ in range(50):  # quits racing with copies
+        a.send(b"^hb^", server.addr)
+        a.send(b"quit", server.addr)
+        assert set(dict(server.clients)) <= {a.addr, b.addr}

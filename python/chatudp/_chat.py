@@ -282,7 +282,10 @@ class ChatUdpServer(_Endpoint):
     """The tutorial's group-chat server, with its loops in a Rust thread.
 
     Same constructor and attributes as the original (``addr``, ``clients``, ``interval``,
-    ``event``); everything else is keyword-only and off by default.
+    ``event``, ``sock``); everything else is keyword-only and off by default. ``clients`` is the
+    live table (``del server.clients[addr]`` removes a client, reported to ``on_leave`` as
+    ``"removed"``), ``event.set()`` stops the server, and ``sendto(data, addr)`` and
+    ``broadcast(data)`` send from the server's socket (a bot).
     """
 
     _kind = "ChatUdpServer"
@@ -415,8 +418,10 @@ class ChatUdpServer(_Endpoint):
         ``RuntimeError`` before ``start()``, ``ClosedError`` after ``stop()``, ``OSError``
         (EMSGSIZE) beyond one datagram."""
         payload = as_bytes("data", data)
+        if not (isinstance(addr, tuple) and len(addr) in (2, 4) and isinstance(addr[0], str)):
+            raise TypeError(f"addr must be a (host, port) tuple, not {addr!r}")
         host, port = addr[:2]
-        self._require_core().send_to(payload, host, port)
+        self._require_core().send_to(payload, host, _check_port(port))
 
     def broadcast(self, data: Union[bytes, bytearray, memoryview]) -> None:
         """Send ``data`` to every live client (heard from within ``interval``), as the relay

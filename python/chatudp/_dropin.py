@@ -45,10 +45,19 @@ class ClientsView(MutableMapping[Address, float]):
     or ``server.clients.copy()`` keep a snapshot); ``del server.clients[addr]``, ``pop()`` and
     ``clear()`` remove clients from the relay's table, each reported once to ``on_leave`` with
     the reason ``"removed"`` (a removed client that sends again joins again). A client cannot
-    be added: it joins by sending."""
+    be added: it joins by sending. While a copy is made (``dict(view)`` lists the keys, then
+    looks each up), a client that leaves in between is found in the listing's snapshot."""
 
     def __init__(self, core: Callable[[], Any]) -> None:
         self._core = core
+        # The snapshot of the last walk over this view (keys(), iteration): a look-up during it,
+        # as dict(view) and {**view} make, finds a client that left meanwhile there, so such a
+        # copy is whole instead of failing with KeyError.
+        self._walk: Dict[Address, float] = {}
+
+    def _walked(self) -> Dict[Address, float]:
+        self._walk = self.copy()
+        return self._walk
 
     def copy(self) -> Dict[Address, float]:
         """A snapshot of the table, as a dict."""
@@ -62,6 +71,8 @@ class ClientsView(MutableMapping[Address, float]):
         core = self._core()
         seen: Optional[float] = None if core is None else core.last_seen(addr)
         if seen is None:
+            if addr in self._walk:
+                return self._walk[addr]
             raise KeyError(addr)
         return seen
 
@@ -87,14 +98,14 @@ class ClientsView(MutableMapping[Address, float]):
         return core is not None and core.last_seen(addr) is not None
 
     def __iter__(self) -> Iterator[Address]:
-        return iter(self.copy())
+        return iter(self._walked())
 
     def __len__(self) -> int:
         return len(self.copy())
 
     # One snapshot for a whole walk over the table, not one look-up per client.
     def keys(self) -> KeysView[Address]:
-        return self.copy().keys()
+        return self._walked().keys()
 
     def values(self) -> ValuesView[float]:
         return self.copy().values()
