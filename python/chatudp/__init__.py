@@ -14,7 +14,7 @@ from ._chat import ChatUdpClient, ChatUdpServer
 from ._core import MAX_DATAGRAM, __version__
 from ._dropin import ClientsView, SocketView, StopEvent
 from .collector import Batch, Collector
-from .errors import ChatUdpError, ClosedError, NoReplyError
+from .errors import ChatUdpError, ClosedError, NoReplyError, PortError
 from .services import EchoClient, EchoServer, QQPeer, TimeClient, TimeServer
 from .types import (
     Address,
@@ -49,6 +49,7 @@ __all__ = [
     "MessageCallback",
     "NoReplyError",
     "PeerStats",
+    "PortError",
     "QQPeer",
     "RejectCallback",
     "RejectReason",

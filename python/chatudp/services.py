@@ -20,9 +20,14 @@ from ._base import (
     MAX_DATAGRAM,
     SocketThreadObject,
     as_bytes,
+    check_address,
     check_bufsize,
     check_callback,
     check_count,
+    check_host,
+    check_port,
+    check_seconds,
+    check_socket_buffer,
     resolve_future,
 )
 from .errors import NoReplyError
@@ -41,14 +46,6 @@ _S = TypeVar("_S", bound="_PeerSocket")
 # Without a descriptor to watch (an event loop that has no add_reader), an asynchronous wait
 # looks again this often.
 _ASYNC_POLL = 0.05
-
-def _check_seconds(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    if not value >= 0:
-        raise ValueError(f"{name} must be >= 0 seconds, not {value!r}")
-    return float(value)
-
 
 def _check_retries(retries: int) -> int:
     if isinstance(retries, bool) or not isinstance(retries, int):
@@ -86,9 +83,9 @@ class _Service(SocketThreadObject):
             raise TypeError(f"validate must be True or False, not {type(validate).__name__}")
         self.validate = validate
         self._queue_size = check_count("queue_size", queue_size, _core.MAX_QUEUE)
-        self.addr: Address = (ip, port)
+        self.addr: Address = (check_host("ip", ip), check_port("port", port))
         self.on_request = on_request
-        self._options = {"rcvbuf": rcvbuf, "sndbuf": sndbuf}
+        self._options = {"rcvbuf": check_socket_buffer("rcvbuf", rcvbuf), "sndbuf": check_socket_buffer("sndbuf", sndbuf)}
 
     def _open(self) -> Any:
         ip, port = self.addr[0], self.addr[1]
@@ -251,10 +248,11 @@ class _RequestClient(_PeerSocket):
         sndbuf: Optional[int] = None,
     ) -> None:
         super().__init__()
-        self.timeout = _check_seconds("timeout", timeout)
+        self.timeout = check_seconds("timeout", timeout)
         self.retries = _check_retries(retries)
         self.bufsize = check_bufsize(bufsize)
-        self.raddr: Address = (rip, rport)
+        self.raddr: Address = (check_host("rip", rip), check_port("rport", rport))
+        rcvbuf, sndbuf = check_socket_buffer("rcvbuf", rcvbuf), check_socket_buffer("sndbuf", sndbuf)
         self._peer, self._remote = _core.Peer.for_remote(rip, rport, bufsize=bufsize, rcvbuf=rcvbuf, sndbuf=sndbuf)
         self.addr: Address = self._peer.local_addr()
         # One request at a time on the socket (replies carry no request id), per event loop.
@@ -365,17 +363,19 @@ class QQPeer(_PeerSocket):
     ) -> None:
         super().__init__()
         self.bufsize = check_bufsize(bufsize)
-        host, port = bind[0], bind[1]
+        host, port = check_address("bind", bind)
+        rcvbuf, sndbuf = check_socket_buffer("rcvbuf", rcvbuf), check_socket_buffer("sndbuf", sndbuf)
         self._peer = _core.Peer(host, port, bufsize=bufsize, rcvbuf=rcvbuf, sndbuf=sndbuf)
         self.addr: Address = self._peer.local_addr()
 
     def sendto(self, data: BytesLike, addr: Address) -> None:
         """Send one datagram to ``addr`` (``(host, port)``)."""
-        self._peer.send_to(as_bytes("sendto()", data), addr[0], addr[1])
+        host, port = check_address("addr", addr)
+        self._peer.send_to(as_bytes("sendto()", data), host, port)
 
     def recvfrom(self, timeout: Optional[float] = None) -> Tuple[bytes, Address]:
         """The next datagram and its sender; ``TimeoutError`` after ``timeout`` seconds."""
-        got = self._peer.recv_from(None if timeout is None else _check_seconds("timeout", timeout))
+        got = self._peer.recv_from(None if timeout is None else check_seconds("timeout", timeout))
         if got is None:
             raise TimeoutError("timed out")
         data: bytes = got[0]
@@ -384,7 +384,7 @@ class QQPeer(_PeerSocket):
     async def arecvfrom(self, timeout: Optional[float] = None) -> Tuple[bytes, Address]:
         """``recvfrom(timeout)`` for asyncio: the event loop runs while it waits (no thread, no
         polling: the loop watches the socket), and cancelling it ends the wait."""
-        limit = None if timeout is None else _check_seconds("timeout", timeout)
+        limit = None if timeout is None else check_seconds("timeout", timeout)
         loop = asyncio.get_running_loop()
         deadline = None if limit is None else loop.time() + limit
         while True:
