@@ -20,6 +20,7 @@ __all__ = [
     "MAX_DATAGRAM",
     "MAX_QUEUE",
     "Peer",
+    "PeerConfig",
     "REUSEPORT",
     "Server",
     "TRAILER_LEN",
@@ -33,7 +34,9 @@ __all__ = [
     "DEFAULT_INTERVAL",
     "DEFAULT_MAX_CLIENTS",
     "DEFAULT_QUEUE_SIZE",
+    "DEFAULT_SERVICE_PORT",
     "ServerConfig",
+    "ServiceConfig",
     "_panic_for_test",
 ]
 
@@ -108,6 +111,7 @@ DEFAULT_BUFSIZE: Final[int]
 DEFAULT_HOST: Final[str]
 DEFAULT_CHAT_PORT: Final[int]
 DEFAULT_INTERVAL: Final[float]
+DEFAULT_SERVICE_PORT: Final[int]
 
 _Networks: TypeAlias = "str | Iterable[object]"
 
@@ -174,6 +178,47 @@ class _ServiceStats(TypedDict):
     kernel_drops: int | None
     dropped: dict[str, int]
     send_errors: dict[int, int]
+
+@final
+class ServiceConfig:
+    """Every setting of ``chatudp.EchoServer`` and ``TimeServer``, checked when it is made."""
+
+    def __new__(
+        cls,
+        ip: str = ...,
+        port: int | None = None,
+        *,
+        bufsize: int | None = None,
+        queue_size: int | None = None,
+        rcvbuf: int | None = None,
+        sndbuf: int | None = None,
+        validate: bool = False,
+    ) -> ServiceConfig: ...
+
+@final
+class PeerConfig:
+    """The socket of ``chatudp.EchoClient``/``TimeClient`` (toward ``rip:rport``) or of
+    ``QQPeer`` (``PeerConfig.bound(bind)``), checked when it is made."""
+
+    def __new__(
+        cls,
+        rip: str = ...,
+        rport: int | None = None,
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+        bufsize: int | None = None,
+        rcvbuf: int | None = None,
+        sndbuf: int | None = None,
+    ) -> PeerConfig: ...
+    @staticmethod
+    def bound(
+        bind: tuple[str, int] | tuple[str, int, int, int],
+        *,
+        bufsize: int | None = None,
+        rcvbuf: int | None = None,
+        sndbuf: int | None = None,
+    ) -> PeerConfig: ...
 
 @final
 class Server:
@@ -308,21 +353,9 @@ class Client:
 class EchoServer:
     """A running echo server: answers each datagram with ``data.upper()``."""
 
-    def __new__(
-        cls,
-        host: str,
-        port: int,
-        *,
-        bufsize: int = 1024,
-        queue_size: int | None = None,
-        rcvbuf: int | None = None,
-        sndbuf: int | None = None,
-        validate: bool = False,
-    ) -> EchoServer:
-        """Bind and start answering. ``queue_size``: when given, every request is also queued
-        as an event for ``next_events`` (a queue of that many events); ``None``: no events.
-        ``rcvbuf`` defaults to 4 MiB (capped by the kernel). ``validate``: the reflection guard
-        (a new source gets only a 12-byte cookie challenge until it echoes it)."""
+    def __new__(cls, config: ServiceConfig, *, events: bool = False) -> EchoServer:
+        """Bind and start answering with ``config``; with ``events``, every request is also
+        queued for ``next_events``."""
 
     def next_events(self, max_events: int = 1024, timeout: float | None = None) -> list[_MessageEvent | _KeptEvent] | None:
         """The next requests as ``("message", addr, data)``; ``[]`` after ``timeout``; ``None``
@@ -371,18 +404,9 @@ class TimeServer:
     """A running time server: answers each datagram with ``time.strftime(fmt)``, ``fmt`` being
     the datagram (``'%Y-%m-%d %X'`` when empty)."""
 
-    def __new__(
-        cls,
-        host: str,
-        port: int,
-        *,
-        bufsize: int = 1024,
-        queue_size: int | None = None,
-        rcvbuf: int | None = None,
-        sndbuf: int | None = None,
-        validate: bool = False,
-    ) -> TimeServer:
-        """Bind and start answering; the keywords as for ``EchoServer``."""
+    def __new__(cls, config: ServiceConfig, *, events: bool = False) -> TimeServer:
+        """Bind and start answering with ``config``; with ``events``, every request is also
+        queued for ``next_events``."""
 
     def next_events(self, max_events: int = 1024, timeout: float | None = None) -> list[_MessageEvent | _KeptEvent] | None:
         """The next requests as ``("message", addr, data)``; ``[]`` after ``timeout``; ``None``
@@ -431,33 +455,19 @@ class Peer:
     """A non-connected UDP socket for request/response clients (the Rust half of
     ``chatudp.services.QQPeer``, ``EchoClient`` and ``TimeClient``)."""
 
-    def __new__(
-        cls,
-        host: str,
-        port: int,
-        *,
-        bufsize: int = 1024,
-        rcvbuf: int | None = None,
-        sndbuf: int | None = None,
-    ) -> Peer:
-        """Bind to ``(host, port)``; port 0 picks a free port."""
+    def __new__(cls, config: PeerConfig) -> Peer:
+        """Bind to the config's ``(host, port)`` (``PeerConfig.bound``); port 0 picks a free port."""
 
     @staticmethod
-    def for_remote(
-        host: str,
-        port: int,
-        *,
-        bufsize: int = 65507,
-        rcvbuf: int | None = None,
-        sndbuf: int | None = None,
-    ) -> tuple[Peer, _Address]:
-        """A peer on a free port of the family of ``(host, port)``, and that address resolved."""
+    def for_remote(config: PeerConfig) -> tuple[Peer, _Address]:
+        """A peer on a free port of the family of the config's remote address, and that address
+        resolved."""
 
     def local_addr(self) -> _Address:
         """The address actually bound."""
 
-    def send_to(self, data: bytes, host: str, port: int) -> None:
-        """Send one datagram to ``(host, port)``."""
+    def send_to(self, data: bytes, addr: tuple[str, int] | tuple[str, int, int, int]) -> None:
+        """Send one datagram to ``addr``, a ``(host, port)`` tuple."""
 
     def recv_from(self, timeout: float | None = None) -> tuple[bytes, _Address] | None:
         """One datagram from anyone and its sender, or ``None`` after ``timeout`` seconds

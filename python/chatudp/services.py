@@ -16,14 +16,7 @@ from ._base import (
     MAX_DATAGRAM,
     Address,
     SocketThreadObject,
-    check_address,
-    check_bufsize,
     check_callback,
-    check_count,
-    check_host,
-    check_port,
-    check_seconds,
-    check_socket_buffer,
 )
 from .errors import NoReplyError
 
@@ -32,19 +25,11 @@ __all__ = ["EchoServer", "TimeServer", "EchoClient", "TimeClient", "QQPeer"]
 RequestCallback = Callable[[bytes, Address], object]
 BytesLike = Union[bytes, bytearray, memoryview]
 
-_DEFAULT_QUEUE_SIZE = 65536
+_DEFAULT_QUEUE_SIZE: int = _core.DEFAULT_QUEUE_SIZE
 
 _log = logging.getLogger("chatudp.services")
 
 _C = TypeVar("_C", bound="_RequestClient")
-
-def _check_retries(retries: int) -> int:
-    if isinstance(retries, bool) or not isinstance(retries, int):
-        raise TypeError(f"retries must be an int, not {type(retries).__name__}")
-    if not 0 <= retries <= 1_000_000:
-        raise ValueError(f"retries must be between 0 and 1000000, not {retries}")
-    return retries
-
 
 def _as_bytes(name: str, data: object) -> bytes:
     if isinstance(data, (bytes, bytearray, memoryview)):
@@ -74,22 +59,17 @@ class _Service(SocketThreadObject):
         validate: bool = False,
     ) -> None:
         super().__init__()
-        self.bufsize = check_bufsize(bufsize)
         check_callback("on_request", on_request)
-        if not isinstance(validate, bool):
-            raise TypeError(f"validate must be True or False, not {type(validate).__name__}")
+        self._config = _core.ServiceConfig(
+            ip, port, bufsize=bufsize, queue_size=queue_size, rcvbuf=rcvbuf, sndbuf=sndbuf, validate=validate
+        )
+        self.bufsize = bufsize
         self.validate = validate
-        self._queue_size = check_count("queue_size", queue_size, _core.MAX_QUEUE)
-        self.addr: Address = (check_host("ip", ip), check_port("port", port))
+        self.addr: Address = (ip, port)
         self.on_request = on_request
-        self._options = {"rcvbuf": check_socket_buffer("rcvbuf", rcvbuf), "sndbuf": check_socket_buffer("sndbuf", sndbuf)}
 
     def _open(self) -> Any:
-        ip, port = self.addr[0], self.addr[1]
-        queue_size = self._queue_size if self.on_request is not None else None
-        return self._core_class(
-            ip, port, bufsize=self.bufsize, queue_size=queue_size, validate=self.validate, **self._options
-        )
+        return self._core_class(self._config, events=self.on_request is not None)
 
     def _wants_events(self) -> bool:
         return self.on_request is not None
@@ -169,12 +149,12 @@ class _RequestClient:
         rcvbuf: Optional[int] = None,
         sndbuf: Optional[int] = None,
     ) -> None:
-        self.timeout = check_seconds("timeout", timeout)
-        self.retries = _check_retries(retries)
-        self.bufsize = check_bufsize(bufsize)
-        self.raddr: Address = (check_host("rip", rip), check_port("rport", rport))
-        rcvbuf, sndbuf = check_socket_buffer("rcvbuf", rcvbuf), check_socket_buffer("sndbuf", sndbuf)
-        self._peer, self._remote = _core.Peer.for_remote(rip, rport, bufsize=bufsize, rcvbuf=rcvbuf, sndbuf=sndbuf)
+        config = _core.PeerConfig(
+            rip, rport, timeout=timeout, retries=retries, bufsize=bufsize, rcvbuf=rcvbuf, sndbuf=sndbuf
+        )
+        self.timeout, self.retries, self.bufsize = float(timeout), retries, bufsize
+        self.raddr: Address = (rip, rport)
+        self._peer, self._remote = _core.Peer.for_remote(config)
         self.addr: Address = self._peer.local_addr()
 
     def _request(self, data: bytes) -> bytes:
@@ -261,20 +241,17 @@ class QQPeer:
         rcvbuf: Optional[int] = None,
         sndbuf: Optional[int] = None,
     ) -> None:
-        self.bufsize = check_bufsize(bufsize)
-        host, port = check_address("bind", bind)
-        rcvbuf, sndbuf = check_socket_buffer("rcvbuf", rcvbuf), check_socket_buffer("sndbuf", sndbuf)
-        self._peer = _core.Peer(host, port, bufsize=bufsize, rcvbuf=rcvbuf, sndbuf=sndbuf)
+        self._peer = _core.Peer(_core.PeerConfig.bound(bind, bufsize=bufsize, rcvbuf=rcvbuf, sndbuf=sndbuf))
+        self.bufsize = bufsize
         self.addr: Address = self._peer.local_addr()
 
     def sendto(self, data: BytesLike, addr: Address) -> None:
         """Send one datagram to ``addr`` (``(host, port)``)."""
-        host, port = check_address("addr", addr)
-        self._peer.send_to(_as_bytes("sendto()", data), host, port)
+        self._peer.send_to(_as_bytes("sendto()", data), addr)
 
     def recvfrom(self, timeout: Optional[float] = None) -> Tuple[bytes, Address]:
         """The next datagram and its sender; ``TimeoutError`` after ``timeout`` seconds."""
-        got = self._peer.recv_from(None if timeout is None else check_seconds("timeout", timeout))
+        got = self._peer.recv_from(timeout)
         if got is None:
             raise TimeoutError("timed out")
         data: bytes = got[0]
