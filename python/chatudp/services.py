@@ -58,6 +58,7 @@ class _Service(SocketThreadObject):
         sndbuf: Optional[int] = None,
         validate: bool = False,
     ) -> None:
+        """Check every argument (parameters: see the class); ``start()`` binds and answers."""
         super().__init__()
         check_callback("on_request", on_request)
         self._config = _core.ServiceConfig(
@@ -90,14 +91,42 @@ class _Service(SocketThreadObject):
         return f"{self._kind}(addr={self.addr!r}, bufsize={self.bufsize}, running={self.running})"
 
 
-_VALIDATE_DOC = """
+_SERVICE_PARAMETERS = """
 
-    ``validate=True`` turns on the reflection guard: a source that has not echoed its cookie
-    gets only a 12-byte challenge (never more than 3x the bytes it sent, headers included) and
-    no answer, so a spoofed source address cannot turn the server against a victim. A
-    validation lasts 60 s. chatudp's ``EchoClient``/``TimeClient`` answer the challenge by
-    themselves; the tutorial's clients cannot, hence off by default. Refused requests are
-    counted in ``stats['dropped']['auth']``."""
+    Parameters
+    ----------
+    ip : str
+        Address to bind; resolved at ``start()``.
+    port : int
+        Port to bind (the tutorial's 9000); 0 picks a free one.
+    bufsize : int
+        Bytes read per request (1-65507); a longer datagram is cut and counted in
+        ``stats['truncated']``.
+    on_request : callable, optional
+        ``on_request(data, addr)`` for each request, on a dispatcher thread (the tutorial
+        prints them), without slowing the answers.
+    queue_size : int
+        Requests that may wait for ``on_request``; beyond it they are dropped and counted.
+    rcvbuf, sndbuf : int, optional
+        Kernel socket buffers in bytes (receive: 4 MiB by default, capped by the kernel).
+    validate : bool
+        The reflection guard: a source that has not echoed its cookie gets only a 12-byte
+        challenge (never more than 3x the bytes it sent, headers included) and no answer, so a
+        spoofed source address cannot turn the server against a victim. A validation lasts
+        60 s. chatudp's ``EchoClient``/``TimeClient`` answer the challenge by themselves; the
+        tutorial's clients cannot, hence off by default. Refused requests are counted in
+        ``stats['dropped']['auth']``.
+
+    Attributes
+    ----------
+    addr : tuple
+        The address bound (after ``start()``, port 0 resolved).
+    stats : dict
+        ``received``, ``answered``, ``bad_requests``, ``sent``, ``truncated``, ``dropped`` by
+        reason, ``send_errors`` by errno, ``kernel_drops``.
+    event : threading.Event
+        Set by ``stop()``.
+    """
 
 
 class EchoServer(_Service):
@@ -108,7 +137,7 @@ class EchoServer(_Service):
     ``on_request(data, addr)``, when given, is called for each request on a Python thread
     (the seed prints them), without slowing the answers."""
 
-    __doc__ = (__doc__ or "") + _VALIDATE_DOC
+    __doc__ = (__doc__ or "") + _SERVICE_PARAMETERS
 
     _kind = "EchoServer"
     _core_class = _core.EchoServer
@@ -124,7 +153,7 @@ class TimeServer(_Service):
     A public time server needs ``validate=True``: a 129-byte format can ask for a 65,122-byte
     answer (505x), which a spoofed source address would aim at a victim."""
 
-    __doc__ = (__doc__ or "") + _VALIDATE_DOC
+    __doc__ = (__doc__ or "") + _SERVICE_PARAMETERS
 
     _kind = "TimeServer"
     _core_class = _core.TimeServer
@@ -149,6 +178,7 @@ class _RequestClient:
         rcvbuf: Optional[int] = None,
         sndbuf: Optional[int] = None,
     ) -> None:
+        """Check every argument (parameters: see the class) and open the socket."""
         config = _core.PeerConfig(
             rip, rport, timeout=timeout, retries=retries, bufsize=bufsize, rcvbuf=rcvbuf, sndbuf=sndbuf
         )
@@ -175,6 +205,7 @@ class _RequestClient:
 
     @property
     def closed(self) -> bool:
+        """True once ``close()`` was called."""
         return bool(self._peer.closed)
 
     @property
@@ -195,10 +226,39 @@ class _RequestClient:
         return f"{self._kind}(raddr={self.raddr!r}, addr={self.addr!r}, closed={self.closed})"
 
 
+_CLIENT_PARAMETERS = """
+
+    Parameters
+    ----------
+    rip : str
+        The server's address, resolved here.
+    rport : int
+        The server's port (the tutorial's 9000).
+    timeout : float
+        Seconds to wait for each reply (``inf``: no limit; Ctrl-C still interrupts).
+    retries : int
+        Resends after the first try, before ``NoReplyError``.
+    bufsize : int
+        Bytes read per reply (1-65507; default: a whole datagram).
+    rcvbuf, sndbuf : int, optional
+        Kernel socket buffers in bytes (default: the system's).
+
+    Attributes
+    ----------
+    addr : tuple
+        The client's own address; ``raddr`` is the server's as given.
+    stats : dict
+        ``received``, ``sent``, ``retries``, ``truncated``, ``ignored`` (datagrams from others),
+        ``send_errors``, ``challenges`` (cookie challenges answered).
+    """
+
+
 class EchoClient(_RequestClient):
     """A client of the echo server: ``request(data)`` sends one datagram and returns the reply,
     resending after ``timeout`` seconds up to ``retries`` more times; then it raises
     :class:`chatudp.errors.NoReplyError` (a ``TimeoutError``)."""
+
+    __doc__ = (__doc__ or "") + _CLIENT_PARAMETERS
 
     _kind = "EchoClient"
 
@@ -213,6 +273,8 @@ class TimeClient(_RequestClient):
     """A client of the time server: ``request(fmt)`` returns the server's local time formatted
     with ``fmt`` (``''``: the server's default, ``%Y-%m-%d %X``), resending after ``timeout``
     seconds up to ``retries`` more times; then it raises :class:`chatudp.errors.NoReplyError`."""
+
+    __doc__ = (__doc__ or "") + _CLIENT_PARAMETERS
 
     _kind = "TimeClient"
 
@@ -231,7 +293,24 @@ class QQPeer:
     that ``recvfrom`` waits at most ``timeout`` seconds (``None``: no limit) and then raises
     ``TimeoutError``; ``close()`` from another thread wakes a waiting ``recvfrom``
     (:class:`chatudp.ClosedError`). Datagrams longer than ``bufsize`` are cut, as
-    ``recvfrom(1024)`` cuts them."""
+    ``recvfrom(1024)`` cuts them.
+
+    Parameters
+    ----------
+    bind : tuple
+        ``(host, port)`` to bind, as ``socket.bind`` takes it; port 0 picks a free one.
+    bufsize : int
+        Bytes read per datagram (1-65507).
+    rcvbuf, sndbuf : int, optional
+        Kernel socket buffers in bytes (default: the system's).
+
+    Attributes
+    ----------
+    addr : tuple
+        The address bound.
+    stats : dict
+        ``received``, ``sent``, ``truncated``, ``send_errors`` and the request counters.
+    """
 
     def __init__(
         self,
@@ -241,6 +320,7 @@ class QQPeer:
         rcvbuf: Optional[int] = None,
         sndbuf: Optional[int] = None,
     ) -> None:
+        """Check every argument (parameters: see the class) and bind the socket."""
         self._peer = _core.Peer(_core.PeerConfig.bound(bind, bufsize=bufsize, rcvbuf=rcvbuf, sndbuf=sndbuf))
         self.bufsize = bufsize
         self.addr: Address = self._peer.local_addr()
@@ -263,6 +343,7 @@ class QQPeer:
 
     @property
     def closed(self) -> bool:
+        """True once ``close()`` was called."""
         return bool(self._peer.closed)
 
     @property
