@@ -220,8 +220,43 @@ class PeerConfig:
         sndbuf: int | None = None,
     ) -> PeerConfig: ...
 
+@type_check_only
+class _Endpoint:
+    """What every socket-thread object of the core shares."""
+
+    def discard_events(self, unprocessed: int = 0) -> int:
+        """Empty the event queue and count it, with ``unprocessed`` events already taken, as
+        dropped; return how many were dropped in all."""
+
+    def set_route(self, *, messages: bool, joins: bool, leaves: bool, rejects: bool, backlog: int) -> None:
+        """Which events ``next_events`` gets, by kind, and how many messages are kept for
+        ``pull`` (0: none, else 1..``MAX_QUEUE``). Events nobody asked for are never built."""
+
+    def pull(self, timeout: float | None = None) -> tuple[bytes, _Address] | None:
+        """The oldest kept message, waiting at most ``timeout`` seconds (``None`` or ``inf``: no
+        limit; NaN or negative: ``ValueError``); ``None`` after the timeout; ``ClosedError``
+        once stopped and every kept message was read."""
+
+    def arm_async(self) -> bool:
+        """For an asynchronous consumer that found nothing: ``True`` when ``next_events`` will
+        hold a ``("kept", None, None)`` event once the next message is kept; ``False`` when a
+        message is there already or the object is stopped."""
+
+    def backlog_dropped(self) -> int:
+        """Kept messages dropped to make room for newer ones."""
+
+    def is_forked_copy(self) -> bool:
+        """True in a child made by ``os.fork()``, where the object is inert."""
+
+    def is_running(self) -> bool:
+        """True while the socket thread is alive."""
+
+    def failure(self) -> str | None:
+        """Why the socket thread ended on its own (an I/O error or a panic), else ``None``."""
+
+
 @final
-class Server:
+class Server(_Endpoint):
     """A running group-chat server (the Rust half of ``chatudp.ChatUdpServer``).
 
     The constructor binds the config's address and starts the socket thread; ``OSError`` when
@@ -257,42 +292,11 @@ class Server:
         """Up to ``max_events`` queued events; ``[]`` after ``timeout`` seconds (``None``: wait
         until one comes); ``None`` once the server is stopped and the queue is empty."""
 
-    def discard_events(self, unprocessed: int = 0) -> int:
-        """Empty the event queue and count it, with ``unprocessed`` events already taken, as
-        dropped; return how many were dropped in all."""
-
-    def set_route(self, *, messages: bool, joins: bool, leaves: bool, rejects: bool, backlog: int) -> None:
-        """Which events ``next_events`` gets, by kind, and how many messages are kept for
-        ``pull`` (0: none, else 1..``MAX_QUEUE``). Events nobody asked for are never built."""
-
-    def pull(self, timeout: float | None = None) -> tuple[bytes, _Address] | None:
-        """The oldest kept message, waiting at most ``timeout`` seconds (``None`` or ``inf``: no
-        limit; NaN or negative: ``ValueError``); ``None`` after the timeout; ``ClosedError``
-        once stopped and every kept message was read."""
-
-    def arm_async(self) -> bool:
-        """For an asynchronous consumer that found nothing: ``True`` when ``next_events`` will
-        hold a ``("kept", None, None)`` event once the next message is kept; ``False`` when a
-        message is there already or the object is stopped."""
-
-    def backlog_dropped(self) -> int:
-        """Kept messages dropped to make room for newer ones."""
-
-    def is_forked_copy(self) -> bool:
-        """True in a child made by ``os.fork()``, where the object is inert."""
-
     def stop(self) -> None:
         """Send ``Bye!`` to every client in the table, end the socket thread, join it.
         Idempotent."""
-
-    def is_running(self) -> bool:
-        """True while the socket thread is alive."""
-
-    def failure(self) -> str | None:
-        """Why the socket thread ended on its own (an I/O error or a panic), else ``None``."""
-
 @final
-class Client:
+class Client(_Endpoint):
     """A running chat client (the Rust half of ``chatudp.ChatUdpClient``): a socket connected to
     ``(host, port)``, a heartbeat every ``interval`` seconds and a receive thread."""
 
@@ -316,139 +320,39 @@ class Client:
         """Up to ``max_events`` received datagrams as ``("message", addr, data)``; ``[]`` after
         ``timeout`` seconds; ``None`` once the client is stopped and the queue is empty."""
 
-    def discard_events(self, unprocessed: int = 0) -> int:
-        """Empty the event queue and count it, with ``unprocessed`` events already taken, as
-        dropped; return how many were dropped in all."""
-
-    def set_route(self, *, messages: bool, joins: bool, leaves: bool, rejects: bool, backlog: int) -> None:
-        """Which events ``next_events`` gets, by kind, and how many messages are kept for
-        ``pull`` (0: none, else 1..``MAX_QUEUE``). Events nobody asked for are never built."""
-
-    def pull(self, timeout: float | None = None) -> tuple[bytes, _Address] | None:
-        """The oldest kept message, waiting at most ``timeout`` seconds (``None`` or ``inf``: no
-        limit; NaN or negative: ``ValueError``); ``None`` after the timeout; ``ClosedError``
-        once stopped and every kept message was read."""
-
-    def arm_async(self) -> bool:
-        """For an asynchronous consumer that found nothing: ``True`` when ``next_events`` will
-        hold a ``("kept", None, None)`` event once the next message is kept; ``False`` when a
-        message is there already or the object is stopped."""
-
-    def backlog_dropped(self) -> int:
-        """Kept messages dropped to make room for newer ones."""
-
-    def is_forked_copy(self) -> bool:
-        """True in a child made by ``os.fork()``, where the object is inert."""
-
     def stop(self) -> None:
         """End the heartbeat and receive threads and close the socket; idempotent."""
+@type_check_only
+class _ServiceServer(_Endpoint):
+    """What the echo and time servers share: the life cycle, events and counters."""
 
-    def is_running(self) -> bool:
-        """True while the socket thread is alive."""
+    def next_events(self, max_events: int = 1024, timeout: float | None = None) -> list[_MessageEvent | _KeptEvent] | None:
+        """The next requests as ``("message", addr, data)``; ``[]`` after ``timeout``; ``None``
+        once stopped and the queue is empty (or when no queue was asked for)."""
 
-    def failure(self) -> str | None:
-        """Why the socket thread ended on its own, else ``None``."""
+    def local_addr(self) -> _Address:
+        """The address actually bound."""
 
+    def stats(self) -> _ServiceStats:
+        """The counters, as ``chatudp.EchoServer.stats`` and ``TimeServer.stats`` show them."""
+
+    def stop(self) -> None:
+        """End the socket thread and close the socket; idempotent."""
 @final
-class EchoServer:
+class EchoServer(_ServiceServer):
     """A running echo server: answers each datagram with ``data.upper()``."""
 
     def __new__(cls, config: ServiceConfig, *, events: bool = False) -> EchoServer:
         """Bind and start answering with ``config``; with ``events``, every request is also
         queued for ``next_events``."""
 
-    def next_events(self, max_events: int = 1024, timeout: float | None = None) -> list[_MessageEvent | _KeptEvent] | None:
-        """The next requests as ``("message", addr, data)``; ``[]`` after ``timeout``; ``None``
-        once stopped and the queue is empty (or when no queue was asked for)."""
-
-    def discard_events(self, unprocessed: int = 0) -> int:
-        """Empty the event queue and count it as dropped; return how many were dropped."""
-
-    def set_route(self, *, messages: bool, joins: bool, leaves: bool, rejects: bool, backlog: int) -> None:
-        """Which events ``next_events`` gets, by kind, and how many messages are kept for
-        ``pull`` (0: none, else 1..``MAX_QUEUE``). Events nobody asked for are never built."""
-
-    def pull(self, timeout: float | None = None) -> tuple[bytes, _Address] | None:
-        """The oldest kept message, waiting at most ``timeout`` seconds (``None`` or ``inf``: no
-        limit; NaN or negative: ``ValueError``); ``None`` after the timeout; ``ClosedError``
-        once stopped and every kept message was read."""
-
-    def arm_async(self) -> bool:
-        """For an asynchronous consumer that found nothing: ``True`` when ``next_events`` will
-        hold a ``("kept", None, None)`` event once the next message is kept; ``False`` when a
-        message is there already or the object is stopped."""
-
-    def backlog_dropped(self) -> int:
-        """Kept messages dropped to make room for newer ones."""
-
-    def is_forked_copy(self) -> bool:
-        """True in a child made by ``os.fork()``, where the object is inert."""
-
-    def local_addr(self) -> _Address:
-        """The address actually bound."""
-
-    def stats(self) -> _ServiceStats:
-        """The counters, as ``chatudp.services.EchoServer.stats`` shows them."""
-
-    def stop(self) -> None:
-        """End the socket thread and close the socket; idempotent."""
-
-    def is_running(self) -> bool:
-        """True while the socket thread is alive."""
-
-    def failure(self) -> str | None:
-        """Why the socket thread ended on its own, else ``None``."""
-
 @final
-class TimeServer:
+class TimeServer(_ServiceServer):
     """A running time server: answers each datagram with ``time.strftime(fmt)``, ``fmt`` being
     the datagram (``'%Y-%m-%d %X'`` when empty)."""
 
     def __new__(cls, config: ServiceConfig, *, events: bool = False) -> TimeServer:
-        """Bind and start answering with ``config``; with ``events``, every request is also
-        queued for ``next_events``."""
-
-    def next_events(self, max_events: int = 1024, timeout: float | None = None) -> list[_MessageEvent | _KeptEvent] | None:
-        """The next requests as ``("message", addr, data)``; ``[]`` after ``timeout``; ``None``
-        once stopped and the queue is empty (or when no queue was asked for)."""
-
-    def discard_events(self, unprocessed: int = 0) -> int:
-        """Empty the event queue and count it as dropped; return how many were dropped."""
-
-    def set_route(self, *, messages: bool, joins: bool, leaves: bool, rejects: bool, backlog: int) -> None:
-        """Which events ``next_events`` gets, by kind, and how many messages are kept for
-        ``pull`` (0: none, else 1..``MAX_QUEUE``). Events nobody asked for are never built."""
-
-    def pull(self, timeout: float | None = None) -> tuple[bytes, _Address] | None:
-        """The oldest kept message, waiting at most ``timeout`` seconds (``None`` or ``inf``: no
-        limit; NaN or negative: ``ValueError``); ``None`` after the timeout; ``ClosedError``
-        once stopped and every kept message was read."""
-
-    def arm_async(self) -> bool:
-        """For an asynchronous consumer that found nothing: ``True`` when ``next_events`` will
-        hold a ``("kept", None, None)`` event once the next message is kept; ``False`` when a
-        message is there already or the object is stopped."""
-
-    def backlog_dropped(self) -> int:
-        """Kept messages dropped to make room for newer ones."""
-
-    def is_forked_copy(self) -> bool:
-        """True in a child made by ``os.fork()``, where the object is inert."""
-
-    def local_addr(self) -> _Address:
-        """The address actually bound."""
-
-    def stats(self) -> _ServiceStats:
-        """The counters, as ``chatudp.services.TimeServer.stats`` shows them."""
-
-    def stop(self) -> None:
-        """End the socket thread and close the socket; idempotent."""
-
-    def is_running(self) -> bool:
-        """True while the socket thread is alive."""
-
-    def failure(self) -> str | None:
-        """Why the socket thread ended on its own, else ``None``."""
+        """Bind and start answering with ``config``; the keywords as for ``EchoServer``."""
 
 @final
 class Peer:
