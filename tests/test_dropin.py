@@ -493,9 +493,9 @@ def test_readme_server_side_echo_bot(peers: Peers) -> None:
 def test_sendto_checks_the_address(server: ChatUdpServer) -> None:
     with pytest.raises(TypeError, match="addr"):
         server.sendto(b"x", "127.0.0.1:5000")  # type: ignore[arg-type]
-    with pytest.raises(TypeError, match="port"):
+    with pytest.raises(TypeError, match=r"addr\[1\]"):
         server.sendto(b"x", ("127.0.0.1", "5000"))  # type: ignore[arg-type]
-    with pytest.raises(OverflowError, match="port"):
+    with pytest.raises(OverflowError, match=r"addr\[1\]"):
         server.sendto(b"x", ("127.0.0.1", 70000))
 
 

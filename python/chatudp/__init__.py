@@ -12,7 +12,6 @@ from __future__ import annotations
 from ._ack import parse_ack
 from ._chat import ChatUdpClient, ChatUdpServer
 from ._core import MAX_DATAGRAM, __version__
-from ._dropin import ClientsView, SocketView, StopEvent
 from .collector import Batch, Collector
 from .errors import ChatUdpError, ClosedError, NoReplyError, PortError
 from .services import EchoClient, EchoServer, QQPeer, TimeClient, TimeServer
@@ -38,7 +37,6 @@ __all__ = [
     "ChatUdpClient",
     "ChatUdpError",
     "ChatUdpServer",
-    "ClientsView",
     "ClosedError",
     "Collector",
     "EchoClient",
@@ -55,8 +53,6 @@ __all__ = [
     "RejectReason",
     "RequestCallback",
     "ServiceStats",
-    "SocketView",
-    "StopEvent",
     "TimeClient",
     "TimeServer",
     "__version__",

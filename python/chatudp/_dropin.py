@@ -28,6 +28,7 @@ class StopEvent(threading.Event):
         self._owner: Callable[[], Optional[SocketThreadObject]] = weakref.ref(owner)
 
     def set(self) -> None:
+        """Stop the object (its ``stop()``), which sets the flag once every thread is joined."""
         owner = self._owner()
         if owner is None:
             self._set_flag()
@@ -77,6 +78,7 @@ class ClientsView(MutableMapping[Address, float]):
         return seen
 
     def __setitem__(self, addr: Address, last_seen: float) -> None:
+        """Refused (``TypeError``): a client joins by sending."""
         raise TypeError(
             "server.clients cannot be added to: a client joins the table by sending to the server "
             "(a heartbeat b'^hb^' or a message); to send it something, use server.sendto(data, addr)"
@@ -105,12 +107,15 @@ class ClientsView(MutableMapping[Address, float]):
 
     # One snapshot for a whole walk over the table, not one look-up per client.
     def keys(self) -> KeysView[Address]:
+        """The addresses in the table now (a snapshot)."""
         return self._walked().keys()
 
     def values(self) -> ValuesView[float]:
+        """The last-seen times in the table now (a snapshot)."""
         return self.copy().values()
 
     def items(self) -> ItemsView[Address, float]:
+        """``(address, last_seen)`` pairs in the table now (a snapshot)."""
         return self.copy().items()
 
     def __eq__(self, other: object) -> bool:
@@ -141,6 +146,7 @@ class SocketView:
 
     @property
     def family(self) -> socket.AddressFamily:
+        """``AF_INET`` or ``AF_INET6``, as the socket's."""
         addr = self._owner.addr if self._owner.running else None
         if addr is not None:
             return socket.AF_INET6 if len(addr) == 4 else socket.AF_INET
@@ -173,12 +179,14 @@ class SocketView:
         return len(payload)
 
     def fileno(self) -> int:
+        """Refused (``io.UnsupportedOperation``): the descriptor belongs to the Rust thread."""
         raise io.UnsupportedOperation(
             "the socket belongs to chatudp's Rust thread: reading from its descriptor would take datagrams "
             "from the relay; use on_message or recv_message() to receive, and sock.sendto() to send"
         )
 
     def recv(self, *args: object) -> bytes:
+        """Refused (``io.UnsupportedOperation``): pass ``on_message`` or call ``recv_message()``."""
         raise io.UnsupportedOperation(
             "chatudp's Rust thread receives on this socket; a subclass cannot override recv(): "
             "pass on_message=callback (called with data, addr for each message) or call recv_message()"

@@ -441,8 +441,10 @@ impl PyServer as "ChatUdpServer" {
         guarded(|| Ok(self.inner.clear()))
     }
 
-    fn send_to(&self, py: Python<'_>, data: &[u8], host: String, port: u16) -> PyResult<()> {
+    /// Queues `data` for `addr`, a `(host, port)` tuple, sent by the socket thread.
+    fn send_to(&self, py: Python<'_>, data: &[u8], addr: Bound<'_, PyAny>) -> PyResult<()> {
         guarded(|| {
+            let (host, port) = config::address("addr", &addr)?;
             let to = py.detach(|| crate::net::resolve(&host, port)).map_err(|e| PyChatError(ChatError::Io(e)))?;
             self.inner.send_to(data, to).map_err(|e| PyChatError(e).into())
         })
