@@ -257,9 +257,9 @@ class Server(_Endpoint):
 
     def send_to(self, data: bytes, addr: tuple[str, int] | tuple[str, int, int, int]) -> None:
         """Queue ``data`` for ``addr``, a ``(host, port)`` tuple, sent by the socket thread
-        (sealed with ``secret=``); never blocks. ``ClosedError`` once stopped, ``OSError`` (EMSGSIZE) beyond
-        one datagram, ``BlockingIOError`` when too much is queued, ``ValueError`` for an
-        address of the other family."""
+        (sealed with ``secret=``); never blocks. ``ClosedError`` once stopped, ``OSError``
+        (EMSGSIZE) beyond one datagram, ``BlockingIOError`` when too much is queued,
+        ``ValueError`` for an address of the other family."""
 
     def broadcast(self, data: bytes) -> None:
         """Queue ``data`` for every live client (heard from within ``interval``), as an Ack is
