@@ -35,7 +35,7 @@ use parking_lot::Mutex;
 use socket2::Socket;
 
 use crate::auth::{self, CookieJar, Direction, HoldQueue, Opener, Refused, Sealer, TRAILER_LEN};
-use crate::bus::{Bus, BusInbox, BusStatus};
+use crate::bus::{Bus, BusStatus};
 pub use crate::config::ServerConfig;
 use crate::config::RECV_BATCH;
 use crate::error::{ChatError, Result};
@@ -95,6 +95,11 @@ impl Server {
         });
         let cookies = config.validate.then(|| Arc::new(CookieJar::default()));
         let held = Arc::new(Mutex::new(HoldQueue::default()));
+        // With a bus, every socket thread publishes what it relays (a sink of its own, sharing
+        // one sequence), and what other relays publish comes back to the leader alone, woken
+        // by its poller, which Acks it to the whole table once.
+        let bus = config.bus.as_ref().map(Bus::start).transpose()?;
+        let bus_status = bus.as_ref().map(Bus::status);
         let mut loops = Vec::with_capacity(sockets.len());
         let mut wakers = Vec::with_capacity(sockets.len());
         for socket in sockets {
@@ -106,18 +111,16 @@ impl Server {
                 Filter { allow: config.allow.clone(), opener: opener.clone() },
                 Admission { cookies: cookies.clone(), held: Arc::clone(&held) },
             );
-            let group = Group { shared: Arc::clone(&shared), events: sender.clone(), sinks: sinks() };
+            let mut group_sinks = sinks();
+            if let Some(bus) = &bus {
+                group_sinks.push(Box::new(bus.publisher()));
+            }
+            let group = Group { shared: Arc::clone(&shared), events: sender.clone(), sinks: group_sinks };
             loops.push(RelayLoop::new(&config, socket, waiter, error_queue, filter, admission, group));
         }
-        // With a bus (one socket thread, see `ServerConfig::validate`), relayed messages are also
-        // published (a sink), and what other relays publish comes back through the inbox, woken
-        // by the leader's poller.
-        let bus = config.bus.as_ref().map(Bus::start).transpose()?;
-        let bus_status = bus.as_ref().map(Bus::status);
         if let Some(bus) = bus {
             bus.set_waker(wakers[0].clone());
-            loops[0].bus = Some(bus.inbox());
-            loops[0].fanout.sinks.push(Box::new(bus));
+            loops[0].bus = Some(bus);
         }
         let mut leader = loops.remove(0);
         let waker = wakers.remove(0);
@@ -402,8 +405,9 @@ impl Handover {
 }
 
 struct RelayLoop {
-    /// What other relays of the room published, when this relay has a bus.
-    bus: Option<BusInbox>,
+    /// The leader's: the bus, when this relay has one, to Ack what other relays of the room
+    /// published (dropped with the leader, after every follower has ended).
+    bus: Option<Bus>,
     socket: Arc<Socket>,
     waiter: Waiter,
     shared: Arc<Shared>,
