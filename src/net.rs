@@ -294,6 +294,10 @@ pub struct SendReport {
 #[derive(Default)]
 pub struct SendBatch {
     scratch: Outgoing,
+    /// Error queues read after every system call of a send (see [`SendBatch::reading_errors`]).
+    error_queues: Vec<Arc<Socket>>,
+    /// Destinations the error queue reported unreachable during the sends, not yet taken.
+    unreachable: Vec<SocketAddr>,
     #[cfg(target_os = "linux")]
     sys: linux::SendArrays,
 }
@@ -334,6 +338,25 @@ impl Outgoing {
 }
 
 impl SendBatch {
+    /// A batch that reads the error queues of `sockets` (see [`enable_error_queue`]) while it
+    /// sends: the sending socket's and, in a `SO_REUSEPORT` group, those of the others, where
+    /// the kernel may file the errors. A queue's room is its socket's receive buffer: one
+    /// broadcast to thousands of closed ports would overflow it, and the errors it drops would
+    /// leave those clients in the table. Read after every system call, it never holds more than
+    /// one call's worth.
+    pub fn reading_errors(sockets: Vec<Arc<Socket>>) -> SendBatch {
+        SendBatch { error_queues: sockets, ..SendBatch::default() }
+    }
+
+    /// Moves the destinations reported unreachable during the sends so far into `into`.
+    pub fn take_unreachable(&mut self, into: &mut Vec<SocketAddr>) {
+        into.append(&mut self.unreachable);
+    }
+
+    pub fn has_unreachable(&self) -> bool {
+        !self.unreachable.is_empty()
+    }
+
     /// Sends `payload` to every address in `to`; see [`SendBatch::send_many`].
     pub fn send_to_all(
         &mut self,
@@ -363,7 +386,11 @@ impl SendBatch {
         let mut next = 0;
         let mut stalls = 0;
         while next < out.len() {
-            match self.send_some(socket, out, next) {
+            let sent = self.send_some(socket, out, next);
+            for queue in &self.error_queues {
+                drain_unreachable(queue, &mut self.unreachable);
+            }
+            match sent {
                 Ok(n) => {
                     report.sent += n;
                     next += n;

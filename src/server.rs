@@ -102,9 +102,17 @@ impl Server {
         let bus_status = bus.as_ref().map(Bus::status);
         let mut loops = Vec::with_capacity(sockets.len());
         let mut wakers = Vec::with_capacity(sockets.len());
+        let sockets: Vec<Arc<Socket>> = sockets.into_iter().map(Arc::new).collect();
+        // The kernel files the ICMP error about a datagram on the socket of the group that the
+        // destination's own datagrams would reach, not on the one that sent it: every worker
+        // reads every error queue of the group while it sends.
+        let mut error_queues = Vec::new();
+        for socket in &sockets {
+            if config.drop_unreachable && net::enable_error_queue(socket, local.is_ipv6())? {
+                error_queues.push(Arc::clone(socket));
+            }
+        }
         for socket in sockets {
-            let socket = Arc::new(socket);
-            let error_queue = config.drop_unreachable && net::enable_error_queue(&socket, local.is_ipv6())?;
             let (waiter, waker) = Waiter::new(&socket)?;
             wakers.push(waker);
             let (filter, admission) = (
@@ -115,8 +123,13 @@ impl Server {
             if let Some(bus) = &bus {
                 group_sinks.push(Box::new(bus.publisher()));
             }
-            let group = Group { shared: Arc::clone(&shared), events: sender.clone(), sinks: group_sinks };
-            loops.push(RelayLoop::new(&config, socket, waiter, error_queue, filter, admission, group));
+            let group = Group {
+                shared: Arc::clone(&shared),
+                events: sender.clone(),
+                sinks: group_sinks,
+                error_queues: error_queues.clone(),
+            };
+            loops.push(RelayLoop::new(&config, socket, waiter, filter, admission, group));
         }
         if let Some(bus) = bus {
             bus.set_waker(wakers[0].clone());
@@ -255,7 +268,7 @@ impl Outbox {
         let report = self.batch.send_many(&self.socket, &self.queued, |_, errno| counters.send_failed(errno));
         self.queued.clear();
         Counters::add(&counters.sent, report.sent as u64);
-        self.icmp_seen |= report.deferred_errors > 0;
+        self.icmp_seen |= report.deferred_errors > 0 || self.batch.has_unreachable();
     }
 
     fn send(&mut self, payload: &[u8], to: &[SocketAddr], counters: &Counters) {
@@ -428,6 +441,9 @@ struct Group {
     shared: Arc<Shared>,
     events: EventSender,
     sinks: Vec<Box<dyn Sink>>,
+    /// The sockets of the group whose ICMP errors are queued (`drop_unreachable`); empty when
+    /// none are.
+    error_queues: Vec<Arc<Socket>>,
 }
 
 /// Runs the leader's loop on this thread and every other worker's loop on a thread of its own,
@@ -480,12 +496,12 @@ impl RelayLoop {
         config: &ServerConfig,
         socket: Arc<Socket>,
         waiter: Waiter,
-        error_queue: bool,
         filter: Filter,
         admission: Admission,
         group: Group,
     ) -> RelayLoop {
         // `bufsize` counts payload bytes: in authenticated mode the trailer comes on top.
+        let error_queue = !group.error_queues.is_empty();
         let recv_len = config.bufsize + if config.secret.is_some() { TRAILER_LEN } else { 0 };
         RelayLoop {
             bus: None,
@@ -494,7 +510,7 @@ impl RelayLoop {
             fanout: Fanout {
                 local: Outbox {
                     socket: Arc::clone(&socket),
-                    batch: SendBatch::default(),
+                    batch: SendBatch::reading_errors(group.error_queues),
                     sealer: config.secret.as_deref().map(|secret| Sealer::new(secret, Direction::ToClient)),
                     sealed: Vec::new(),
                     queued: Outgoing::default(),
@@ -539,6 +555,7 @@ impl RelayLoop {
                 Err(_) => break,
             }
             self.deliver_from_bus();
+            self.check_unreachable(false);
             if let Some(at) = next_sweep.as_deref_mut() {
                 let now = wall_clock();
                 if now >= *at {
@@ -594,16 +611,21 @@ impl RelayLoop {
             }
         }
         // A wake-up with nothing to read is the poller reporting a queued ICMP error.
-        if self.error_queue && (self.fanout.local.icmp_seen || received == 0) {
-            self.fanout.local.icmp_seen = false;
-            self.drop_unreachable();
-        }
+        self.check_unreachable(received == 0);
     }
 
-    /// Removes the clients the network reported unreachable.
-    fn drop_unreachable(&mut self) {
+    /// Removes the clients the network reported unreachable, when the sends met any (or
+    /// `queued` says the error queue has news).
+    fn check_unreachable(&mut self, queued: bool) {
+        if !self.error_queue || !(queued || self.fanout.local.icmp_seen) {
+            return;
+        }
+        self.fanout.local.icmp_seen = false;
         self.gone.clear();
-        if net::drain_unreachable(&self.socket, &mut self.gone) == 0 {
+        // What the sends read from the error queue on the way, then what is left in it.
+        self.fanout.local.batch.take_unreachable(&mut self.gone);
+        net::drain_unreachable(&self.socket, &mut self.gone);
+        if self.gone.is_empty() {
             return;
         }
         let counters = &self.shared.counters;
