@@ -201,7 +201,7 @@ impl UdpPeer {
                     if datagram.truncated {
                         Counters::add(&self.counters.truncated, 1);
                     }
-                    if from.map_or(true, |want| replies_from(want, datagram.from)) {
+                    if from.is_none_or(|want| replies_from(want, datagram.from)) {
                         return Ok(Some((datagram.data.to_vec(), datagram.from)));
                     }
                     self.ignored.fetch_add(1, Ordering::Relaxed);
