@@ -240,8 +240,8 @@ impl SendBatch {
     /// sends: the sending socket's and, in a `SO_REUSEPORT` group, those of the others, where
     /// the kernel may file the errors. A queue's room is its socket's receive buffer: one
     /// broadcast to thousands of closed ports would overflow it, and the errors it drops would
-    /// leave those clients in the table. Read after every system call, it never holds more than
-    /// one call's worth.
+    /// leave those clients in the table. Read between the system calls of a send, it never
+    /// holds more than one call's worth.
     pub fn reading_errors(sockets: Vec<Arc<Socket>>) -> SendBatch {
         SendBatch { error_queues: sockets, ..SendBatch::default() }
     }
@@ -284,11 +284,14 @@ impl SendBatch {
         let mut next = 0;
         let mut stalls = 0;
         while next < out.len() {
-            let sent = self.sys.send(socket, out, next);
-            for queue in &self.error_queues {
-                drain_unreachable(queue, &mut self.unreachable);
+            // Between the system calls of a long send (a short one costs no extra call: what
+            // its errors queue is read when the poller reports them).
+            if next > 0 {
+                for queue in &self.error_queues {
+                    drain_unreachable(queue, &mut self.unreachable);
+                }
             }
-            match sent {
+            match self.sys.send(socket, out, next) {
                 Ok(n) => {
                     report.sent += n;
                     next += n;
