@@ -10,13 +10,20 @@ backlog, read from Rust when Python asks.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import threading
 from typing import Any, AsyncIterator, Callable, ClassVar, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import _core
-from ._base import _ROUTE_REFRESH, Address, Event, SocketThreadObject, check_bufsize, check_callback, check_count, check_timeout
+from ._base import (
+    _ROUTE_REFRESH,
+    Address,
+    Event,
+    Network,
+    SocketThreadObject,
+    check_callback,
+    check_timeout,
+)
 from .errors import ClosedError
 
 __all__ = ["ChatUdpServer", "ChatUdpClient"]
@@ -27,63 +34,11 @@ LeaveCallback = Callable[[Address, str], object]
 
 Message = Tuple[bytes, Address]
 
-_DEFAULT_QUEUE_SIZE = 65536
-_DEFAULT_BACKLOG = 1024
-DEFAULT_MAX_CLIENTS = 1 << 20
+_DEFAULT_QUEUE_SIZE: int = _core.DEFAULT_QUEUE_SIZE
+_DEFAULT_BACKLOG: int = _core.DEFAULT_BACKLOG
+DEFAULT_MAX_CLIENTS: int = _core.DEFAULT_MAX_CLIENTS
 
 logger = logging.getLogger("chatudp")
-
-
-def _check_interval(interval: float) -> float:
-    if isinstance(interval, bool) or not isinstance(interval, (int, float)):
-        raise TypeError(f"interval must be a number of seconds, not {type(interval).__name__}")
-    if not interval > 0:
-        raise ValueError(f"interval must be > 0 seconds, not {interval!r}")
-    return interval
-
-
-def _check_port(port: int) -> int:
-    if isinstance(port, bool) or not isinstance(port, int):
-        raise TypeError(f"port must be an int, not {type(port).__name__}")
-    if not 0 <= port <= 65535:
-        # OverflowError, as socket.bind raises it for the same mistake.
-        raise OverflowError(f"port must be 0-65535, not {port}")
-    return port
-
-
-def _check_rate(rate: Optional[Tuple[float, float]]) -> Optional[Tuple[float, float]]:
-    if rate is None:
-        return None
-    try:
-        per_second, burst = rate
-        checked = (float(per_second), float(burst))
-    except (TypeError, ValueError):
-        raise TypeError(f"rate must be None or (messages_per_second, burst), not {rate!r}") from None
-    if not (checked[0] > 0 and checked[1] >= 1):
-        raise ValueError(f"rate must be (messages per second > 0, burst >= 1), not {rate!r}")
-    return checked
-
-
-def _check_secret(secret: Optional[bytes]) -> Optional[bytes]:
-    if secret is None:
-        return None
-    if isinstance(secret, str) or not isinstance(secret, (bytes, bytearray, memoryview)):
-        raise TypeError(f"secret must be bytes (e.g. os.urandom(32)), not {type(secret).__name__}")
-    if len(secret) < 16:
-        raise ValueError("secret must be at least 16 bytes long; use os.urandom(32)")
-    return bytes(secret)
-
-
-def _check_bus(bus: Union[None, str, Sequence[str]], room: str) -> Dict[str, Any]:
-    if bus is None:
-        return {}
-    urls = [bus] if isinstance(bus, str) else list(bus)
-    if not all(isinstance(url, str) for url in urls):
-        raise TypeError(f"bus must be a URL string or a list of URL strings, not {bus!r}")
-    if not isinstance(room, str):
-        raise TypeError(f"room must be a str, not {type(room).__name__}")
-    _core.check_bus(urls, room)
-    return {"bus": urls, "room": room}
 
 
 def _resolve(future: "asyncio.Future[None]") -> None:
@@ -99,14 +54,15 @@ class _Endpoint(SocketThreadObject):
     _logs_address: ClassVar[bool] = False
     _route_refresh = _ROUTE_REFRESH
 
-    def __init__(self, interval: float, bufsize: int, queue_size: int, backlog: int) -> None:
+    def __init__(self, config: Any, interval: float, bufsize: int) -> None:
         super().__init__()
-        self.interval = _check_interval(interval)
-        self.bufsize = check_bufsize(bufsize)
-        self._queue_size = check_count("queue_size", queue_size, _core.MAX_QUEUE)
+        # Every setting, checked once (in the core) when this object is made; used at start().
+        self._config = config
+        self.interval = interval
+        self.bufsize = bufsize
         # Messages kept (in the core) for recv_message(), iteration and arecv() when no
         # on_message is set.
-        self._backlog = check_count("backlog", backlog, _core.MAX_QUEUE)
+        self._backlog: int = config.backlog
         self._on_message: Optional[MessageCallback] = None
         self._route: Dict[str, Any] = {}
         self._async_lock = threading.Lock()
@@ -291,7 +247,7 @@ class ChatUdpServer(_Endpoint):
         drop_unreachable: bool = True,
         max_clients: int = DEFAULT_MAX_CLIENTS,
         rate: Optional[Tuple[float, float]] = None,
-        allow: Optional[Iterable[Union[str, "ipaddress.IPv4Network", "ipaddress.IPv6Network"]]] = None,
+        allow: Union[None, Network, Iterable[Network]] = None,
         validate: bool = False,
         secret: Optional[bytes] = None,
         queue_size: int = _DEFAULT_QUEUE_SIZE,
@@ -302,50 +258,40 @@ class ChatUdpServer(_Endpoint):
         bus: Union[None, str, Sequence[str]] = None,
         room: str = "chatudp",
     ) -> None:
-        super().__init__(interval, bufsize, queue_size, backlog)
         callbacks = (("on_message", on_message), ("on_join", on_join), ("on_leave", on_leave), ("on_reject", on_reject))
         for name, callback in callbacks:
             check_callback(name, callback)
-        if isinstance(max_clients, bool) or not isinstance(max_clients, int) or max_clients < 1:
-            raise ValueError(f"max_clients must be an int >= 1, not {max_clients!r}")
-        if isinstance(workers, bool) or not isinstance(workers, int):
-            raise TypeError(f"workers must be an int, not {type(workers).__name__}")
-        if not 1 <= workers <= 256:
-            raise ValueError(f"workers must be between 1 and 256 (socket threads on the port), not {workers!r}")
-        if expiry_grace is not None and not expiry_grace >= 0:
-            raise ValueError(f"expiry_grace must be None or >= 0 seconds, not {expiry_grace!r}")
-        self.addr: Address = (ip, _check_port(port))
+        config = _core.ServerConfig(
+            ip,
+            port,
+            interval,
+            bufsize=bufsize,
+            expiry_grace=expiry_grace,
+            queue_size=queue_size,
+            backlog=backlog,
+            rcvbuf=rcvbuf,
+            sndbuf=sndbuf,
+            drop_unreachable=bool(drop_unreachable),
+            max_clients=max_clients,
+            rate=rate,
+            allow=allow,
+            validate=bool(validate),
+            secret=secret,
+            workers=workers,
+            bus=bus,
+            room=room,
+        )
+        super().__init__(config, interval, bufsize)
+        self.addr: Address = (ip, port)
         self._peer_callbacks: Dict[str, Optional[Callable[..., object]]] = {
             "join": on_join,
             "leave": on_leave,
             "reject": on_reject,
         }
         self.on_message = on_message
-        self._options: Dict[str, Any] = {
-            "expiry_grace": expiry_grace,
-            "drop_unreachable": bool(drop_unreachable),
-            "max_clients": max_clients,
-            "rate": _check_rate(rate),
-            "allow": None if allow is None else [str(ipaddress.ip_network(net, strict=False)) for net in allow],
-            "validate": bool(validate),
-            "secret": _check_secret(secret),
-            "rcvbuf": rcvbuf,
-            "sndbuf": sndbuf,
-            "workers": workers,
-            **_check_bus(bus, room),
-        }
 
     def _open(self) -> Any:
-        ip, port = self.addr[0], self.addr[1]
-        return _core.Server(
-            ip,
-            port,
-            float(self.interval),
-            bufsize=self.bufsize,
-            queue_size=self._queue_size,
-            **self._options,
-            **self._full_route(self._open_route()),
-        )
+        return _core.Server(self._config, **self._full_route(self._open_route()))
 
     def _peer_callback(self, kind: str, callback: Optional[Callable[..., object]]) -> None:
         check_callback(f"on_{kind}", callback)
@@ -454,24 +400,25 @@ class ChatUdpClient(_Endpoint):
         sndbuf: Optional[int] = None,
         secret: Optional[bytes] = None,
     ) -> None:
-        super().__init__(interval, bufsize, queue_size, backlog)
         check_callback("on_message", on_message)
-        self.raddr: Address = (rip, _check_port(rport))
-        self.on_message = on_message
-        self.addr: Optional[Address] = None
-        self._options: Dict[str, Any] = {"rcvbuf": rcvbuf, "sndbuf": sndbuf, "secret": _check_secret(secret)}
-
-    def _open(self) -> Any:
-        rip, rport = self.raddr[0], self.raddr[1]
-        return _core.Client(
+        config = _core.ClientConfig(
             rip,
             rport,
-            float(self.interval),
-            bufsize=self.bufsize,
-            queue_size=self._queue_size,
-            **self._options,
-            **self._open_route(),
+            interval,
+            bufsize=bufsize,
+            queue_size=queue_size,
+            backlog=backlog,
+            rcvbuf=rcvbuf,
+            sndbuf=sndbuf,
+            secret=secret,
         )
+        super().__init__(config, interval, bufsize)
+        self.raddr: Address = (rip, rport)
+        self.on_message = on_message
+        self.addr: Optional[Address] = None
+
+    def _open(self) -> Any:
+        return _core.Client(self._config, **self._open_route())
 
     def send(self, msg: Union[str, bytes, bytearray, memoryview]) -> None:
         """Send ``msg`` to the server (a ``str`` is encoded as UTF-8, as the original does)."""

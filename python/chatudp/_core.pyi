@@ -7,7 +7,7 @@ every blocking call waits with the GIL released and wakes at least every 100 ms 
 (``KeyboardInterrupt``) through.
 """
 
-from typing import Final, Literal, TypedDict, final, type_check_only
+from typing import Final, Iterable, Literal, TypedDict, final, type_check_only
 
 from typing_extensions import NotRequired, TypeAlias
 
@@ -25,7 +25,15 @@ __all__ = [
     "TRAILER_LEN",
     "TimeServer",
     "__version__",
-    "check_bus",
+    "ClientConfig",
+    "DEFAULT_BACKLOG",
+    "DEFAULT_BUFSIZE",
+    "DEFAULT_CHAT_PORT",
+    "DEFAULT_HOST",
+    "DEFAULT_INTERVAL",
+    "DEFAULT_MAX_CLIENTS",
+    "DEFAULT_QUEUE_SIZE",
+    "ServerConfig",
     "_panic_for_test",
 ]
 
@@ -93,9 +101,68 @@ class _ChatStats(TypedDict):
     send_errors: dict[int, int]
     bus: NotRequired[_BusStats]
 
-def check_bus(urls: list[str], room: str) -> None:
-    """``ValueError`` unless ``urls`` (one Redis URL, or NATS URLs of one cluster) and ``room``
-    are what ``Server(bus=..., room=...)`` accepts."""
+DEFAULT_QUEUE_SIZE: Final[int]
+DEFAULT_BACKLOG: Final[int]
+DEFAULT_MAX_CLIENTS: Final[int]
+DEFAULT_BUFSIZE: Final[int]
+DEFAULT_HOST: Final[str]
+DEFAULT_CHAT_PORT: Final[int]
+DEFAULT_INTERVAL: Final[float]
+
+_Networks: TypeAlias = "str | Iterable[object]"
+
+@final
+class ServerConfig:
+    """Every setting of ``chatudp.ChatUdpServer``, checked when it is made: ``ValueError`` (a
+    ``PortError`` for the port) or ``TypeError`` naming the parameter. ``Server`` starts from it.
+    ``None`` stands for the default (the ``DEFAULT_*`` constants)."""
+
+    def __new__(
+        cls,
+        ip: str = ...,
+        port: int | None = None,
+        interval: float | None = None,
+        *,
+        bufsize: int | None = None,
+        expiry_grace: float | None = None,
+        drop_unreachable: bool = True,
+        max_clients: int | None = None,
+        rate: tuple[float, float] | None = None,
+        allow: _Networks | None = None,
+        validate: bool = False,
+        secret: bytes | bytearray | memoryview | None = None,
+        queue_size: int | None = None,
+        backlog: int | None = None,
+        rcvbuf: int | None = None,
+        sndbuf: int | None = None,
+        workers: int | None = None,
+        bus: str | Iterable[str] | None = None,
+        room: str = ...,
+    ) -> ServerConfig: ...
+    @property
+    def backlog(self) -> int:
+        """Messages kept for the pull consumers."""
+
+@final
+class ClientConfig:
+    """Every setting of ``chatudp.ChatUdpClient``, checked when it is made (see ``ServerConfig``)."""
+
+    def __new__(
+        cls,
+        rip: str = ...,
+        rport: int | None = None,
+        interval: float | None = None,
+        *,
+        bufsize: int | None = None,
+        queue_size: int | None = None,
+        backlog: int | None = None,
+        rcvbuf: int | None = None,
+        sndbuf: int | None = None,
+        secret: bytes | bytearray | memoryview | None = None,
+    ) -> ClientConfig: ...
+    @property
+    def backlog(self) -> int:
+        """Messages kept for the pull consumers."""
 
 @type_check_only
 class _ServiceStats(TypedDict):
@@ -112,41 +179,22 @@ class _ServiceStats(TypedDict):
 class Server:
     """A running group-chat server (the Rust half of ``chatudp.ChatUdpServer``).
 
-    The constructor binds ``(host, port)`` and starts the socket thread; ``OSError`` when the
-    port is busy or the address bad, ``ValueError`` for a bad argument.
+    The constructor binds the config's address and starts the socket thread; ``OSError`` when
+    the port is busy or the address bad (``socket.gaierror`` for a host that does not resolve).
     """
 
     def __new__(
         cls,
-        host: str,
-        port: int,
-        interval: float,
+        config: ServerConfig,
         *,
-        bufsize: int = 1024,
-        expiry_grace: float | None = None,
-        queue_size: int = 65536,
-        rcvbuf: int | None = None,
-        sndbuf: int | None = None,
-        drop_unreachable: bool = True,
-        max_clients: int = ...,
-        rate: tuple[float, float] | None = None,
-        allow: list[str] | tuple[str, ...] | None = None,
-        validate: bool = False,
-        secret: bytes | None = None,
         messages: bool = True,
         joins: bool = True,
         leaves: bool = True,
         rejects: bool = True,
         backlog: int = 0,
-        workers: int = 1,
-        bus: list[str] | None = None,
-        room: str = ...,
     ) -> Server:
-        """Bind and start. ``max_clients`` defaults to ``1 << 20``; ``rate`` is
-        ``(messages_per_second, burst)`` per source; ``allow`` lists networks (``"10.0.0.0/8"``);
-        ``secret`` turns on the authenticated mode; ``messages`` ... ``backlog``: the first route
-        (see ``set_route``); ``bus`` joins the relays of ``room`` (default ``"chatudp"``)
-        on that broker."""
+        """Bind and start with ``config``; ``messages`` ... ``backlog``: the first route (see
+        ``set_route``)."""
 
     def local_addr(self) -> _Address:
         """The address actually bound (port 0 resolved)."""
@@ -203,21 +251,8 @@ class Client:
     """A running chat client (the Rust half of ``chatudp.ChatUdpClient``): a socket connected to
     ``(host, port)``, a heartbeat every ``interval`` seconds and a receive thread."""
 
-    def __new__(
-        cls,
-        host: str,
-        port: int,
-        interval: float,
-        *,
-        bufsize: int = 1024,
-        queue_size: int = 65536,
-        rcvbuf: int | None = None,
-        sndbuf: int | None = None,
-        secret: bytes | None = None,
-        messages: bool = True,
-        backlog: int = 0,
-    ) -> Client:
-        """Connect and start the heartbeat and receive threads."""
+    def __new__(cls, config: ClientConfig, *, messages: bool = True, backlog: int = 0) -> Client:
+        """Connect with ``config`` and start the heartbeat and receive threads."""
 
     def send(self, data: bytes) -> None:
         """Send one datagram to the server; ``ClosedError`` once stopped, ``OSError`` (EMSGSIZE)

@@ -7,7 +7,7 @@ add a package base class where chatudp has something of its own to say.
 
 from __future__ import annotations
 
-__all__ = ["ChatUdpError", "ClosedError", "NoReplyError"]
+__all__ = ["ChatUdpError", "ClosedError", "NoReplyError", "PortError"]
 
 
 class ChatUdpError(Exception):
@@ -28,4 +28,13 @@ class NoReplyError(ChatUdpError, TimeoutError):
     UDP loses datagrams, so the echo and time clients resend a bounded number of times instead
     of waiting forever as the tutorial's clients do. A subclass of ``TimeoutError`` (an
     ``OSError``), so ``except TimeoutError`` and ``except socket.timeout`` (Python 3.10+) catch it.
+    """
+
+
+class PortError(ChatUdpError, ValueError, OverflowError):
+    """A port outside 0-65535.
+
+    A ``ValueError`` like every other bad argument, and an ``OverflowError`` because that is
+    what ``socket.bind`` raises for the same mistake, so the tutorial's ``except OverflowError``
+    keeps working.
     """
