@@ -1,7 +1,7 @@
 """The differential tests in bus mode: the tutorial's model server alone against two chatudp
 relays joined through a real broker, with the clients split between the relays (in the
-`nats_workers` run the sender's relay has four socket threads). Every client's bytes must be those
-the single model server sends, whichever relay it is on."""
+`nats_workers` and `redis_workers` runs the sender's relay has four and two socket threads).
+Every client's bytes must be those the single model server sends, whichever relay it is on."""
 
 from __future__ import annotations
 
@@ -65,6 +65,12 @@ def nats_workers_relays() -> Iterator[Tuple[ChatUdpServer, ChatUdpServer]]:
 
 
 @pytest.fixture(scope="module")
+def redis_workers_relays() -> Iterator[Tuple[ChatUdpServer, ChatUdpServer]]:
+    with tempfile.TemporaryDirectory(prefix="chatudp-redis-") as directory:
+        yield from federation(RedisServer(directory).start(), workers=2)
+
+
+@pytest.fixture(scope="module")
 def redis_relays() -> Iterator[Tuple[ChatUdpServer, ChatUdpServer]]:
     with tempfile.TemporaryDirectory(prefix="chatudp-redis-") as directory:
         yield from federation(RedisServer(directory).start())
@@ -95,7 +101,7 @@ def test_payload_across_nats_relays_matches_model(
     assert run_federated(nats_relays, script, new_socket) == want
 
 
-@pytest.mark.parametrize("backend", ["nats", "redis", "nats_workers"])
+@pytest.mark.parametrize("backend", ["nats", "redis", "nats_workers", "redis_workers"])
 def test_whole_script_across_relays_matches_model(
     backend: str, request: pytest.FixtureRequest, start_server: Any, new_socket: Any
 ) -> None:
