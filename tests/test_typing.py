@@ -153,7 +153,7 @@ def test_chat_stats_keys_match_the_stub(server: _core.Server) -> None:
 @pytest.mark.parametrize("kind", [_core.EchoServer, _core.TimeServer])
 def test_service_stats_keys_match_the_stub(kind: type) -> None:
     expected = stub_typeddict_keys()["_ServiceStats"]
-    srv = kind("127.0.0.1", 0)
+    srv = kind(_core.ServiceConfig("127.0.0.1", 0))
     try:
         assert set(srv.stats()) == expected
     finally:
@@ -161,7 +161,7 @@ def test_service_stats_keys_match_the_stub(kind: type) -> None:
 
 
 def test_peer_stats_are_ints() -> None:
-    peer = _core.Peer("127.0.0.1", 0)
+    peer = _core.Peer(_core.PeerConfig.bound(("127.0.0.1", 0)))
     try:
         stats = peer.stats()
         assert stats and all(type(value) is int for value in stats.values()), stats

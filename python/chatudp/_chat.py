@@ -225,7 +225,77 @@ class ChatUdpServer(_Endpoint):
     """The tutorial's group-chat server, with its loops in a Rust thread.
 
     Same constructor and attributes as the original (``addr``, ``clients``, ``interval``,
-    ``event``); everything else is keyword-only and off by default.
+    ``event``); everything else is keyword-only and defaults to the original's behaviour.
+    Bad arguments raise ``ValueError`` or ``TypeError`` here, naming the parameter (a port
+    outside 0-65535: :class:`chatudp.PortError`, also an ``OverflowError``).
+
+    Parameters
+    ----------
+    ip : str
+        Address to bind (``'0.0.0.0'``, ``'::'`` for every address); resolved at ``start()``.
+    port : int
+        Port to bind; 0 picks a free one (see ``addr`` after ``start()``).
+    interval : float
+        Seconds a client may stay silent before it leaves the table (``"expired"``).
+    bufsize : int
+        Bytes read per datagram (1-65507); longer datagrams are cut and counted in
+        ``stats['truncated']``, as ``recvfrom(1024)`` cuts them.
+    on_message : callable, optional
+        ``on_message(data, addr)`` for each chat message, on the dispatcher thread. Without it
+        messages are logged at INFO (logger ``chatudp``) and kept for ``recv_message()``.
+    on_join : callable, optional
+        ``on_join(addr)`` when a source enters the clients table.
+    on_leave : callable, optional
+        ``on_leave(addr, reason)`` when a source leaves; ``reason`` is ``"quit"``,
+        ``"expired"`` or ``"unreachable"``.
+    on_reject : callable, optional
+        ``on_reject(addr, reason)`` when a datagram is refused; ``reason`` is ``"table_full"``
+        or ``"not_allowed"``.
+    expiry_grace : float, optional
+        Extra seconds the expiry timer waits beyond ``interval`` (default ``interval / 2``).
+    drop_unreachable : bool
+        A client whose port is reported closed (ICMP) leaves at once; ``False`` keeps sending
+        to it until it expires, as the original.
+    max_clients : int
+        Bound of the clients table; new sources beyond it are refused (``"table_full"``).
+    rate : (float, float), optional
+        ``(messages_per_second, burst)`` per source; chat messages over it are dropped and
+        counted in ``stats['dropped']['rate']``.
+    allow : str or iterable, optional
+        Networks allowed to talk (``"10.0.0.0/8"``, ``ipaddress`` objects, or a list).
+    validate : bool
+        Reflection guard: a new source must echo a cookie before it joins.
+    secret : bytes, optional
+        Shared secret (16+ bytes) of the authenticated mode (``docs/SECURITY.md``).
+    queue_size : int
+        Events that may wait for the callbacks; beyond it they are dropped and counted.
+    backlog : int
+        Messages kept for ``recv_message()``, iteration and ``arecv()`` without
+        ``on_message``; the oldest are dropped (``stats['dropped']['backlog_full']``).
+    rcvbuf, sndbuf : int, optional
+        Kernel socket buffers in bytes (default 4 MiB, capped by the kernel).
+    workers : int
+        Socket threads, each with its own ``SO_REUSEPORT`` socket on the port (1-256).
+    bus : str or list of str, optional
+        Broker URL (``nats://``, ``redis://``) or the URLs of one NATS cluster: relays of the
+        same ``room`` on it form one chat (``docs/FEDERATION.md``).
+    room : str
+        The chat's name on the bus.
+
+    Attributes
+    ----------
+    addr : tuple
+        The address bound (after ``start()``, port 0 resolved).
+    clients : dict
+        ``{(ip, port): last_seen}``, ``time.time()`` floats: this relay's table.
+    stats : dict
+        ``received``, ``relayed``, ``sent``, ``truncated``, ``expired``, ``unreachable``,
+        ``joins``, ``leaves``, ``heartbeats``, ``dropped`` (by reason: ``rate``,
+        ``table_full``, ``not_allowed``, ``auth``, ``callback_queue_full``, ``send_error``,
+        ``unvalidated``, ``backlog_full``), ``send_errors`` (by errno), ``auth_refused`` (by
+        reason), and ``bus`` with a bus.
+    event : threading.Event
+        Set by ``stop()``.
     """
 
     _kind = "ChatUdpServer"
@@ -258,6 +328,7 @@ class ChatUdpServer(_Endpoint):
         bus: Union[None, str, Sequence[str]] = None,
         room: str = "chatudp",
     ) -> None:
+        """Check every argument (parameters: see the class); ``start()`` binds and serves."""
         callbacks = (("on_message", on_message), ("on_join", on_join), ("on_leave", on_leave), ("on_reject", on_reject))
         for name, callback in callbacks:
             check_callback(name, callback)
@@ -381,7 +452,44 @@ class ChatUdpServer(_Endpoint):
 
 
 class ChatUdpClient(_Endpoint):
-    """The tutorial's chat client: heartbeat every ``interval`` seconds, receive loop in Rust."""
+    """The tutorial's chat client: heartbeat every ``interval`` seconds, receive loop in Rust.
+
+    Bad arguments raise ``ValueError`` or ``TypeError`` here, naming the parameter.
+
+    Parameters
+    ----------
+    rip : str
+        The server's address; resolved at ``start()``.
+    rport : int
+        The server's port.
+    interval : float
+        Seconds between heartbeats (``^hb^``); the first goes out ``interval`` seconds after
+        ``start()``, as in the original.
+    bufsize : int
+        Bytes read per datagram (1-65507); longer ones are cut and counted.
+    on_message : callable, optional
+        ``on_message(data, addr)`` for each datagram received, on the dispatcher thread.
+        Without it datagrams are logged at INFO and kept for ``recv_message()``.
+    queue_size : int
+        Events that may wait for ``on_message``; beyond it they are dropped and counted.
+    backlog : int
+        Messages kept for the pull consumers without ``on_message``; the oldest are dropped.
+    rcvbuf, sndbuf : int, optional
+        Kernel socket buffers in bytes (default: the system's).
+    secret : bytes, optional
+        The server's shared secret (16+ bytes), for its authenticated mode.
+
+    Attributes
+    ----------
+    raddr : tuple
+        The server's address as given; ``addr`` is the client's own, after ``start()``.
+    stats : dict
+        The keys of ``ChatUdpServer.stats``; a client counts ``received``, ``sent``,
+        ``truncated``, ``unreachable``, ``dropped`` by reason, ``send_errors`` by errno and
+        ``auth_refused``.
+    event : threading.Event
+        Set by ``stop()``.
+    """
 
     _kind = "ChatUdpClient"
     _log = logging.getLogger("chatudp.client")
@@ -400,6 +508,7 @@ class ChatUdpClient(_Endpoint):
         sndbuf: Optional[int] = None,
         secret: Optional[bytes] = None,
     ) -> None:
+        """Check every argument (parameters: see the class); ``start()`` connects and heartbeats."""
         check_callback("on_message", on_message)
         config = _core.ClientConfig(
             rip,

@@ -20,6 +20,7 @@ __all__ = [
     "MAX_DATAGRAM",
     "MAX_QUEUE",
     "Peer",
+    "PeerConfig",
     "REUSEPORT",
     "Server",
     "TRAILER_LEN",
@@ -33,7 +34,9 @@ __all__ = [
     "DEFAULT_INTERVAL",
     "DEFAULT_MAX_CLIENTS",
     "DEFAULT_QUEUE_SIZE",
+    "DEFAULT_SERVICE_PORT",
     "ServerConfig",
+    "ServiceConfig",
     "_panic_for_test",
 ]
 
@@ -108,6 +111,7 @@ DEFAULT_BUFSIZE: Final[int]
 DEFAULT_HOST: Final[str]
 DEFAULT_CHAT_PORT: Final[int]
 DEFAULT_INTERVAL: Final[float]
+DEFAULT_SERVICE_PORT: Final[int]
 
 _Networks: TypeAlias = "str | Iterable[object]"
 
@@ -176,7 +180,83 @@ class _ServiceStats(TypedDict):
     send_errors: dict[int, int]
 
 @final
-class Server:
+class ServiceConfig:
+    """Every setting of ``chatudp.EchoServer`` and ``TimeServer``, checked when it is made."""
+
+    def __new__(
+        cls,
+        ip: str = ...,
+        port: int | None = None,
+        *,
+        bufsize: int | None = None,
+        queue_size: int | None = None,
+        rcvbuf: int | None = None,
+        sndbuf: int | None = None,
+        validate: bool = False,
+    ) -> ServiceConfig: ...
+
+@final
+class PeerConfig:
+    """The socket of ``chatudp.EchoClient``/``TimeClient`` (toward ``rip:rport``) or of
+    ``QQPeer`` (``PeerConfig.bound(bind)``), checked when it is made."""
+
+    def __new__(
+        cls,
+        rip: str = ...,
+        rport: int | None = None,
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+        bufsize: int | None = None,
+        rcvbuf: int | None = None,
+        sndbuf: int | None = None,
+    ) -> PeerConfig: ...
+    @staticmethod
+    def bound(
+        bind: tuple[str, int] | tuple[str, int, int, int],
+        *,
+        bufsize: int | None = None,
+        rcvbuf: int | None = None,
+        sndbuf: int | None = None,
+    ) -> PeerConfig: ...
+
+@type_check_only
+class _Endpoint:
+    """What every socket-thread object of the core shares."""
+
+    def discard_events(self, unprocessed: int = 0) -> int:
+        """Empty the event queue and count it, with ``unprocessed`` events already taken, as
+        dropped; return how many were dropped in all."""
+
+    def set_route(self, *, messages: bool, joins: bool, leaves: bool, rejects: bool, backlog: int) -> None:
+        """Which events ``next_events`` gets, by kind, and how many messages are kept for
+        ``pull`` (0: none, else 1..``MAX_QUEUE``). Events nobody asked for are never built."""
+
+    def pull(self, timeout: float | None = None) -> tuple[bytes, _Address] | None:
+        """The oldest kept message, waiting at most ``timeout`` seconds (``None`` or ``inf``: no
+        limit; NaN or negative: ``ValueError``); ``None`` after the timeout; ``ClosedError``
+        once stopped and every kept message was read."""
+
+    def arm_async(self) -> bool:
+        """For an asynchronous consumer that found nothing: ``True`` when ``next_events`` will
+        hold a ``("kept", None, None)`` event once the next message is kept; ``False`` when a
+        message is there already or the object is stopped."""
+
+    def backlog_dropped(self) -> int:
+        """Kept messages dropped to make room for newer ones."""
+
+    def is_forked_copy(self) -> bool:
+        """True in a child made by ``os.fork()``, where the object is inert."""
+
+    def is_running(self) -> bool:
+        """True while the socket thread is alive."""
+
+    def failure(self) -> str | None:
+        """Why the socket thread ended on its own (an I/O error or a panic), else ``None``."""
+
+
+@final
+class Server(_Endpoint):
     """A running group-chat server (the Rust half of ``chatudp.ChatUdpServer``).
 
     The constructor binds the config's address and starts the socket thread; ``OSError`` when
@@ -212,42 +292,11 @@ class Server:
         """Up to ``max_events`` queued events; ``[]`` after ``timeout`` seconds (``None``: wait
         until one comes); ``None`` once the server is stopped and the queue is empty."""
 
-    def discard_events(self, unprocessed: int = 0) -> int:
-        """Empty the event queue and count it, with ``unprocessed`` events already taken, as
-        dropped; return how many were dropped in all."""
-
-    def set_route(self, *, messages: bool, joins: bool, leaves: bool, rejects: bool, backlog: int) -> None:
-        """Which events ``next_events`` gets, by kind, and how many messages are kept for
-        ``pull`` (0: none, else 1..``MAX_QUEUE``). Events nobody asked for are never built."""
-
-    def pull(self, timeout: float | None = None) -> tuple[bytes, _Address] | None:
-        """The oldest kept message, waiting at most ``timeout`` seconds (``None`` or ``inf``: no
-        limit; NaN or negative: ``ValueError``); ``None`` after the timeout; ``ClosedError``
-        once stopped and every kept message was read."""
-
-    def arm_async(self) -> bool:
-        """For an asynchronous consumer that found nothing: ``True`` when ``next_events`` will
-        hold a ``("kept", None, None)`` event once the next message is kept; ``False`` when a
-        message is there already or the object is stopped."""
-
-    def backlog_dropped(self) -> int:
-        """Kept messages dropped to make room for newer ones."""
-
-    def is_forked_copy(self) -> bool:
-        """True in a child made by ``os.fork()``, where the object is inert."""
-
     def stop(self) -> None:
         """Send ``Bye!`` to every client in the table, end the socket thread, join it.
         Idempotent."""
-
-    def is_running(self) -> bool:
-        """True while the socket thread is alive."""
-
-    def failure(self) -> str | None:
-        """Why the socket thread ended on its own (an I/O error or a panic), else ``None``."""
-
 @final
-class Client:
+class Client(_Endpoint):
     """A running chat client (the Rust half of ``chatudp.ChatUdpClient``): a socket connected to
     ``(host, port)``, a heartbeat every ``interval`` seconds and a receive thread."""
 
@@ -271,193 +320,58 @@ class Client:
         """Up to ``max_events`` received datagrams as ``("message", addr, data)``; ``[]`` after
         ``timeout`` seconds; ``None`` once the client is stopped and the queue is empty."""
 
-    def discard_events(self, unprocessed: int = 0) -> int:
-        """Empty the event queue and count it, with ``unprocessed`` events already taken, as
-        dropped; return how many were dropped in all."""
-
-    def set_route(self, *, messages: bool, joins: bool, leaves: bool, rejects: bool, backlog: int) -> None:
-        """Which events ``next_events`` gets, by kind, and how many messages are kept for
-        ``pull`` (0: none, else 1..``MAX_QUEUE``). Events nobody asked for are never built."""
-
-    def pull(self, timeout: float | None = None) -> tuple[bytes, _Address] | None:
-        """The oldest kept message, waiting at most ``timeout`` seconds (``None`` or ``inf``: no
-        limit; NaN or negative: ``ValueError``); ``None`` after the timeout; ``ClosedError``
-        once stopped and every kept message was read."""
-
-    def arm_async(self) -> bool:
-        """For an asynchronous consumer that found nothing: ``True`` when ``next_events`` will
-        hold a ``("kept", None, None)`` event once the next message is kept; ``False`` when a
-        message is there already or the object is stopped."""
-
-    def backlog_dropped(self) -> int:
-        """Kept messages dropped to make room for newer ones."""
-
-    def is_forked_copy(self) -> bool:
-        """True in a child made by ``os.fork()``, where the object is inert."""
-
     def stop(self) -> None:
         """End the heartbeat and receive threads and close the socket; idempotent."""
-
-    def is_running(self) -> bool:
-        """True while the socket thread is alive."""
-
-    def failure(self) -> str | None:
-        """Why the socket thread ended on its own, else ``None``."""
-
-@final
-class EchoServer:
-    """A running echo server: answers each datagram with ``data.upper()``."""
-
-    def __new__(
-        cls,
-        host: str,
-        port: int,
-        *,
-        bufsize: int = 1024,
-        queue_size: int | None = None,
-        rcvbuf: int | None = None,
-        sndbuf: int | None = None,
-        validate: bool = False,
-    ) -> EchoServer:
-        """Bind and start answering. ``queue_size``: when given, every request is also queued
-        as an event for ``next_events`` (a queue of that many events); ``None``: no events.
-        ``rcvbuf`` defaults to 4 MiB (capped by the kernel). ``validate``: the reflection guard
-        (a new source gets only a 12-byte cookie challenge until it echoes it)."""
+@type_check_only
+class _ServiceServer(_Endpoint):
+    """What the echo and time servers share: the life cycle, events and counters."""
 
     def next_events(self, max_events: int = 1024, timeout: float | None = None) -> list[_MessageEvent | _KeptEvent] | None:
         """The next requests as ``("message", addr, data)``; ``[]`` after ``timeout``; ``None``
         once stopped and the queue is empty (or when no queue was asked for)."""
 
-    def discard_events(self, unprocessed: int = 0) -> int:
-        """Empty the event queue and count it as dropped; return how many were dropped."""
-
-    def set_route(self, *, messages: bool, joins: bool, leaves: bool, rejects: bool, backlog: int) -> None:
-        """Which events ``next_events`` gets, by kind, and how many messages are kept for
-        ``pull`` (0: none, else 1..``MAX_QUEUE``). Events nobody asked for are never built."""
-
-    def pull(self, timeout: float | None = None) -> tuple[bytes, _Address] | None:
-        """The oldest kept message, waiting at most ``timeout`` seconds (``None`` or ``inf``: no
-        limit; NaN or negative: ``ValueError``); ``None`` after the timeout; ``ClosedError``
-        once stopped and every kept message was read."""
-
-    def arm_async(self) -> bool:
-        """For an asynchronous consumer that found nothing: ``True`` when ``next_events`` will
-        hold a ``("kept", None, None)`` event once the next message is kept; ``False`` when a
-        message is there already or the object is stopped."""
-
-    def backlog_dropped(self) -> int:
-        """Kept messages dropped to make room for newer ones."""
-
-    def is_forked_copy(self) -> bool:
-        """True in a child made by ``os.fork()``, where the object is inert."""
-
     def local_addr(self) -> _Address:
         """The address actually bound."""
 
     def stats(self) -> _ServiceStats:
-        """The counters, as ``chatudp.services.EchoServer.stats`` shows them."""
+        """The counters, as ``chatudp.EchoServer.stats`` and ``TimeServer.stats`` show them."""
 
     def stop(self) -> None:
         """End the socket thread and close the socket; idempotent."""
+@final
+class EchoServer(_ServiceServer):
+    """A running echo server: answers each datagram with ``data.upper()``."""
 
-    def is_running(self) -> bool:
-        """True while the socket thread is alive."""
-
-    def failure(self) -> str | None:
-        """Why the socket thread ended on its own, else ``None``."""
+    def __new__(cls, config: ServiceConfig, *, events: bool = False) -> EchoServer:
+        """Bind and start answering with ``config``; with ``events``, every request is also
+        queued for ``next_events``."""
 
 @final
-class TimeServer:
+class TimeServer(_ServiceServer):
     """A running time server: answers each datagram with ``time.strftime(fmt)``, ``fmt`` being
     the datagram (``'%Y-%m-%d %X'`` when empty)."""
 
-    def __new__(
-        cls,
-        host: str,
-        port: int,
-        *,
-        bufsize: int = 1024,
-        queue_size: int | None = None,
-        rcvbuf: int | None = None,
-        sndbuf: int | None = None,
-        validate: bool = False,
-    ) -> TimeServer:
-        """Bind and start answering; the keywords as for ``EchoServer``."""
-
-    def next_events(self, max_events: int = 1024, timeout: float | None = None) -> list[_MessageEvent | _KeptEvent] | None:
-        """The next requests as ``("message", addr, data)``; ``[]`` after ``timeout``; ``None``
-        once stopped and the queue is empty (or when no queue was asked for)."""
-
-    def discard_events(self, unprocessed: int = 0) -> int:
-        """Empty the event queue and count it as dropped; return how many were dropped."""
-
-    def set_route(self, *, messages: bool, joins: bool, leaves: bool, rejects: bool, backlog: int) -> None:
-        """Which events ``next_events`` gets, by kind, and how many messages are kept for
-        ``pull`` (0: none, else 1..``MAX_QUEUE``). Events nobody asked for are never built."""
-
-    def pull(self, timeout: float | None = None) -> tuple[bytes, _Address] | None:
-        """The oldest kept message, waiting at most ``timeout`` seconds (``None`` or ``inf``: no
-        limit; NaN or negative: ``ValueError``); ``None`` after the timeout; ``ClosedError``
-        once stopped and every kept message was read."""
-
-    def arm_async(self) -> bool:
-        """For an asynchronous consumer that found nothing: ``True`` when ``next_events`` will
-        hold a ``("kept", None, None)`` event once the next message is kept; ``False`` when a
-        message is there already or the object is stopped."""
-
-    def backlog_dropped(self) -> int:
-        """Kept messages dropped to make room for newer ones."""
-
-    def is_forked_copy(self) -> bool:
-        """True in a child made by ``os.fork()``, where the object is inert."""
-
-    def local_addr(self) -> _Address:
-        """The address actually bound."""
-
-    def stats(self) -> _ServiceStats:
-        """The counters, as ``chatudp.services.TimeServer.stats`` shows them."""
-
-    def stop(self) -> None:
-        """End the socket thread and close the socket; idempotent."""
-
-    def is_running(self) -> bool:
-        """True while the socket thread is alive."""
-
-    def failure(self) -> str | None:
-        """Why the socket thread ended on its own, else ``None``."""
+    def __new__(cls, config: ServiceConfig, *, events: bool = False) -> TimeServer:
+        """Bind and start answering with ``config``; the keywords as for ``EchoServer``."""
 
 @final
 class Peer:
     """A non-connected UDP socket for request/response clients (the Rust half of
     ``chatudp.services.QQPeer``, ``EchoClient`` and ``TimeClient``)."""
 
-    def __new__(
-        cls,
-        host: str,
-        port: int,
-        *,
-        bufsize: int = 1024,
-        rcvbuf: int | None = None,
-        sndbuf: int | None = None,
-    ) -> Peer:
-        """Bind to ``(host, port)``; port 0 picks a free port."""
+    def __new__(cls, config: PeerConfig) -> Peer:
+        """Bind to the config's ``(host, port)`` (``PeerConfig.bound``); port 0 picks a free port."""
 
     @staticmethod
-    def for_remote(
-        host: str,
-        port: int,
-        *,
-        bufsize: int = 65507,
-        rcvbuf: int | None = None,
-        sndbuf: int | None = None,
-    ) -> tuple[Peer, _Address]:
-        """A peer on a free port of the family of ``(host, port)``, and that address resolved."""
+    def for_remote(config: PeerConfig) -> tuple[Peer, _Address]:
+        """A peer on a free port of the family of the config's remote address, and that address
+        resolved."""
 
     def local_addr(self) -> _Address:
         """The address actually bound."""
 
-    def send_to(self, data: bytes, host: str, port: int) -> None:
-        """Send one datagram to ``(host, port)``."""
+    def send_to(self, data: bytes, addr: tuple[str, int] | tuple[str, int, int, int]) -> None:
+        """Send one datagram to ``addr``, a ``(host, port)`` tuple."""
 
     def recv_from(self, timeout: float | None = None) -> tuple[bytes, _Address] | None:
         """One datagram from anyone and its sender, or ``None`` after ``timeout`` seconds

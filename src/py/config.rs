@@ -11,6 +11,7 @@ use crate::config::{
     self, IntRange, DEFAULT_BACKLOG, DEFAULT_BUFSIZE, DEFAULT_CHAT_PORT, DEFAULT_HOST, DEFAULT_INTERVAL,
     DEFAULT_MAX_CLIENTS, DEFAULT_QUEUE_SIZE,
 };
+use crate::config::{PeerConfig, ServiceConfig};
 use crate::error::ChatError;
 use crate::limits::{Network, Rate};
 use crate::net::SocketOptions;
@@ -194,9 +195,133 @@ impl PyClientConfig {
     }
 }
 
+/// Socket receive buffer the echo and time servers ask for by default (the kernel caps it at
+/// `rmem_max`), so a burst waits in the kernel instead of being dropped there.
+const SERVICE_RCVBUF: usize = 4 << 20;
+
+/// The tutorial's echo and time servers listen on port 9000.
+pub(crate) const DEFAULT_SERVICE_PORT: u16 = 9000;
+
+/// `_core.ServiceConfig`: every setting of `chatudp.EchoServer` and `TimeServer`.
+#[pyclass(frozen, name = "ServiceConfig", module = "chatudp._core")]
+pub(crate) struct PyServiceConfig {
+    pub(crate) inner: ServiceConfig,
+}
+
+#[pymethods]
+impl PyServiceConfig {
+    /// `queue_size`: the events that may wait for `on_request` (used when it is set).
+    #[new]
+    #[pyo3(signature = (ip=String::from(DEFAULT_HOST), port=None, *, bufsize=None, queue_size=None, rcvbuf=None, sndbuf=None, validate=false))]
+    fn new(
+        ip: String,
+        port: Option<Arg<'_>>,
+        bufsize: Option<Arg<'_>>,
+        queue_size: Option<Arg<'_>>,
+        rcvbuf: Option<Arg<'_>>,
+        sndbuf: Option<Arg<'_>>,
+        validate: bool,
+    ) -> PyResult<PyServiceConfig> {
+        let port = match port {
+            None => DEFAULT_SERVICE_PORT,
+            Some(port) => self::port("port", Some(port))?,
+        };
+        let mut config = ServiceConfig::new(ip, port);
+        config.bufsize = int(config::BUFSIZE, bufsize, DEFAULT_BUFSIZE)?;
+        config.events = Some(int(config::QUEUE_SIZE, queue_size, DEFAULT_QUEUE_SIZE)?);
+        config.socket = socket(SocketOptions { rcvbuf: Some(SERVICE_RCVBUF), sndbuf: None }, rcvbuf, sndbuf)?;
+        config.validate = validate;
+        config.validate().map_err(value_error)?;
+        Ok(PyServiceConfig { inner: config })
+    }
+}
+
+/// `_core.PeerConfig`: the socket of `chatudp.EchoClient`, `TimeClient` (toward `rip:rport`,
+/// with `timeout` and `retries`) and `QQPeer` (bound to `bind`).
+#[pyclass(frozen, name = "PeerConfig", module = "chatudp._core")]
+pub(crate) struct PyPeerConfig {
+    pub(crate) inner: PeerConfig,
+}
+
+#[pymethods]
+impl PyPeerConfig {
+    #[new]
+    #[pyo3(signature = (rip=String::from(DEFAULT_HOST), rport=None, *, timeout=None, retries=None, bufsize=None, rcvbuf=None, sndbuf=None))]
+    fn new(
+        rip: String,
+        rport: Option<Arg<'_>>,
+        timeout: Option<Arg<'_>>,
+        retries: Option<Arg<'_>>,
+        bufsize: Option<Arg<'_>>,
+        rcvbuf: Option<Arg<'_>>,
+        sndbuf: Option<Arg<'_>>,
+    ) -> PyResult<PyPeerConfig> {
+        let rport = match rport {
+            None => DEFAULT_SERVICE_PORT,
+            Some(port) => self::port("rport", Some(port))?,
+        };
+        let mut config = PeerConfig::new(rip, rport);
+        // Infinity waits as long as the core can count (no limit), as for every other wait.
+        config.timeout = match seconds("timeout", timeout, config::DEFAULT_TIMEOUT)? {
+            f64::INFINITY => config::TIMEOUT.max,
+            finite_or_nan => finite_or_nan,
+        };
+        config.retries = int(config::RETRIES, retries, config::DEFAULT_RETRIES as usize)? as u32;
+        config.bufsize = int(config::BUFSIZE, bufsize, config::MAX_DATAGRAM)?;
+        Self::finish(config, rcvbuf, sndbuf)
+    }
+
+    /// A socket bound to `bind`, a `(host, port)` tuple as `socket.bind` takes it.
+    #[staticmethod]
+    #[pyo3(signature = (bind, *, bufsize=None, rcvbuf=None, sndbuf=None))]
+    fn bound(
+        bind: Arg<'_>,
+        bufsize: Option<Arg<'_>>,
+        rcvbuf: Option<Arg<'_>>,
+        sndbuf: Option<Arg<'_>>,
+    ) -> PyResult<PyPeerConfig> {
+        let (host, port) = address("bind", &bind)?;
+        let mut config = PeerConfig::new(host, port);
+        config.bufsize = int(config::BUFSIZE, bufsize, DEFAULT_BUFSIZE)?;
+        Self::finish(config, rcvbuf, sndbuf)
+    }
+}
+
+impl PyPeerConfig {
+    fn finish(mut config: PeerConfig, rcvbuf: Option<Arg<'_>>, sndbuf: Option<Arg<'_>>) -> PyResult<PyPeerConfig> {
+        config.socket = socket(config.socket, rcvbuf, sndbuf)?;
+        config.validate().map_err(value_error)?;
+        Ok(PyPeerConfig { inner: config })
+    }
+}
+
+/// A `(host, port)` pair (or an IPv6 4-tuple, whose flow info and scope id are not used).
+pub(crate) fn address(name: &'static str, value: &Arg<'_>) -> PyResult<(String, u16)> {
+    let refused = || {
+        let shown = value.repr().map_or_else(|_| "?".to_owned(), |r| r.to_string());
+        PyTypeError::new_err(format!("{name} must be a (host, port) tuple such as ('', 8081), not {shown}"))
+    };
+    let tuple = value.cast::<pyo3::types::PyTuple>().map_err(|_| refused())?;
+    if tuple.len() != 2 && tuple.len() != 4 {
+        return Err(refused());
+    }
+    let host = tuple.get_item(0)?;
+    let host = host.cast::<PyString>().map_err(|_| {
+        PyTypeError::new_err(format!(
+            "{name}[0] must be a str (an IP address or a host name), not {}",
+            type_name(&host)
+        ))
+    })?;
+    let port_name = if name == "bind" { "bind[1]" } else { "addr[1]" };
+    Ok((host.extract::<String>()?, port(port_name, Some(tuple.get_item(1)?))?))
+}
+
 pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyServerConfig>()?;
     m.add_class::<PyClientConfig>()?;
+    m.add_class::<PyServiceConfig>()?;
+    m.add_class::<PyPeerConfig>()?;
+    m.add("DEFAULT_SERVICE_PORT", DEFAULT_SERVICE_PORT)?;
     m.add("DEFAULT_QUEUE_SIZE", DEFAULT_QUEUE_SIZE)?;
     m.add("DEFAULT_BACKLOG", DEFAULT_BACKLOG)?;
     m.add("DEFAULT_MAX_CLIENTS", DEFAULT_MAX_CLIENTS)?;
