@@ -491,27 +491,25 @@ struct PublishState {
 }
 
 impl Publisher {
-    /// Numbers and queues encoded chat records (their sequence number is written here). Never
-    /// blocks: while the broker is unreachable, or the queue is full, a record is dropped and
+    /// Numbers and queues an encoded chat record (its sequence number is written here). Never
+    /// blocks: while the broker is unreachable, or the queue is full, the record is dropped and
     /// counted, and its number stays used, so the other relays count it as lost.
-    fn publish_all(&self, records: impl Iterator<Item = Vec<u8>>) {
+    fn publish(&self, mut record: Vec<u8>) {
         let mut state = self.state.lock();
-        for mut record in records {
-            let seq = state.next_seq;
-            state.next_seq += 1;
-            if !self.shared.is_connected() {
-                self.shared.count_drop(BusDrop::Disconnected);
-                continue;
-            }
-            let Some(outbound) = &state.outbound else { continue };
-            wire::set_seq(&mut record, seq);
-            if !outbound.try_send(record) {
-                self.shared.count_drop(BusDrop::QueueFull);
-            }
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        if !self.shared.is_connected() {
+            self.shared.count_drop(BusDrop::Disconnected);
+            return;
+        }
+        let Some(outbound) = &state.outbound else { return };
+        wire::set_seq(&mut record, seq);
+        if !outbound.try_send(record) {
+            self.shared.count_drop(BusDrop::QueueFull);
         }
     }
 
-    /// A chat record with its sequence number still to be written by [`Publisher::publish_all`].
+    /// A chat record with its sequence number still to be written by [`Publisher::publish`].
     fn encode(&self, from: &SocketAddr, payload: &[u8]) -> Vec<u8> {
         let mut record = Vec::with_capacity(wire::HEADER_LEN + 48 + payload.len());
         wire::encode_chat(self.shared.id, 0, from, payload, &mut record);
@@ -585,12 +583,12 @@ impl Bus {
     /// Publishes a chat message `from` one of this relay's clients at once. Never blocks: while
     /// the broker is unreachable, or the queue is full, the record is dropped and counted.
     pub fn publish(&self, from: &SocketAddr, payload: &[u8]) {
-        self.publisher.publish_all(std::iter::once(self.publisher.encode(from, payload)));
+        self.publisher.publish(self.publisher.encode(from, payload));
     }
 
     /// A publishing handle for one socket thread: a [`Sink`] that publishes what it relays.
     pub fn publisher(&self) -> BusPublisher {
-        BusPublisher { publisher: Arc::clone(&self.publisher), pending: Vec::new() }
+        BusPublisher { publisher: Arc::clone(&self.publisher) }
     }
 
     /// Records from other relays that arrived since the last call, oldest first.
@@ -622,22 +620,15 @@ impl Bus {
 }
 
 /// One socket thread's way onto the bus: every chat message its act stage relays (never what
-/// came from the bus) is encoded at once and published at the end of the receive batch, after
-/// the local Acks, under one short lock for the whole batch.
+/// came from the bus) is encoded, then numbered and queued under the publisher's short lock,
+/// before the batch's local Acks go out (so `stats` count it by the time a client sees its Ack).
 pub struct BusPublisher {
     publisher: Arc<Publisher>,
-    pending: Vec<Vec<u8>>,
 }
 
 impl Sink for BusPublisher {
     fn relay(&mut self, message: &Relayed<'_>, _counters: &RelayCounters) {
-        self.pending.push(self.publisher.encode(&message.from, message.payload));
-    }
-
-    fn flush(&mut self, _counters: &RelayCounters) {
-        if !self.pending.is_empty() {
-            self.publisher.publish_all(self.pending.drain(..));
-        }
+        self.publisher.publish(self.publisher.encode(&message.from, message.payload));
     }
 }
 

@@ -266,7 +266,7 @@ fn publishers_of_several_workers_make_one_gap_free_sequence() {
     let counters = RelayCounters::default();
     std::thread::scope(|scope| {
         for worker in 0..4u16 {
-            let mut sink = BusPublisher { publisher: Arc::clone(&publisher), pending: Vec::new() };
+            let mut sink = BusPublisher { publisher: Arc::clone(&publisher) };
             let counters = &counters;
             scope.spawn(move || {
                 let from = SocketAddr::from(([127, 0, 0, 1], 1000 + worker));
