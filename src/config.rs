@@ -212,12 +212,6 @@ impl ServerConfig {
     pub fn validate(&self) -> Result<()> {
         if let Some(bus) = &self.bus {
             bus.validate()?;
-            if self.workers > 1 {
-                return Err(ChatError::InvalidArgument(format!(
-                    "bus= works with one socket thread for now: use workers=1 (not {}) on a relay with a bus",
-                    self.workers
-                )));
-            }
         }
         INTERVAL.check(self.interval)?;
         EXPIRY_GRACE.check(self.expiry_grace)?;

@@ -416,6 +416,47 @@ def test_unreachable_clients(stopper: Any, peers: Any, drop: bool) -> None:
         assert dead.addr in srv.clients and left == []
 
 
+@pytest.mark.parametrize("workers", [1, 2])
+def test_one_broadcast_drops_thousands_of_unreachable_clients(stopper: Any, workers: int) -> None:
+    """3,000 clients whose ports are closed, and a small receive buffer (where the socket's error
+    queue lives): the port-unreachable errors of one broadcast are read while it is sent, so
+    every dead client leaves at once instead of staying when the error queue overflows."""
+    dead_count = 3000
+    srv = ChatUdpServer(LOOPBACK, 0, 300, rcvbuf=65536, workers=workers)
+    srv.start()
+    stopper(srv)
+    alive = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dead: List[socket.socket] = []
+    try:
+        alive.bind((LOOPBACK, 0))
+        alive.settimeout(5)
+        alive.sendto(b"^hb^", srv.addr)
+        # All open at once, so every one has a port of its own; joined in small steps, so the
+        # heartbeats fit the small buffer.
+        for start in range(0, dead_count, 100):
+            for _ in range(100):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                dead.append(sock)
+                sock.bind((LOOPBACK, 0))
+                sock.sendto(b"^hb^", srv.addr)
+            wait_for(lambda: len(srv.clients) == start + 101, 10, f"{start + 100} dead clients to join")
+        for sock in dead:
+            sock.close()
+        alive.sendto(b"one broadcast", srv.addr)
+        assert alive.recv(65535).startswith(b"Ack b'ONE BROADCAST'")
+        deadline = time.monotonic() + 10
+        while len(srv.clients) > 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stayed = len(srv.clients) - 1
+        assert stayed == 0, f"{stayed} of {dead_count} dead clients stayed after one broadcast"
+        assert list(srv.clients) == [alive.getsockname()]
+        assert srv.stats["unreachable"] == dead_count
+    finally:
+        alive.close()
+        for sock in dead:
+            sock.close()
+
+
 def test_port_out_of_range_is_an_overflow_error_as_in_socket() -> None:
     with pytest.raises(OverflowError, match="0-65535"):
         ChatUdpServer(port=70000)
