@@ -465,12 +465,59 @@ def test_chat_server_relays_logs_and_shows_the_clients_table(cli: Callable[..., 
     assert server.err == ""
 
 
-def test_chat_server_end_of_input_exits_0(cli: Callable[..., Cli]) -> None:
+def test_chat_server_without_a_terminal_serves_on_after_end_of_input(
+    cli: Callable[..., Cli], udp: Callable[[], Udp]
+) -> None:
     server = cli("server", "--port", "0")
+    ip, port = server.bound()
     server.expect(">> ")
-    server.end_input()
+    server.end_input()  # a pipe, </dev/null, a service manager: end of input is not a stop
+    server.expect("end of input: serving on until Ctrl-C or SIGTERM")
+    peer = udp()
+    assert peer.request(b"still there", (ip, port)).startswith(b"Ack b'STILL THERE'")
+    server.proc.send_signal(signal.SIGTERM)
     assert server.finish() == 0
+    assert peer.recv()[0] == b"Bye!"
+    assert_clean(server)
     assert server.err == ""
+
+
+def test_chat_server_with_stdin_from_dev_null_serves_until_sigint(udp: Callable[[], Udp]) -> None:
+    with open(os.devnull, "rb") as devnull:
+        proc = subprocess.Popen(
+            [*COMMAND, "server", "--port", "0"], stdin=devnull, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV
+        )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        match = re.search(r" on (\S+):(\d+);", line)
+        assert match, line
+        peer = udp()
+        assert peer.request(b"up", (match.group(1), int(match.group(2)))).startswith(b"Ack b'UP'")
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=TIMEOUT)
+        assert proc.returncode == 0, err
+        assert b"Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=5)
+
+
+def test_chat_server_no_input_ignores_stdin_and_stops_on_sigterm(cli: Callable[..., Cli], udp: Callable[[], Udp]) -> None:
+    server = cli("server", "--port", "0", "--no-input")
+    ip, port = server.bound()
+    assert "no input: Ctrl-C or SIGTERM stops it" in server.out
+    server.write("quit\n")  # not read
+    server.end_input()
+    peer = udp()
+    assert peer.request(b"hello", (ip, port)).startswith(b"Ack b'HELLO'")
+    server.expect(" joined: 127.0.0.1:")  # joins and leaves at INFO
+    assert ">> " not in server.out
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.finish() == 0
+    assert_clean(server)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -559,9 +606,32 @@ def test_chat_server_and_client_subcommands_talk(cli: Callable[..., Cli]) -> Non
     server.write("quit\n")
     assert server.finish() == 0
     client.expect("b'Bye!'")
-    client.write("quit\n")
+    # The server said Bye!: the client says so and ends by itself, with status 0.
     assert client.finish() == 0
+    assert f"the server at {ip}:{port} stopped (it said Bye!); exiting" in client.out
     assert_clean(server)
+    assert_clean(client)
+
+
+def test_chat_client_stay_keeps_waiting_after_bye_and_says_unreachable_then_back(cli: Callable[..., Cli]) -> None:
+    server = cli("server", "--port", "0", "--interval", "5")
+    ip, port = server.bound()
+    client = cli("client", "--ip", ip, "--port", str(port), "--interval", "0.2", "--stay")
+    client.expect(f"chat client of the server at {ip}:{port}, from 127.0.0.1:")
+    server.expect(" joined: 127.0.0.1:")  # announced at start
+    server.write("quit\n")
+    assert server.finish() == 0
+    client.expect("waiting for it to come back (--stay)")
+    client.expect_err(f"server {ip}:{port} unreachable")  # its heartbeats meet a closed port
+    again = cli("server", "--ip", ip, "--port", str(port), "--no-input")
+    again.expect(" joined: 127.0.0.1:", timeout=TIMEOUT)
+    client.expect_err(f"server {ip}:{port} reachable again", timeout=TIMEOUT)
+    assert client.err.count("unreachable") == 1  # said once, not per heartbeat
+    assert client.proc.poll() is None
+    client.end_input()
+    assert client.finish() == 0
+    again.proc.send_signal(signal.SIGTERM)
+    assert again.finish() == 0
     assert_clean(client)
 
 
@@ -729,6 +799,11 @@ def test_chat_client_on_a_terminal_keeps_the_typed_line_while_a_message_arrives(
             assert b"\x1b[J" in chat.raw[typed:ack], bytes(chat.raw[typed:])
             chat.expect("hel", ack)
             assert re.search(r"PEER'\. from 127\.0\.0\.1:\d+\"\r?\n[^\n]*>> hel", chat.text(typed)), chat.text(typed)
+        elif mode == "no prompt_toolkit":
+            # readline: the prompt line is cleared (CR, erase line), the message printed on a line
+            # of its own, and the prompt drawn again with what was typed so far.
+            after = bytes(chat.raw[typed:])
+            assert re.search(rb"hel\r\x1b\[K[^\n]*PEER'\. from 127\.0\.0\.1:\d+\"\r?\n>> hel", after), after
         else:
             assert b"\x1b[" not in chat.raw, bytes(chat.raw)  # no line editing: plain lines
         chat.type("lo world\r")

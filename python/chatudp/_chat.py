@@ -435,7 +435,12 @@ class ChatUdpServer(_Endpoint):
 
 
 class ChatUdpClient(_Endpoint):
-    """The tutorial's chat client: heartbeat every ``interval`` seconds, receive loop in Rust."""
+    """The tutorial's chat client: heartbeat every ``interval`` seconds, receive loop in Rust.
+
+    The first heartbeat goes out ``interval`` seconds after ``start()``, as the tutorial's does;
+    with ``announce=True`` it goes out at once, so the client joins the server's table (and hears
+    the others' messages and the server's ``Bye!``) from the start.
+    """
 
     _kind = "ChatUdpClient"
     _log = logging.getLogger("chatudp.client")
@@ -453,13 +458,21 @@ class ChatUdpClient(_Endpoint):
         rcvbuf: Optional[int] = None,
         sndbuf: Optional[int] = None,
         secret: Optional[bytes] = None,
+        announce: bool = False,
     ) -> None:
         super().__init__(interval, bufsize, queue_size, backlog)
         check_callback("on_message", on_message)
+        if not isinstance(announce, bool):
+            raise TypeError(f"announce must be a bool, not {type(announce).__name__}")
         self.raddr: Address = (rip, _check_port(rport))
         self.on_message = on_message
         self.addr: Optional[Address] = None
-        self._options: Dict[str, Any] = {"rcvbuf": rcvbuf, "sndbuf": sndbuf, "secret": _check_secret(secret)}
+        self._options: Dict[str, Any] = {
+            "rcvbuf": rcvbuf,
+            "sndbuf": sndbuf,
+            "secret": _check_secret(secret),
+            "announce": announce,
+        }
 
     def _open(self) -> Any:
         rip, rport = self.raddr[0], self.raddr[1]

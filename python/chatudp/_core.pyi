@@ -216,8 +216,10 @@ class Client:
         secret: bytes | None = None,
         messages: bool = True,
         backlog: int = 0,
+        announce: bool = False,
     ) -> Client:
-        """Connect and start the heartbeat and receive threads."""
+        """Connect and start the heartbeat and receive threads; with ``announce`` the first
+        heartbeat goes out at once instead of after ``interval`` seconds."""
 
     def send(self, data: bytes) -> None:
         """Send one datagram to the server; ``ClosedError`` once stopped, ``OSError`` (EMSGSIZE)

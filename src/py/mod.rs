@@ -451,7 +451,7 @@ struct PyClient {
 endpoint_pymethods! {
 impl PyClient as "ChatUdpClient" {
     #[new]
-    #[pyo3(signature = (host, port, interval, *, bufsize=1024, queue_size=65536, rcvbuf=None, sndbuf=None, secret=None, messages=true, backlog=0))]
+    #[pyo3(signature = (host, port, interval, *, bufsize=1024, queue_size=65536, rcvbuf=None, sndbuf=None, secret=None, messages=true, backlog=0, announce=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -465,9 +465,11 @@ impl PyClient as "ChatUdpClient" {
         secret: Option<Vec<u8>>,
         messages: bool,
         backlog: usize,
+        announce: bool,
     ) -> PyResult<PyClient> {
         guarded(|| {
         let mut config = ClientConfig::new(host, port, interval);
+        config.announce = announce;
         config.bufsize = bufsize;
         config.queue_size = queue_size;
         config.socket = socket_options(config.socket, rcvbuf, sndbuf);

@@ -33,7 +33,7 @@ import threading
 from typing import Optional, Sequence
 
 from . import chat, clock, demo, echo, qq
-from ._args import EXIT_OK, EXIT_USAGE, PROG, Fatal, error_text
+from ._args import EXIT_OK, EXIT_USAGE, PROG, Fatal, Parser, error_text
 from ._terminal import LineEditor, err, interrupt, out, prepare_streams
 
 __all__ = ["build_parser", "main"]
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of ``chatudp``: one subcommand per program of the tutorial, plus ``demo``."""
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG,
         description="Every UDP program of the tutorial, on chatudp's Rust core.",
         epilog="Run 'chatudp SUBCOMMAND --help' for the options of each. Start with: chatudp demo",
