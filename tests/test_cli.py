@@ -55,8 +55,11 @@ else:
     COMMAND = [sys.executable, "-m", "chatudp"]
 
 
-def qq_line(ip: str, port: int, text: str) -> str:
-    return "来自[%s:%s]的一条消息:\033[1;44m%s\033[0m" % (ip, port, text)
+def qq_line(ip: str, port: int, text: str, colour: bool = False) -> str:
+    """The tutorial's QQ line; its colour codes only on a terminal."""
+    if colour:
+        return "来自[%s:%s]的一条消息:\033[1;44m%s\033[0m" % (ip, port, text)
+    return "来自[%s:%s]的一条消息:%s" % (ip, port, text)
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
@@ -1101,26 +1104,63 @@ def test_qq_client_chats_with_a_contact_and_survives_a_lost_reply(
     services()
     server = responder(lambda data: None if data == "丢".encode() else "回:".encode() + data)
     contact = f"张三=127.0.0.1:{server.port}"
-    client = cli("qq-client", "--contact", contact, "--timeout", "0.3")
+    client = cli("qq-client", "--contact", contact, "--contact", f"李四=127.0.0.1:{server.port}", "--timeout", "0.3")
+    client.expect("contacts: 张三, 李四\n")  # the names, before the first question
     client.expect(QQ_PROMPT_NAME)
     client.write("张三\n")
     client.expect(QQ_PROMPT_MSG)
     client.write("你好\n")
     client.expect(qq_line(LOOPBACK, server.port, "回:你好") + "\n")
     client.write("丢\n")
-    client.expect_err("no reply from 张三 at 127.0.0.1:")
+    err = client.expect_err("no reply from 张三 at 127.0.0.1:")
+    assert "lost" not in err and "a late reply is shown when it comes" in err
     client.write("\n")  # empty input is ignored
     client.write("再来\n")
     client.expect(qq_line(LOOPBACK, server.port, "回:再来"))
     client.write("quit\n")  # back to choosing a contact
     client.expect(QQ_PROMPT_NAME, count=2)
-    client.write("nobody\n")  # an unknown name: its messages are ignored
-    client.expect_err("unknown contact 'nobody'")
-    client.write("ignored\nquit\n")
+    client.write("nobody\n")  # an unknown name: said, and back to choosing
+    client.expect_err("unknown contact 'nobody'; choose one of: 张三, 李四")
     client.expect(QQ_PROMPT_NAME, count=3)
+    client.write("李四\nhi\nquit\n")
+    client.expect(qq_line(LOOPBACK, server.port, "回:hi"))
+    client.expect(QQ_PROMPT_NAME, count=4)
     client.end_input()
     assert client.finish() == 0
-    assert server.received == ["你好".encode(), "丢".encode(), "再来".encode()]
+    assert server.received == ["你好".encode(), "丢".encode(), "再来".encode(), b"hi"]
+    assert "\033[" not in client.out  # no colour codes when stdout is not a terminal
+    assert_clean(client)
+
+
+def test_qq_client_shows_a_reply_that_comes_after_the_timeout(
+    cli: Callable[..., Cli], udp: Callable[[], Udp]
+) -> None:
+    services()
+    human = udp()  # a person who takes longer than --timeout to answer
+    client = cli("qq-client", "--contact", f"慢=127.0.0.1:{human.port}", "--timeout", "0.2")
+    client.write("慢\n在吗\n")
+    data, addr = human.recv()
+    assert data == "在吗".encode()
+    client.expect_err("no reply from 慢 at 127.0.0.1:")
+    human.sock.sendto("在，刚才忙".encode(), addr)  # late, while the client waits at its prompt
+    client.expect(qq_line(LOOPBACK, human.port, "在，刚才忙") + "\n")
+    client.write("quit\n")
+    client.end_input()
+    assert client.finish() == 0
+    assert_clean(client)
+
+
+def test_qq_programs_colour_their_lines_on_a_terminal(cli: Callable[..., Cli], udp: Callable[[], Udp]) -> None:
+    services()
+    human = udp()
+    client = cli("qq-client", "--contact", f"友=127.0.0.1:{human.port}", use_pty=True)
+    client.expect(QQ_PROMPT_NAME)
+    client.write("友\r在吗\r")
+    data, addr = human.recv()
+    human.sock.sendto(b"yes", addr)
+    client.expect(qq_line(LOOPBACK, human.port, "yes", colour=True))
+    client.interrupt()
+    assert client.finish() == 0
     assert_clean(client)
 
 
@@ -1164,7 +1204,7 @@ def test_qq_server_and_client_subcommands_talk(cli: Callable[..., Cli]) -> None:
     ip, port = server.bound()
     client = cli("qq-client", "--contact", f"狗哥={ip}:{port}")
     client.write("狗哥\n在吗\n")
-    server.expect("的一条消息:\033[1;44m在吗\033[0m")
+    server.expect("的一条消息:在吗\n")
     server.write("在\n")
     client.expect(qq_line(ip, port, "在"))
     client.end_input()

@@ -7,7 +7,7 @@ import logging
 import sys
 import threading
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
 from ._args import (
     EDIT_NOTE,
