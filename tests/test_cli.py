@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -444,6 +444,33 @@ def test_port_out_of_range_is_one_line_and_status_2(name: str) -> None:
     assert re.fullmatch(r"chatudp: cannot [a-z ]+ 127\.0\.0\.1:70000: port must be 0-65535\n", err), err
 
 
+@pytest.mark.parametrize(
+    "args, accepted",
+    [
+        (("demo", "--seconds", "1e308"), "--seconds: must be a number of seconds >= 0 and at most 1000000000, not '1e308'"),
+        (("demo", "--seconds", "nan"), "--seconds: must be a number of seconds >= 0"),
+        (("server", "--interval", "1e308"), "--interval: must be a number of seconds > 0 and at most 1000000000"),
+        (("server", "--interval", "-3"), "--interval: must be a number of seconds > 0 and at most 1000000000, not '-3'"),
+        (("client", "--interval", "0"), "--interval: must be a number of seconds > 0"),
+        (("echo-client", "--timeout", "inf"), "--timeout: must be a number of seconds > 0"),
+        (("qq-client", "--timeout", "x"), "--timeout: must be a number of seconds > 0"),
+        (("server", "--port", "http"), "--port: not a port number: 'http'"),
+        (("server", "--room", "lobby"), "--room needs --bus URL"),
+        (("server", "--bus", "ftp://x"), "bad --bus 'ftp://x': bus must be a nats://"),
+        (("demo", "--bus", "mqtt://x"), "bad --bus 'mqtt://x'"),
+        (("server", "--no-such-option"), "unrecognized arguments: --no-such-option"),
+    ],
+)
+def test_every_argument_error_is_one_line_and_status_2(args: Tuple[str, ...], accepted: str) -> None:
+    completed = run(args)
+    out, err = text(completed)
+    assert completed.returncode == 2, (out, err)
+    assert err.count("\n") == 1 and err.startswith("chatudp"), err
+    assert accepted in err
+    assert "Traceback" not in err and "cannot bind" not in err
+    assert out == ""
+
+
 # -- the group chat: server --------------------------------------------------------------------
 
 
@@ -560,6 +587,33 @@ def test_chat_client_sends_lines_logs_replies_and_quits(cli: Callable[..., Cli],
     assert server.recv_chat()[0] == b"quit"
     assert client.finish() == 0
     assert client.err == ""
+
+
+def test_chat_client_announces_itself_at_start(cli: Callable[..., Cli], udp: Callable[[], Udp]) -> None:
+    server = udp()
+    client = cli("client", "--port", str(server.port), "--interval", "1000")
+    data, addr = server.recv(TIMEOUT)
+    assert data == b"^hb^"  # at once, not after --interval seconds
+    client.expect(f"chat client of the server at 127.0.0.1:{server.port}, from 127.0.0.1:{addr[1]}; type quit to leave")
+    client.end_input()
+    assert client.finish() == 0
+
+
+def test_chat_client_says_once_that_the_server_is_unreachable(cli: Callable[..., Cli]) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        closed = probe.getsockname()[1]  # nothing listens there once the probe is closed
+    client = cli("client", "--port", str(closed), "--interval", "0.1")
+    client.expect_err(f"chatudp: server 127.0.0.1:{closed} unreachable: the network reports its port closed")
+    for line in ("one", "two", "three"):
+        client.write(line + "\n")
+    client.expect(">> ", count=4)
+    time.sleep(0.5)  # heartbeats and messages meet the closed port meanwhile
+    client.end_input()
+    assert client.finish() == 0
+    assert client.err.count("unreachable") == 1, client.err
+    assert "reachable again" not in client.err
+    assert_clean(client)
 
 
 def test_chat_client_end_of_input_sends_quit_and_exits_0(cli: Callable[..., Cli], udp: Callable[[], Udp]) -> None:
@@ -805,6 +859,7 @@ def test_chat_client_on_a_terminal_keeps_the_typed_line_while_a_message_arrives(
         elif mode == "no prompt_toolkit":
             # readline: the prompt line is cleared (CR, erase line), the message printed on a line
             # of its own, and the prompt drawn again with what was typed so far.
+            chat.expect(">> hel", ack)
             after = bytes(chat.raw[typed:])
             assert re.search(rb"hel\r\x1b\[K[^\n]*PEER'\. from 127\.0\.0\.1:\d+\"\r?\n>> hel", after), after
         else:
@@ -827,6 +882,55 @@ def test_chat_client_on_a_terminal_keeps_the_typed_line_while_a_message_arrives(
     finally:
         peer.stop()
         server.stop()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("key", ["\x03", "\x04"])
+def test_chat_client_readline_ctrl_c_and_ctrl_d_send_quit_and_exit_0(
+    pty_chat: Callable[..., PtyChat], udp: Callable[[], Udp], key: str
+) -> None:
+    server = udp()
+    chat = pty_chat("client", "--port", str(server.port), mode="no prompt_toolkit")
+    chat.deadline += 15  # generous: this test may run beside other work
+    chat.expect(">> ")
+    assert server.recv(10)[0] == b"^hb^"
+    if key == "\x03":
+        chat.type("never sent")
+        chat.expect("never sent")
+    chat.type(key)  # Ctrl-D ends input at an empty prompt only, as in any readline program
+    if key == "\x03":
+        # A signal that lands just before readline waits is seen at the next key or signal.
+        for _ in range(20):
+            chat.settle(0.5)
+            if chat.proc.poll() is not None:
+                break
+            chat.proc.send_signal(signal.SIGINT)
+    status, err = chat.finish()
+    assert status == 0, err
+    assert "Traceback" not in err
+    assert server.recv_chat(10)[0] == b"quit"
+
+
+@pytest.mark.timeout(30)
+def test_chat_server_readline_logs_above_the_typed_line(pty_chat: Callable[..., PtyChat], udp: Callable[[], Udp]) -> None:
+    chat = pty_chat("server", "--port", "0", mode="no prompt_toolkit")
+    chat.deadline += 15
+    at = chat.expect(">> ")
+    match = re.search(r" on (\S+):(\d+);", chat.text())
+    assert match, chat.text()
+    chat.type("qu")
+    typed = chat.expect("qu", at)
+    peer = udp()
+    assert peer.request(b"hello", (match.group(1), int(match.group(2))), 10).startswith(b"Ack b'HELLO'")
+    logged = chat.expect(f"('{LOOPBACK}', {peer.port})", typed)
+    chat.expect(">> qu", logged)
+    after = bytes(chat.raw[typed:])
+    assert re.search(rb"\r\x1b\[K[^\n]* b'hello'\r?\n>> qu", after), after
+    chat.type("it\r")  # the two halves make quit
+    status, err = chat.finish()
+    assert status == 0, err
+    assert err == ""
+    assert peer.recv(10)[0] == b"Bye!"
 
 
 @pytest.mark.timeout(10)
@@ -1213,3 +1317,72 @@ def test_qq_server_and_client_subcommands_talk(cli: Callable[..., Cli]) -> None:
     assert server.finish() == 0
     assert_clean(client)
     assert_clean(server)
+
+
+# -- federation: --bus ---------------------------------------------------------------------------
+
+
+def test_server_with_bus_relays_across_a_real_nats_server(
+    cli: Callable[..., Cli], udp: Callable[[], Udp], nats_server: Any
+) -> None:
+    first = cli("server", "--port", "0", "--bus", nats_server.url, "--room", "cli-test", "--no-input")
+    second = cli("server", "--port", "0", "--bus", nats_server.url, "--room", "cli-test", "--no-input")
+    a, b = first.bound(), second.bound()
+    assert f"; room cli-test on the bus {nats_server.url}; no input" in first.out
+    alice, bob = udp(), udp()
+    bob.sock.sendto(b"^hb^", b)
+    second.expect(" joined: 127.0.0.1:")
+    # The relays find each other through the broker within a few announce periods.
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        alice.sock.sendto(b"across", a)
+        try:
+            data, _ = bob.recv(0.5)
+        except socket.timeout:
+            assert time.monotonic() < deadline, (first.out, second.out, first.err, second.err)
+            continue
+        break
+    assert data == f"Ack b'ACROSS'. from 127.0.0.1:{alice.port}".encode()
+    for child in (first, second):
+        child.proc.send_signal(signal.SIGTERM)
+        assert child.finish() == 0
+        assert_clean(child)
+
+
+def test_demo_with_bus_shows_two_relays_chatting(nats_server: Any) -> None:
+    completed = run(("demo", "--seconds", "0.5", "--bus", nats_server.url), timeout=60)
+    out, err = text(completed)
+    assert completed.returncode == 0, (out, err)
+    assert err == ""
+    assert re.search(r"^chatudp demo: relay A on 127\.0\.0\.1:\d+ \(alice\), relay B on 127\.0\.0\.1:\d+", out, re.M)
+    assert "  relay A: alice joined from 127.0.0.1:" in out
+    assert "  relay B: bob joined from 127.0.0.1:" in out
+    acks = [line.strip() for line in out.splitlines() if "Ack b'HELLO FROM ALICE'" in line]
+    assert [line.split(" got:")[0] for line in acks] == ["alice", "bob", "carol"]  # across the relays
+    assert "  relay B: carol left (quit)" in out
+    assert re.search(r"^summary: relay A received \d+, relayed \d+, sent \d+; relay B .*; alice got 8, bob got 8, carol got 6$",
+                     out, re.M), out
+
+
+def test_demo_with_an_unreachable_bus_is_one_line_and_status_2() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        port = probe.getsockname()[1]
+    completed = run(("demo", "--bus", f"nats://127.0.0.1:{port}"), timeout=60)
+    out, err = text(completed)
+    assert completed.returncode == 2, (out, err)
+    assert err == f"chatudp: the relays did not meet on the bus nats://127.0.0.1:{port} within 10 s: is the broker running?\n"
+
+
+# -- docs ------------------------------------------------------------------------------------------
+
+
+def test_the_package_docstring_and_readme_name_the_same_tutorial_module() -> None:
+    import chatudp
+
+    with open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8") as file:
+        readme = file.read()
+    pattern = r"from (\w+) import ChatUdpServer, ChatUdpClient"
+    in_readme = set(re.findall(pattern, readme)) - {"chatudp"}
+    in_docstring = set(re.findall(pattern, chatudp.__doc__ or "")) - {"chatudp"}
+    assert in_readme == in_docstring == {"chat_server"}, (in_readme, in_docstring)

@@ -59,7 +59,7 @@ def cmd_server(args: argparse.Namespace) -> int:
 
     server = open_endpoint("bind", args.ip, args.port, make)
     where = hostport(*server.addr[:2])
-    bus = f", bus {args.bus} room {options['room']}" if options else ""
+    bus = f"; room {options['room']} on the bus {', '.join(options['bus'])}" if options else ""
     interactive = not args.no_input
     try:
         if not interactive:
