@@ -20,8 +20,8 @@ Command = Callable[[argparse.Namespace], int]
 
 STOP_NOTE = "Ctrl-D (end of input) or Ctrl-C ends it with status 0."
 EDIT_NOTE = (
-    "; on a terminal, with prompt_toolkit installed (the 'cli' extra), above the line being typed, which "
-    f"stays as it is ({PLAIN_ENV}=1 reads plain lines instead). "
+    "; on a terminal, above the line being typed, which stays as it is (prompt_toolkit edits it when installed, "
+    f"the 'cli' extra; readline otherwise; {PLAIN_ENV}=1 reads plain lines instead). "
 )
 SERVICE_NOTE = (
     "It has no input loop: it runs until Ctrl-C or SIGTERM (status 0) and ignores standard input. "
