@@ -1063,6 +1063,20 @@ def test_echo_client_prints_answers_and_survives_a_lost_reply(
     assert_clean(client)
 
 
+def test_echo_client_says_refused_when_the_port_is_closed(cli: Callable[..., Cli]) -> None:
+    services()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        closed = probe.getsockname()[1]
+    client = cli("echo-client", "--port", str(closed), "--timeout", "0.2", "--retries", "0")
+    client.write("hello\n")
+    err = client.expect_err(f"no reply from 127.0.0.1:{closed}")
+    client.end_input()
+    assert client.finish() == 0
+    assert "refused, the network reports its port closed" in client.err and "lost" not in client.err, err
+    assert_clean(client)
+
+
 def test_echo_client_ctrl_c_while_waiting_for_a_reply_exits_0(
     cli: Callable[..., Cli], responder: Callable[..., Responder]
 ) -> None:

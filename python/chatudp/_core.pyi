@@ -443,7 +443,8 @@ class Peer:
 
     def stats(self) -> dict[str, int]:
         """Counters: ``received``, ``sent``, ``retries``, ``truncated``, ``ignored``,
-        ``send_errors``, ``challenges`` (address-validation challenges answered)."""
+        ``send_errors``, ``challenges`` (address-validation challenges answered), ``refused``
+        (reports that the remote port is closed; request clients only)."""
 
 BATCH_BUFFER: Final[bool]
 """True when ``Batch`` objects offer the buffer protocol (``memoryview(batch)``)."""
