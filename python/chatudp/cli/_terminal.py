@@ -301,9 +301,9 @@ def chat_input() -> Iterator[Reader]:
             yield read
             return
         try:
-            sys.stdout = RedrawingStream(stdout, editor)  # type: ignore[assignment]
+            sys.stdout = RedrawingStream(stdout, editor)
             if is_tty(stderr):
-                sys.stderr = RedrawingStream(stderr, editor)  # type: ignore[assignment]
+                sys.stderr = RedrawingStream(stderr, editor)
             yield editor.read
         finally:
             sys.stdout, sys.stderr = stdout, stderr
