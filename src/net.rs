@@ -19,14 +19,32 @@ pub fn resolve(host: &str, port: u16) -> io::Result<SocketAddr> {
     if let Ok(ip) = host.parse::<IpAddr>() {
         return Ok(SocketAddr::new(ip, port));
     }
-    let candidates: Vec<SocketAddr> = (host, port).to_socket_addrs()?.collect();
+    let lookup_failed = |why: String| io::Error::other(LookupFailed { host: host.to_owned(), why });
+    let candidates: Vec<SocketAddr> =
+        (host, port).to_socket_addrs().map_err(|e| lookup_failed(e.to_string()))?.collect();
     candidates
         .iter()
         .find(|a| a.is_ipv4())
         .or_else(|| candidates.first())
         .copied()
-        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, format!("no address found for host {host:?}")))
+        .ok_or_else(|| lookup_failed("no address found".to_owned()))
 }
+
+/// A host name that did not resolve (Python raises `socket.gaierror` for it, naming the host).
+#[derive(Debug)]
+pub struct LookupFailed {
+    pub host: String,
+    pub why: String,
+}
+
+impl std::fmt::Display for LookupFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let why = self.why.strip_prefix("failed to lookup address information: ").unwrap_or(&self.why);
+        write!(f, "cannot resolve host {:?}: {why}; give an IP address or a name this machine can resolve", self.host)
+    }
+}
+
+impl std::error::Error for LookupFailed {}
 
 /// Socket options a server or client may set before it binds.
 #[derive(Debug, Clone, Copy, Default)]
@@ -714,7 +732,10 @@ mod tests {
         assert_eq!(resolve("127.0.0.1", 7).unwrap(), "127.0.0.1:7".parse().unwrap());
         assert_eq!(resolve("::1", 7).unwrap(), "[::1]:7".parse().unwrap());
         assert!(resolve("localhost", 7).unwrap().is_ipv4());
-        assert!(resolve("no such host.invalid", 7).is_err());
+        let failed = resolve("no such host.invalid", 7).unwrap_err();
+        let lookup = failed.get_ref().and_then(|e| e.downcast_ref::<LookupFailed>()).unwrap();
+        assert_eq!(lookup.host, "no such host.invalid");
+        assert!(failed.to_string().contains("cannot resolve host \"no such host.invalid\""), "{failed}");
     }
 
     #[test]

@@ -4,8 +4,6 @@ loopback: the tutorial's own clients chatting across relays, and the faults of t
 from __future__ import annotations
 
 import socket
-import subprocess
-import sys
 import time
 from typing import Any, Callable, Dict, List
 

@@ -20,7 +20,7 @@ from faultproxy import FaultProxy, record_figures
 
 Address = Tuple[str, int]
 
-# The faults issue 5 names: 20% loss, 5% duplicates, 10% reordered, 50 ms delay.
+# The faults the reliability promises are measured under: 20% loss, 5% duplicates, 10% reordered, 50 ms delay.
 ISSUE_FAULTS = dict(loss=0.2, duplicate=0.05, reorder=0.1, delay=0.05)
 
 

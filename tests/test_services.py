@@ -23,7 +23,7 @@ from chatudp.services import EchoClient, EchoServer, QQPeer, TimeClient, TimeSer
 LOOPBACK = "127.0.0.1"
 MAX_DATAGRAM = 65507
 
-# Every directive the issue names, glibc's extras, and the flags and widths glibc accepts.
+# Every strftime directive, glibc's extras, and the flags and widths glibc accepts.
 DIRECTIVES = (
     "%a %A %b %B %c %d %H %I %j %m %M %p %S %U %w %W %x %X %y %Y %Z %% "
     "%e %F %T %s %z %G %g %u %V %C %D %h %n %t %R %r %k %l %P %+"

@@ -13,7 +13,7 @@ from __future__ import annotations
 from ._chat import ChatUdpClient, ChatUdpServer
 from ._core import MAX_DATAGRAM, __version__
 from .collector import Batch, Collector
-from .errors import ChatUdpError, ClosedError, NoReplyError
+from .errors import ChatUdpError, ClosedError, NoReplyError, PortError
 from .services import EchoClient, EchoServer, QQPeer, TimeClient, TimeServer
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "EchoClient",
     "EchoServer",
     "NoReplyError",
+    "PortError",
     "QQPeer",
     "TimeClient",
     "TimeServer",

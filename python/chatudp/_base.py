@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import ipaddress
 import logging
 import math
 import os
 import threading
 import time
 import weakref
-from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple, TypeVar
+from typing import Any, Callable, ClassVar, Dict, Iterable, List, Optional, Tuple, TypeVar, Union
+
+from .errors import PortError
 
 Address = Tuple[Any, ...]
 Event = Tuple[str, Address, Any]
@@ -92,6 +95,69 @@ def check_timeout(timeout: Optional[float]) -> Optional[float]:
     if math.isnan(timeout) or timeout < 0:
         raise ValueError(f"timeout must be None or a number of seconds >= 0, not {timeout!r}")
     return None if math.isinf(timeout) else float(timeout)
+
+
+def check_host(name: str, host: str) -> str:
+    """A host argument: an IP address or a name, as a str (resolved at ``start()``)."""
+    if not isinstance(host, str):
+        raise TypeError(f"{name} must be a str (an IP address or a host name), not {type(host).__name__}")
+    return host
+
+
+def check_port(name: str, port: int) -> int:
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"{name} must be an int (0-65535; 0 picks a free port), not {type(port).__name__}")
+    if not 0 <= port <= 65535:
+        raise PortError(f"{name} must be 0-65535 (0 picks a free port), not {port}")
+    return port
+
+
+def check_address(name: str, address: Any) -> Tuple[str, int]:
+    """An ``(host, port)`` pair, as ``socket.bind`` takes it (or an IPv6 4-tuple, whose flow
+    info and scope id are not used)."""
+    if isinstance(address, (str, bytes)) or not isinstance(address, (tuple, list)) or len(address) not in (2, 4):
+        raise TypeError(f"{name} must be a (host, port) tuple such as ('', 8081), not {address!r}")
+    return check_host(f"{name}[0]", address[0]), check_port(f"{name}[1]", address[1])
+
+
+def check_socket_buffer(name: str, size: Optional[int]) -> Optional[int]:
+    """``rcvbuf``/``sndbuf``: None (the default) or a size in bytes the kernel may cap."""
+    if size is None:
+        return None
+    if isinstance(size, bool) or not isinstance(size, int):
+        raise TypeError(f"{name} must be None or a size in bytes, not {type(size).__name__}")
+    if not 1 <= size <= 2**31 - 1:
+        raise ValueError(f"{name} must be None or between 1 and {2**31 - 1} bytes, not {size}")
+    return size
+
+
+def check_seconds(name: str, value: float, *, positive: bool = False) -> float:
+    """A duration in seconds."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if math.isnan(value) or (value <= 0 if positive else value < 0):
+        raise ValueError(f"{name} must be a number of seconds {'> 0' if positive else '>= 0'}, not {value!r}")
+    return value
+
+
+Network = Union[str, "ipaddress.IPv4Network", "ipaddress.IPv6Network"]
+
+
+def check_networks(name: str, networks: Union[None, Network, Iterable[Network]]) -> Optional[List[str]]:
+    """Networks such as ``"10.0.0.0/8"``, ``ipaddress`` objects or a list of them."""
+    if networks is None:
+        return None
+    items: Iterable[Any]
+    if isinstance(networks, (str, ipaddress.IPv4Network, ipaddress.IPv6Network)):
+        items = [networks]
+    else:
+        items = networks
+    try:
+        return [str(ipaddress.ip_network(net, strict=False)) for net in items]
+    except TypeError:
+        raise TypeError(f"{name} must be None, a network like '10.0.0.0/8' or a list of them, not {networks!r}") from None
+    except ValueError as e:
+        raise ValueError(f"{name}: {e} (write a network like '10.0.0.0/8' or '::1/128')") from None
 
 
 def check_bufsize(bufsize: int) -> int:

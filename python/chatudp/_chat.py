@@ -10,13 +10,27 @@ backlog, read from Rust when Python asks.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import logging
 import threading
 from typing import Any, AsyncIterator, Callable, ClassVar, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 from . import _core
-from ._base import _ROUTE_REFRESH, Address, Event, SocketThreadObject, check_bufsize, check_callback, check_count, check_timeout
+from ._base import (
+    _ROUTE_REFRESH,
+    Address,
+    Event,
+    Network,
+    SocketThreadObject,
+    check_bufsize,
+    check_callback,
+    check_count,
+    check_host,
+    check_networks,
+    check_port,
+    check_seconds,
+    check_socket_buffer,
+    check_timeout,
+)
 from .errors import ClosedError
 
 __all__ = ["ChatUdpServer", "ChatUdpClient"]
@@ -35,20 +49,7 @@ logger = logging.getLogger("chatudp")
 
 
 def _check_interval(interval: float) -> float:
-    if isinstance(interval, bool) or not isinstance(interval, (int, float)):
-        raise TypeError(f"interval must be a number of seconds, not {type(interval).__name__}")
-    if not interval > 0:
-        raise ValueError(f"interval must be > 0 seconds, not {interval!r}")
-    return interval
-
-
-def _check_port(port: int) -> int:
-    if isinstance(port, bool) or not isinstance(port, int):
-        raise TypeError(f"port must be an int, not {type(port).__name__}")
-    if not 0 <= port <= 65535:
-        # OverflowError, as socket.bind raises it for the same mistake.
-        raise OverflowError(f"port must be 0-65535, not {port}")
-    return port
+    return check_seconds("interval", interval, positive=True)
 
 
 def _check_rate(rate: Optional[Tuple[float, float]]) -> Optional[Tuple[float, float]]:
@@ -291,7 +292,7 @@ class ChatUdpServer(_Endpoint):
         drop_unreachable: bool = True,
         max_clients: int = DEFAULT_MAX_CLIENTS,
         rate: Optional[Tuple[float, float]] = None,
-        allow: Optional[Iterable[Union[str, "ipaddress.IPv4Network", "ipaddress.IPv6Network"]]] = None,
+        allow: Union[None, Network, Iterable[Network]] = None,
         validate: bool = False,
         secret: Optional[bytes] = None,
         queue_size: int = _DEFAULT_QUEUE_SIZE,
@@ -312,9 +313,9 @@ class ChatUdpServer(_Endpoint):
             raise TypeError(f"workers must be an int, not {type(workers).__name__}")
         if not 1 <= workers <= 256:
             raise ValueError(f"workers must be between 1 and 256 (socket threads on the port), not {workers!r}")
-        if expiry_grace is not None and not expiry_grace >= 0:
-            raise ValueError(f"expiry_grace must be None or >= 0 seconds, not {expiry_grace!r}")
-        self.addr: Address = (ip, _check_port(port))
+        if expiry_grace is not None:
+            check_seconds("expiry_grace", expiry_grace)
+        self.addr: Address = (check_host("ip", ip), check_port("port", port))
         self._peer_callbacks: Dict[str, Optional[Callable[..., object]]] = {
             "join": on_join,
             "leave": on_leave,
@@ -326,11 +327,11 @@ class ChatUdpServer(_Endpoint):
             "drop_unreachable": bool(drop_unreachable),
             "max_clients": max_clients,
             "rate": _check_rate(rate),
-            "allow": None if allow is None else [str(ipaddress.ip_network(net, strict=False)) for net in allow],
+            "allow": check_networks("allow", allow),
             "validate": bool(validate),
             "secret": _check_secret(secret),
-            "rcvbuf": rcvbuf,
-            "sndbuf": sndbuf,
+            "rcvbuf": check_socket_buffer("rcvbuf", rcvbuf),
+            "sndbuf": check_socket_buffer("sndbuf", sndbuf),
             "workers": workers,
             **_check_bus(bus, room),
         }
@@ -464,12 +465,12 @@ class ChatUdpClient(_Endpoint):
         check_callback("on_message", on_message)
         if not isinstance(announce, bool):
             raise TypeError(f"announce must be a bool, not {type(announce).__name__}")
-        self.raddr: Address = (rip, _check_port(rport))
+        self.raddr: Address = (check_host("rip", rip), check_port("rport", rport))
         self.on_message = on_message
         self.addr: Optional[Address] = None
         self._options: Dict[str, Any] = {
-            "rcvbuf": rcvbuf,
-            "sndbuf": sndbuf,
+            "rcvbuf": check_socket_buffer("rcvbuf", rcvbuf),
+            "sndbuf": check_socket_buffer("sndbuf", sndbuf),
             "secret": _check_secret(secret),
             "announce": announce,
         }

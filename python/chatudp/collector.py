@@ -14,7 +14,16 @@ import time
 from typing import Any, AsyncIterator, Callable, Dict, Iterator, List, Optional, Tuple
 
 from . import _core
-from ._base import Address, SocketThreadObject, check_bufsize, check_callback, check_count
+from ._base import (
+    Address,
+    SocketThreadObject,
+    check_bufsize,
+    check_callback,
+    check_count,
+    check_host,
+    check_port,
+    check_socket_buffer,
+)
 from .errors import ClosedError
 
 __all__ = ["Batch", "Collector"]
@@ -99,9 +108,7 @@ class Collector(SocketThreadObject):
         max_sources: int = 65536,
     ) -> None:
         super().__init__()
-        if not isinstance(ip, str):
-            raise TypeError(f"ip must be a str, not {type(ip).__name__}")
-        self.addr: Address = (ip, _check_int("port", port, 0, 65535))
+        self.addr: Address = (check_host("ip", ip), check_port("port", port))
         self.bufsize = check_bufsize(bufsize)
         self.batch = _check_int("batch", batch, 1, 1_000_000)
         self.flush = _check_number("flush", flush, 0, 3600)
@@ -115,9 +122,7 @@ class Collector(SocketThreadObject):
         self.format = format
         check_callback("on_batch", on_batch)
         self.on_batch = on_batch
-        if rcvbuf is not None:
-            _check_int("rcvbuf", rcvbuf, 1, 1 << 31)
-        self._rcvbuf = rcvbuf
+        self._rcvbuf = check_socket_buffer("rcvbuf", rcvbuf)
         self._queue_size = check_count("queue_size", queue_size)
         self._max_sources = check_count("max_sources", max_sources)
 

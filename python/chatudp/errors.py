@@ -7,7 +7,7 @@ add a package base class where chatudp has something of its own to say.
 
 from __future__ import annotations
 
-__all__ = ["ChatUdpError", "ClosedError", "NoReplyError"]
+__all__ = ["ChatUdpError", "ClosedError", "NoReplyError", "PortError"]
 
 
 class ChatUdpError(Exception):
@@ -36,3 +36,12 @@ class NoReplyError(ChatUdpError, TimeoutError):
     def __init__(self, *args: object, refused: bool = False) -> None:
         super().__init__(*args)
         self.refused = refused
+
+
+class PortError(ChatUdpError, ValueError, OverflowError):
+    """A port outside 0-65535.
+
+    A ``ValueError`` like every other bad argument, and an ``OverflowError`` because that is
+    what ``socket.bind`` raises for the same mistake, so the tutorial's ``except OverflowError``
+    keeps working.
+    """

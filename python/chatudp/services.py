@@ -12,7 +12,19 @@ import logging
 from typing import Any, Callable, ClassVar, Dict, Optional, Tuple, TypeVar, Union
 
 from . import _core
-from ._base import MAX_DATAGRAM, Address, SocketThreadObject, check_bufsize, check_callback, check_count
+from ._base import (
+    MAX_DATAGRAM,
+    Address,
+    SocketThreadObject,
+    check_address,
+    check_bufsize,
+    check_callback,
+    check_count,
+    check_host,
+    check_port,
+    check_seconds,
+    check_socket_buffer,
+)
 from .errors import NoReplyError
 
 __all__ = ["EchoServer", "TimeServer", "EchoClient", "TimeClient", "QQPeer"]
@@ -25,14 +37,6 @@ _DEFAULT_QUEUE_SIZE = 65536
 _log = logging.getLogger("chatudp.services")
 
 _C = TypeVar("_C", bound="_RequestClient")
-
-def _check_seconds(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    if not value >= 0:
-        raise ValueError(f"{name} must be >= 0 seconds, not {value!r}")
-    return float(value)
-
 
 def _check_retries(retries: int) -> int:
     if isinstance(retries, bool) or not isinstance(retries, int):
@@ -76,9 +80,9 @@ class _Service(SocketThreadObject):
             raise TypeError(f"validate must be True or False, not {type(validate).__name__}")
         self.validate = validate
         self._queue_size = check_count("queue_size", queue_size, _core.MAX_QUEUE)
-        self.addr: Address = (ip, port)
+        self.addr: Address = (check_host("ip", ip), check_port("port", port))
         self.on_request = on_request
-        self._options = {"rcvbuf": rcvbuf, "sndbuf": sndbuf}
+        self._options = {"rcvbuf": check_socket_buffer("rcvbuf", rcvbuf), "sndbuf": check_socket_buffer("sndbuf", sndbuf)}
 
     def _open(self) -> Any:
         ip, port = self.addr[0], self.addr[1]
@@ -165,10 +169,11 @@ class _RequestClient:
         rcvbuf: Optional[int] = None,
         sndbuf: Optional[int] = None,
     ) -> None:
-        self.timeout = _check_seconds("timeout", timeout)
+        self.timeout = check_seconds("timeout", timeout)
         self.retries = _check_retries(retries)
         self.bufsize = check_bufsize(bufsize)
-        self.raddr: Address = (rip, rport)
+        self.raddr: Address = (check_host("rip", rip), check_port("rport", rport))
+        rcvbuf, sndbuf = check_socket_buffer("rcvbuf", rcvbuf), check_socket_buffer("sndbuf", sndbuf)
         self._peer, self._remote = _core.Peer.for_remote(rip, rport, bufsize=bufsize, rcvbuf=rcvbuf, sndbuf=sndbuf)
         self.addr: Address = self._peer.local_addr()
 
@@ -262,17 +267,19 @@ class QQPeer:
         sndbuf: Optional[int] = None,
     ) -> None:
         self.bufsize = check_bufsize(bufsize)
-        host, port = bind[0], bind[1]
+        host, port = check_address("bind", bind)
+        rcvbuf, sndbuf = check_socket_buffer("rcvbuf", rcvbuf), check_socket_buffer("sndbuf", sndbuf)
         self._peer = _core.Peer(host, port, bufsize=bufsize, rcvbuf=rcvbuf, sndbuf=sndbuf)
         self.addr: Address = self._peer.local_addr()
 
     def sendto(self, data: BytesLike, addr: Address) -> None:
         """Send one datagram to ``addr`` (``(host, port)``)."""
-        self._peer.send_to(_as_bytes("sendto()", data), addr[0], addr[1])
+        host, port = check_address("addr", addr)
+        self._peer.send_to(_as_bytes("sendto()", data), host, port)
 
     def recvfrom(self, timeout: Optional[float] = None) -> Tuple[bytes, Address]:
         """The next datagram and its sender; ``TimeoutError`` after ``timeout`` seconds."""
-        got = self._peer.recv_from(None if timeout is None else _check_seconds("timeout", timeout))
+        got = self._peer.recv_from(None if timeout is None else check_seconds("timeout", timeout))
         if got is None:
             raise TimeoutError("timed out")
         data: bytes = got[0]

@@ -51,6 +51,9 @@ impl From<PyChatError> for PyErr {
 /// `OSError(errno, strerror)`, which Python turns into the matching subclass
 /// (`ConnectionRefusedError`, ...) with `.errno` set, as the socket module raises it.
 fn os_error(error: &std::io::Error) -> PyErr {
+    if let Some(lookup) = error.get_ref().and_then(|e| e.downcast_ref::<crate::net::LookupFailed>()) {
+        return lookup_error(lookup);
+    }
     match error.raw_os_error() {
         Some(errno) => {
             let text = error.to_string();
@@ -59,6 +62,21 @@ fn os_error(error: &std::io::Error) -> PyErr {
         }
         None => PyOSError::new_err(error.to_string()),
     }
+}
+
+/// `socket.gaierror(EAI_NONAME, ...)`, as `socket.getaddrinfo` raises it, naming the host.
+fn lookup_error(lookup: &crate::net::LookupFailed) -> PyErr {
+    Python::attach(|py| {
+        let socket = match py.import("socket") {
+            Ok(socket) => socket,
+            Err(e) => return e,
+        };
+        let errno = socket.getattr("EAI_NONAME").and_then(|v| v.extract::<i32>()).unwrap_or(-2);
+        match socket.getattr("gaierror").and_then(|cls| cls.call1((errno, lookup.to_string()))) {
+            Ok(instance) => PyErr::from_value(instance),
+            Err(e) => e,
+        }
+    })
 }
 
 fn address<'py>(py: Python<'py>, addr: &SocketAddr) -> PyResult<Bound<'py, PyTuple>> {
