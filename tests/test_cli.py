@@ -933,6 +933,32 @@ def test_chat_server_readline_logs_above_the_typed_line(pty_chat: Callable[..., 
     assert peer.recv(10)[0] == b"Bye!"
 
 
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("mode", ["prompt_toolkit", "no prompt_toolkit"])
+def test_chat_client_on_a_terminal_exits_0_when_the_server_says_bye(pty_chat: Callable[..., PtyChat], mode: str) -> None:
+    from chatudp import ChatUdpServer
+
+    if mode == "prompt_toolkit":
+        needs_prompt_toolkit()
+    joined: List[Tuple[str, int]] = []
+    server = ChatUdpServer(LOOPBACK, 0, 10, on_join=lambda addr: joined.append(tuple(addr)))
+    server.start()
+    try:
+        chat = pty_chat("client", "--port", str(server.addr[1]), mode=mode)
+        chat.deadline += 15
+        chat.expect(">>")
+        wait_for(lambda: joined, 10, "the client's announce")
+        chat.type("half typed")
+        typed = chat.expect("half typed")
+        server.stop()  # Bye! to every client
+        chat.expect("stopped (it said Bye!); exiting", typed)
+        status, err = chat.finish()
+        assert status == 0, err
+        assert "Traceback" not in err
+    finally:
+        server.stop()
+
+
 @pytest.mark.timeout(10)
 def test_chat_client_prompt_toolkit_ctrl_c_sends_quit_and_exits_0(pty_chat: Callable[..., PtyChat]) -> None:
     from chatudp import ChatUdpServer

@@ -117,7 +117,8 @@ class ServerWatch:
                 return
             self.bye = True
             out(f"the server at {self.where} stopped (it said Bye!); exiting")
-            end_main_thread()
+            if self._thread.is_alive():  # the main thread is in its input loop by now
+                end_main_thread()
 
     def start(self, client: Any) -> None:
         self.client = client
