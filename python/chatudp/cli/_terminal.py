@@ -202,7 +202,8 @@ class ReadlineInput:
     line typed so far (``readline.get_line_buffer()``), so a message never lands inside a
     half-typed line. This keeps the default install free of dependencies; prompt_toolkit (the
     ``cli`` extra) does the same more thoroughly (a cursor moved left within the line is put
-    back at its end here).
+    back at its end here). readline acts on a signal only while it waits for a key: a Ctrl-C
+    that lands in between is seen at the next key or signal.
     """
 
     _CLEAR = "\r\x1b[K"

@@ -115,10 +115,8 @@ class ServerWatch:
             if self.stay:
                 out(f"the server at {self.where} stopped (it said Bye!); waiting for it to come back (--stay)")
                 return
-            self.bye = True
             out(f"the server at {self.where} stopped (it said Bye!); exiting")
-            if self._thread.is_alive():  # the main thread is in its input loop by now
-                end_main_thread()
+            self.bye = True  # the watch thread ends the main thread's input loop
 
     def start(self, client: Any) -> None:
         self.client = client
@@ -134,6 +132,11 @@ class ServerWatch:
         reports = sent = received = 0
         quiet_since: Optional[float] = None
         while not self._stop.wait(self.POLL):
+            if self.bye:
+                # Until the main thread has left its input loop (then `close` stops this thread):
+                # readline sees a signal only while it waits, so one sent just before is repeated.
+                end_main_thread()
+                continue
             try:
                 stats = self.client.stats
             except Exception:
