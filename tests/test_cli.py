@@ -325,6 +325,20 @@ def busy_port() -> Iterator[int]:
         sock.close()
 
 
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback UDP port where nothing listens, held for the whole test so no other socket can
+    take it: a socket bound there but connected elsewhere gets none of the datagrams sent to it,
+    and the kernel answers them with ICMP port unreachable, as for a closed port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((LOOPBACK, 0))
+    sock.connect((LOOPBACK, 9))
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
 def services() -> None:
     pytest.importorskip("chatudp.services")
 
@@ -599,10 +613,8 @@ def test_chat_client_announces_itself_at_start(cli: Callable[..., Cli], udp: Cal
     assert client.finish() == 0
 
 
-def test_chat_client_says_once_that_the_server_is_unreachable(cli: Callable[..., Cli]) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        closed = probe.getsockname()[1]  # nothing listens there once the probe is closed
+def test_chat_client_says_once_that_the_server_is_unreachable(cli: Callable[..., Cli], closed_port: int) -> None:
+    closed = closed_port
     client = cli("client", "--port", str(closed), "--interval", "0.1")
     client.expect_err(f"chatudp: server 127.0.0.1:{closed} unreachable: the network reports its port closed")
     for line in ("one", "two", "three"):
@@ -1089,17 +1101,15 @@ def test_echo_client_prints_answers_and_survives_a_lost_reply(
     assert_clean(client)
 
 
-def test_echo_client_says_refused_when_the_port_is_closed(cli: Callable[..., Cli]) -> None:
+def test_echo_client_says_refused_when_the_port_is_closed(cli: Callable[..., Cli], closed_port: int) -> None:
     services()
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind((LOOPBACK, 0))
-        closed = probe.getsockname()[1]
+    closed = closed_port
     client = cli("echo-client", "--port", str(closed), "--timeout", "0.2", "--retries", "0")
     client.write("hello\n")
-    err = client.expect_err(f"no reply from 127.0.0.1:{closed}")
+    client.expect_err(f"no reply from 127.0.0.1:{closed}")
     client.end_input()
     assert client.finish() == 0
-    assert "refused, the network reports its port closed" in client.err and "lost" not in client.err, err
+    assert "refused, the network reports its port closed" in client.err and "lost" not in client.err, client.err
     assert_clean(client)
 
 

@@ -464,14 +464,17 @@ def test_clients_give_up_after_retries(std_server: Any, cls: Any) -> None:
 
 @pytest.mark.parametrize("cls", [EchoClient, TimeClient])
 def test_a_closed_port_is_reported_refused_not_lost(cls: Any) -> None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        closed = probe.getsockname()[1]  # nothing listens there once the probe is closed
-    with cls("127.0.0.1", closed, timeout=0.1, retries=1) as client:
-        with pytest.raises(NoReplyError, match="refused, the network reports its port closed") as info:
-            client.request("anyone?")
-        assert info.value.refused
-        assert client.stats["refused"] == 2 and client.stats["send_errors"] == 0
+    # Bound (so no other socket takes the port) but connected elsewhere: the datagrams sent to
+    # it are answered with ICMP port unreachable, as for a closed port.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as hold:
+        hold.bind(("127.0.0.1", 0))
+        hold.connect(("127.0.0.1", 9))
+        closed = hold.getsockname()[1]
+        with cls("127.0.0.1", closed, timeout=0.1, retries=1) as client:
+            with pytest.raises(NoReplyError, match="refused, the network reports its port closed") as info:
+                client.request("anyone?")
+            assert info.value.refused
+            assert client.stats["refused"] == 2 and client.stats["send_errors"] == 0
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     silent.bind(("127.0.0.1", 0))
     try:

@@ -54,17 +54,15 @@ def cmd_server(args: argparse.Namespace) -> int:
             on_leave=_show_peer("left:"),
             **options,
         )
-        # A message still logs the tutorial's two lines (data, then address).
-        return started(server)
+        return started(server)  # a message still logs the tutorial's two lines: data, then address
 
     server = open_endpoint("bind", args.ip, args.port, make)
     where = hostport(*server.addr[:2])
     bus = f"; room {options['room']} on the bus {', '.join(options['bus'])}" if options else ""
-    interactive = not args.no_input
     try:
-        if not interactive:
+        if args.no_input:
             out(f"chat server on {where}{bus}; no input: Ctrl-C or SIGTERM stops it")
-            wait_for_signal()
+            wait_for_signal(server.event)
         else:
             out(f"chat server on {where}{bus}; type quit to stop, any other line shows the clients")
             serve_commands(server)
@@ -82,7 +80,7 @@ def serve_commands(server: Any) -> None:
             if cmd is None:
                 if not is_tty(sys.stdin):
                     out("end of input: serving on until Ctrl-C or SIGTERM")
-                    wait_for_signal()
+                    wait_for_signal(server.event)
                 break
             if cmd == "quit":
                 break
@@ -106,7 +104,6 @@ class ServerWatch:
         self.bye = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="chatudp-watch", daemon=True)
-        self._received = 0
 
     def message(self, data: bytes, addr: Address) -> None:
         """The client's ``on_message``: the tutorial's log line, and the server's ``Bye!``."""
