@@ -1399,6 +1399,26 @@ def test_server_with_bus_relays_across_a_real_nats_server(
         assert_clean(child)
 
 
+def test_server_with_bus_takes_a_cluster_serves_while_the_broker_is_down_and_hides_passwords(
+    cli: Callable[..., Cli], udp: Callable[[], Udp]
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        down = probe.getsockname()[1]  # no broker there
+    urls = f"nats://relay:s3cret@127.0.0.1:{down},nats://127.0.0.1:{down}"
+    server = cli("server", "--port", "0", "--bus", urls, "--no-input")
+    ip, port = server.bound()
+    assert f"room chatudp on the bus nats://relay:***@127.0.0.1:{down}, nats://127.0.0.1:{down};" in server.out
+    assert "s3cret" not in server.out
+    peer = udp()
+    assert peer.request(b"local", (ip, port)).startswith(b"Ack b'LOCAL'")  # local chat goes on
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.finish() == 0
+    assert time.monotonic() - started < 10
+    assert_clean(server)
+
+
 def test_demo_with_bus_shows_two_relays_chatting(nats_server: Any) -> None:
     completed = run(("demo", "--seconds", "0.5", "--bus", nats_server.url), timeout=60)
     out, err = text(completed)

@@ -210,3 +210,13 @@ def bus_options(args: argparse.Namespace, room: str = "chatudp") -> Dict[str, An
         return _check_bus(urls, room)
     except (TypeError, ValueError) as exc:
         raise Fatal(f"bad --bus {args.bus!r}: {exc}") from None
+
+
+def shown_url(url: str) -> str:
+    """A bus URL as it may be printed: a password (or token) in it replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}" if user and colon else f"{scheme}://***@{host}"

@@ -22,6 +22,7 @@ from ._args import (
     hostport,
     interval_seconds,
     open_endpoint,
+    shown_url,
     started,
 )
 from ._terminal import chat_input, cleanup, end_main_thread, err, is_tty, out, setup_logging, wait_for_signal
@@ -58,7 +59,7 @@ def cmd_server(args: argparse.Namespace) -> int:
 
     server = open_endpoint("bind", args.ip, args.port, make)
     where = hostport(*server.addr[:2])
-    bus = f"; room {options['room']} on the bus {', '.join(options['bus'])}" if options else ""
+    bus = f"; room {options['room']} on the bus {', '.join(map(shown_url, options['bus']))}" if options else ""
     try:
         if args.no_input:
             out(f"chat server on {where}{bus}; no input: Ctrl-C or SIGTERM stops it")

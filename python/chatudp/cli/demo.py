@@ -7,7 +7,7 @@ import queue
 import time
 from typing import Any, Callable, Dict, List, Tuple
 
-from ._args import EXIT_OK, Address, Fatal, add_bus, add_program, bus_options, hostport, open_endpoint, seconds, started
+from ._args import EXIT_OK, Address, Fatal, add_bus, add_program, bus_options, hostport, open_endpoint, seconds, shown_url, started
 from ._terminal import cleanup, out, stats_line
 
 DEMO_NAMES = ("alice", "bob", "carol")
@@ -66,7 +66,7 @@ class Demo:
         """With a bus: waits until the relays see each other through the broker."""
         if not self.bus:
             return
-        urls = ", ".join(self.bus["bus"])
+        urls = ", ".join(map(shown_url, self.bus["bus"]))
         out(f"relays A and B meet on the bus {urls}, room {self.bus['room']}")
         deadline = time.monotonic() + timeout
         while not all(server.peers for _, server in self.servers):
