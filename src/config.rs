@@ -14,6 +14,11 @@ use crate::limits::{Network, Rate};
 use crate::net::SocketOptions;
 pub use crate::protocol::{DEFAULT_BUFSIZE, MAX_DATAGRAM};
 
+/// The tutorial's defaults: its chat server listens on 127.0.0.1:9999, clients heartbeat every
+/// 10 seconds (`i64` for the port, as Python hands it over before it is checked).
+pub const DEFAULT_HOST: &str = "127.0.0.1";
+pub const DEFAULT_CHAT_PORT: i64 = 9999;
+pub const DEFAULT_INTERVAL: f64 = 10.0;
 /// Events (or messages) that may wait for a consumer before new ones are dropped and counted.
 pub const DEFAULT_QUEUE_SIZE: usize = 65_536;
 /// Messages kept for the pull consumers (`recv_message`, iteration, `arecv`).

@@ -29,7 +29,8 @@ fn as_v6_bits(ip: IpAddr) -> u128 {
 
 impl Network {
     pub fn parse(text: &str) -> Result<Network> {
-        let invalid = || ChatError::InvalidArgument(format!("{text:?} is not a network like '10.0.0.0/8' or '::1'"));
+        let invalid =
+            || crate::config::invalid("allow", "networks like '10.0.0.0/8' or '::1/128'", format!("{text:?}"));
         let (addr, prefix) = match text.split_once('/') {
             Some((addr, prefix)) => (addr, Some(prefix)),
             None => (text, None),

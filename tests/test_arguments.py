@@ -4,11 +4,13 @@ OverflowError socket.bind raises); a host that does not resolve is a socket.gaie
 
 from __future__ import annotations
 
+import inspect
 import socket
-from typing import Any, Callable, Dict, Type
+from typing import Any, Callable, Dict, Set, Type
 
 import pytest
 
+from chatudp import _core
 from chatudp import (
     ChatUdpClient,
     ChatUdpServer,
@@ -61,12 +63,12 @@ def test_a_bind_address_must_be_a_host_and_a_port() -> None:
 
 @pytest.mark.parametrize("name", sorted(SERVERS))
 def test_a_host_that_is_not_a_str_names_ip(name: str) -> None:
-    refused(lambda: SERVERS[name](None, 0), TypeError, "ip must be a str")
+    refused(lambda: SERVERS[name](None, 0), TypeError, "ip", "str")
 
 
 @pytest.mark.parametrize("name", sorted(CLIENTS))
 def test_a_remote_host_that_is_not_a_str_names_rip(name: str) -> None:
-    refused(lambda: CLIENTS[name](5, 9), TypeError, "rip must be a str")
+    refused(lambda: CLIENTS[name](5, 9), TypeError, "rip", "str")
 
 
 @pytest.mark.parametrize("name", sorted(EVERY_CLASS))
@@ -84,7 +86,7 @@ def test_server_durations_and_networks_name_their_parameter() -> None:
     refused(lambda: ChatUdpServer(expiry_grace=-1), ValueError, "expiry_grace", ">= 0")
     refused(lambda: ChatUdpServer(interval=0), ValueError, "interval", "> 0")
     refused(lambda: ChatUdpServer(interval=float("nan")), ValueError, "interval")
-    refused(lambda: ChatUdpServer(allow=["10.0.0.0/8", "x"]), ValueError, "allow", "'x'")
+    refused(lambda: ChatUdpServer(allow=["10.0.0.0/8", "x"]), ValueError, "allow", '"x"')
     refused(lambda: ChatUdpServer(allow=5), TypeError, "allow")  # type: ignore[arg-type]
 
 
@@ -115,3 +117,37 @@ def test_allow_takes_one_network_as_a_string() -> None:
 def test_a_host_that_does_not_resolve_is_a_gaierror_naming_it(start: Callable[[str], Any], host: str) -> None:
     error = refused(lambda: start(host), socket.gaierror, host)
     assert isinstance(error, OSError) and error.errno is not None
+
+
+@pytest.mark.parametrize(
+    "cls, config, callbacks",
+    [
+        (ChatUdpServer, _core.ServerConfig, {"on_message", "on_join", "on_leave", "on_reject"}),
+        (ChatUdpClient, _core.ClientConfig, {"on_message"}),
+    ],
+)
+def test_the_python_signature_is_the_core_config(cls: Any, config: Any, callbacks: Set[str]) -> None:
+    """Every setting is spelled once, in the core's config: the Python class takes the same
+    parameters (plus its callbacks), with the same defaults, so none can drift."""
+    python = dict(inspect.signature(cls.__init__).parameters)
+    python.pop("self")
+    core = inspect.signature(config).parameters
+    assert list(core) == [name for name in python if name not in callbacks]
+    for name, parameter in core.items():
+        assert python[name].kind == parameter.kind, name
+        if parameter.default not in (Ellipsis, None):  # None: the DEFAULT_* constant, below
+            assert python[name].default == parameter.default, name
+    first, second = list(python)[:2]  # ip, port (rip, rport on the client)
+    defaults = {
+        first: _core.DEFAULT_HOST,
+        second: _core.DEFAULT_CHAT_PORT,
+        "interval": _core.DEFAULT_INTERVAL,
+        "bufsize": _core.DEFAULT_BUFSIZE,
+        "queue_size": _core.DEFAULT_QUEUE_SIZE,
+        "backlog": _core.DEFAULT_BACKLOG,
+    }
+    for name, value in defaults.items():
+        assert python[name].default == value, name
+    if cls is ChatUdpServer:
+        assert python["max_clients"].default == _core.DEFAULT_MAX_CLIENTS
+        assert python["workers"].default == 1

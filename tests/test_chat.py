@@ -143,7 +143,7 @@ def test_announce_joins_at_start_and_the_default_waits_one_interval(stopper: Any
     wait_for(lambda: loud.addr in srv.clients, what="the first heartbeat, sent at start")
     assert quiet.addr not in srv.clients
     assert srv.stats["heartbeats"] == 1
-    with pytest.raises(TypeError, match="announce must be a bool"):
+    with pytest.raises(TypeError, match="announce"):
         ChatUdpClient(announce="yes")  # type: ignore[arg-type]
 
 

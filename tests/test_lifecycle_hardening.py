@@ -64,9 +64,9 @@ def test_bounds_that_cannot_be_honoured_are_value_errors() -> None:
         with pytest.raises(ValueError, match="must be"):
             ChatUdpServer(port=0, **kwargs)
     with pytest.raises(ValueError, match="queue_size must be"):
-        _core.Server(LOOPBACK, 0, 1.0, queue_size=2**62)
+        _core.ServerConfig(LOOPBACK, 0, 1.0, queue_size=2**62)
     with pytest.raises(ValueError, match="backlog must be"):
-        _core.Client(LOOPBACK, 9, 1.0, backlog=2**62)
+        _core.ClientConfig(LOOPBACK, 9, 1.0, backlog=2**62)
     # The largest bound is honoured: nothing is allocated for it.
     before = rss_kib()
     with ChatUdpServer(port=0, queue_size=_core.MAX_QUEUE, backlog=_core.MAX_QUEUE) as srv:
@@ -128,7 +128,7 @@ def os_thread_names() -> List[str]:
 def test_start_returns_once_the_socket_thread_runs() -> None:
     # Before: the new thread named itself some time after start() returned.
     for _ in range(30):
-        core = _core.Server(LOOPBACK, 0, 10.0)
+        core = _core.Server(_core.ServerConfig(LOOPBACK, 0, 10.0))
         try:
             assert "chatudp-server" in os_thread_names()
         finally:

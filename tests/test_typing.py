@@ -133,7 +133,7 @@ def stub_typeddict_keys() -> Dict[str, Set[str]]:
 
 @pytest.fixture
 def server() -> Iterator[_core.Server]:
-    srv = _core.Server("127.0.0.1", 0, 10.0)
+    srv = _core.Server(_core.ServerConfig("127.0.0.1", 0, 10.0))
     yield srv
     srv.stop()
 
@@ -142,7 +142,7 @@ def test_chat_stats_keys_match_the_stub(server: _core.Server) -> None:
     # "bus" is there only on a server started with bus= (checked in test_bus.py).
     expected = stub_typeddict_keys()["_ChatStats"] - {"bus"}
     host, port = server.local_addr()[:2]
-    client = _core.Client(host, port, 10.0)
+    client = _core.Client(_core.ClientConfig(host, port, 10.0))
     try:
         assert set(server.stats()) == expected
         assert set(client.stats()) == expected
@@ -153,7 +153,7 @@ def test_chat_stats_keys_match_the_stub(server: _core.Server) -> None:
 @pytest.mark.parametrize("kind", [_core.EchoServer, _core.TimeServer])
 def test_service_stats_keys_match_the_stub(kind: type) -> None:
     expected = stub_typeddict_keys()["_ServiceStats"]
-    srv = kind("127.0.0.1", 0)
+    srv = kind(_core.ServiceConfig("127.0.0.1", 0))
     try:
         assert set(srv.stats()) == expected
     finally:
@@ -161,7 +161,7 @@ def test_service_stats_keys_match_the_stub(kind: type) -> None:
 
 
 def test_peer_stats_are_ints() -> None:
-    peer = _core.Peer("127.0.0.1", 0)
+    peer = _core.Peer(_core.PeerConfig.bound(("127.0.0.1", 0)))
     try:
         stats = peer.stats()
         assert stats and all(type(value) is int for value in stats.values()), stats
@@ -172,7 +172,7 @@ def test_peer_stats_are_ints() -> None:
 
 def test_event_tuples_match_the_stub(server: _core.Server) -> None:
     host, port = server.local_addr()[:2]
-    client = _core.Client(host, port, 10.0)
+    client = _core.Client(_core.ClientConfig(host, port, 10.0))
     try:
         client.send(b"typed")
         got: List[Tuple[object, ...]] = []

@@ -13,7 +13,7 @@ import os
 import threading
 import time
 import weakref
-from typing import Any, Callable, ClassVar, Dict, Iterable, List, Optional, Tuple, TypeVar, Union
+from typing import Any, Callable, ClassVar, Dict, List, Optional, Tuple, TypeVar, Union
 
 from .errors import PortError
 
@@ -112,14 +112,6 @@ def check_port(name: str, port: int) -> int:
     return port
 
 
-def check_address(name: str, address: Any) -> Tuple[str, int]:
-    """An ``(host, port)`` pair, as ``socket.bind`` takes it (or an IPv6 4-tuple, whose flow
-    info and scope id are not used)."""
-    if isinstance(address, (str, bytes)) or not isinstance(address, (tuple, list)) or len(address) not in (2, 4):
-        raise TypeError(f"{name} must be a (host, port) tuple such as ('', 8081), not {address!r}")
-    return check_host(f"{name}[0]", address[0]), check_port(f"{name}[1]", address[1])
-
-
 def check_socket_buffer(name: str, size: Optional[int]) -> Optional[int]:
     """``rcvbuf``/``sndbuf``: None (the default) or a size in bytes the kernel may cap."""
     if size is None:
@@ -131,33 +123,7 @@ def check_socket_buffer(name: str, size: Optional[int]) -> Optional[int]:
     return size
 
 
-def check_seconds(name: str, value: float, *, positive: bool = False) -> float:
-    """A duration in seconds."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
-    if math.isnan(value) or (value <= 0 if positive else value < 0):
-        raise ValueError(f"{name} must be a number of seconds {'> 0' if positive else '>= 0'}, not {value!r}")
-    return value
-
-
 Network = Union[str, "ipaddress.IPv4Network", "ipaddress.IPv6Network"]
-
-
-def check_networks(name: str, networks: Union[None, Network, Iterable[Network]]) -> Optional[List[str]]:
-    """Networks such as ``"10.0.0.0/8"``, ``ipaddress`` objects or a list of them."""
-    if networks is None:
-        return None
-    items: Iterable[Any]
-    if isinstance(networks, (str, ipaddress.IPv4Network, ipaddress.IPv6Network)):
-        items = [networks]
-    else:
-        items = networks
-    try:
-        return [str(ipaddress.ip_network(net, strict=False)) for net in items]
-    except TypeError:
-        raise TypeError(f"{name} must be None, a network like '10.0.0.0/8' or a list of them, not {networks!r}") from None
-    except ValueError as e:
-        raise ValueError(f"{name}: {e} (write a network like '10.0.0.0/8' or '::1/128')") from None
 
 
 def check_bufsize(bufsize: int) -> int:

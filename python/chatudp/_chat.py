@@ -21,14 +21,7 @@ from ._base import (
     Event,
     Network,
     SocketThreadObject,
-    check_bufsize,
     check_callback,
-    check_count,
-    check_host,
-    check_networks,
-    check_port,
-    check_seconds,
-    check_socket_buffer,
     check_timeout,
 )
 from .errors import ClosedError
@@ -41,50 +34,11 @@ LeaveCallback = Callable[[Address, str], object]
 
 Message = Tuple[bytes, Address]
 
-_DEFAULT_QUEUE_SIZE = 65536
-_DEFAULT_BACKLOG = 1024
-DEFAULT_MAX_CLIENTS = 1 << 20
+_DEFAULT_QUEUE_SIZE: int = _core.DEFAULT_QUEUE_SIZE
+_DEFAULT_BACKLOG: int = _core.DEFAULT_BACKLOG
+DEFAULT_MAX_CLIENTS: int = _core.DEFAULT_MAX_CLIENTS
 
 logger = logging.getLogger("chatudp")
-
-
-def _check_interval(interval: float) -> float:
-    return check_seconds("interval", interval, positive=True)
-
-
-def _check_rate(rate: Optional[Tuple[float, float]]) -> Optional[Tuple[float, float]]:
-    if rate is None:
-        return None
-    try:
-        per_second, burst = rate
-        checked = (float(per_second), float(burst))
-    except (TypeError, ValueError):
-        raise TypeError(f"rate must be None or (messages_per_second, burst), not {rate!r}") from None
-    if not (checked[0] > 0 and checked[1] >= 1):
-        raise ValueError(f"rate must be (messages per second > 0, burst >= 1), not {rate!r}")
-    return checked
-
-
-def _check_secret(secret: Optional[bytes]) -> Optional[bytes]:
-    if secret is None:
-        return None
-    if isinstance(secret, str) or not isinstance(secret, (bytes, bytearray, memoryview)):
-        raise TypeError(f"secret must be bytes (e.g. os.urandom(32)), not {type(secret).__name__}")
-    if len(secret) < 16:
-        raise ValueError("secret must be at least 16 bytes long; use os.urandom(32)")
-    return bytes(secret)
-
-
-def _check_bus(bus: Union[None, str, Sequence[str]], room: str) -> Dict[str, Any]:
-    if bus is None:
-        return {}
-    urls = [bus] if isinstance(bus, str) else list(bus)
-    if not all(isinstance(url, str) for url in urls):
-        raise TypeError(f"bus must be a URL string or a list of URL strings, not {bus!r}")
-    if not isinstance(room, str):
-        raise TypeError(f"room must be a str, not {type(room).__name__}")
-    _core.check_bus(urls, room)
-    return {"bus": urls, "room": room}
 
 
 def _resolve(future: "asyncio.Future[None]") -> None:
@@ -100,14 +54,15 @@ class _Endpoint(SocketThreadObject):
     _logs_address: ClassVar[bool] = False
     _route_refresh = _ROUTE_REFRESH
 
-    def __init__(self, interval: float, bufsize: int, queue_size: int, backlog: int) -> None:
+    def __init__(self, config: Any, interval: float, bufsize: int) -> None:
         super().__init__()
-        self.interval = _check_interval(interval)
-        self.bufsize = check_bufsize(bufsize)
-        self._queue_size = check_count("queue_size", queue_size, _core.MAX_QUEUE)
+        # Every setting, checked once (in the core) when this object is made; used at start().
+        self._config = config
+        self.interval = interval
+        self.bufsize = bufsize
         # Messages kept (in the core) for recv_message(), iteration and arecv() when no
         # on_message is set.
-        self._backlog = check_count("backlog", backlog, _core.MAX_QUEUE)
+        self._backlog: int = config.backlog
         self._on_message: Optional[MessageCallback] = None
         self._route: Dict[str, Any] = {}
         self._async_lock = threading.Lock()
@@ -270,7 +225,77 @@ class ChatUdpServer(_Endpoint):
     """The tutorial's group-chat server, with its loops in a Rust thread.
 
     Same constructor and attributes as the original (``addr``, ``clients``, ``interval``,
-    ``event``); everything else is keyword-only and off by default.
+    ``event``); everything else is keyword-only and defaults to the original's behaviour.
+    Bad arguments raise ``ValueError`` or ``TypeError`` here, naming the parameter (a port
+    outside 0-65535: :class:`chatudp.PortError`, also an ``OverflowError``).
+
+    Parameters
+    ----------
+    ip : str
+        Address to bind (``'0.0.0.0'``, ``'::'`` for every address); resolved at ``start()``.
+    port : int
+        Port to bind; 0 picks a free one (see ``addr`` after ``start()``).
+    interval : float
+        Seconds a client may stay silent before it leaves the table (``"expired"``).
+    bufsize : int
+        Bytes read per datagram (1-65507); longer datagrams are cut and counted in
+        ``stats['truncated']``, as ``recvfrom(1024)`` cuts them.
+    on_message : callable, optional
+        ``on_message(data, addr)`` for each chat message, on the dispatcher thread. Without it
+        messages are logged at INFO (logger ``chatudp``) and kept for ``recv_message()``.
+    on_join : callable, optional
+        ``on_join(addr)`` when a source enters the clients table.
+    on_leave : callable, optional
+        ``on_leave(addr, reason)`` when a source leaves; ``reason`` is ``"quit"``,
+        ``"expired"`` or ``"unreachable"``.
+    on_reject : callable, optional
+        ``on_reject(addr, reason)`` when a datagram is refused; ``reason`` is ``"table_full"``
+        or ``"not_allowed"``.
+    expiry_grace : float, optional
+        Extra seconds the expiry timer waits beyond ``interval`` (default ``interval / 2``).
+    drop_unreachable : bool
+        A client whose port is reported closed (ICMP) leaves at once; ``False`` keeps sending
+        to it until it expires, as the original.
+    max_clients : int
+        Bound of the clients table; new sources beyond it are refused (``"table_full"``).
+    rate : (float, float), optional
+        ``(messages_per_second, burst)`` per source; chat messages over it are dropped and
+        counted in ``stats['dropped']['rate']``.
+    allow : str or iterable, optional
+        Networks allowed to talk (``"10.0.0.0/8"``, ``ipaddress`` objects, or a list).
+    validate : bool
+        Reflection guard: a new source must echo a cookie before it joins.
+    secret : bytes, optional
+        Shared secret (16+ bytes) of the authenticated mode (``docs/SECURITY.md``).
+    queue_size : int
+        Events that may wait for the callbacks; beyond it they are dropped and counted.
+    backlog : int
+        Messages kept for ``recv_message()``, iteration and ``arecv()`` without
+        ``on_message``; the oldest are dropped (``stats['dropped']['backlog_full']``).
+    rcvbuf, sndbuf : int, optional
+        Kernel socket buffers in bytes (default 4 MiB, capped by the kernel).
+    workers : int
+        Socket threads, each with its own ``SO_REUSEPORT`` socket on the port (1-256).
+    bus : str or list of str, optional
+        Broker URL (``nats://``, ``redis://``) or the URLs of one NATS cluster: relays of the
+        same ``room`` on it form one chat (``docs/FEDERATION.md``).
+    room : str
+        The chat's name on the bus.
+
+    Attributes
+    ----------
+    addr : tuple
+        The address bound (after ``start()``, port 0 resolved).
+    clients : dict
+        ``{(ip, port): last_seen}``, ``time.time()`` floats: this relay's table.
+    stats : dict
+        ``received``, ``relayed``, ``sent``, ``truncated``, ``expired``, ``unreachable``,
+        ``joins``, ``leaves``, ``heartbeats``, ``dropped`` (by reason: ``rate``,
+        ``table_full``, ``not_allowed``, ``auth``, ``callback_queue_full``, ``send_error``,
+        ``unvalidated``, ``backlog_full``), ``send_errors`` (by errno), ``auth_refused`` (by
+        reason), and ``bus`` with a bus.
+    event : threading.Event
+        Set by ``stop()``.
     """
 
     _kind = "ChatUdpServer"
@@ -303,50 +328,41 @@ class ChatUdpServer(_Endpoint):
         bus: Union[None, str, Sequence[str]] = None,
         room: str = "chatudp",
     ) -> None:
-        super().__init__(interval, bufsize, queue_size, backlog)
+        """Check every argument (parameters: see the class); ``start()`` binds and serves."""
         callbacks = (("on_message", on_message), ("on_join", on_join), ("on_leave", on_leave), ("on_reject", on_reject))
         for name, callback in callbacks:
             check_callback(name, callback)
-        if isinstance(max_clients, bool) or not isinstance(max_clients, int) or max_clients < 1:
-            raise ValueError(f"max_clients must be an int >= 1, not {max_clients!r}")
-        if isinstance(workers, bool) or not isinstance(workers, int):
-            raise TypeError(f"workers must be an int, not {type(workers).__name__}")
-        if not 1 <= workers <= 256:
-            raise ValueError(f"workers must be between 1 and 256 (socket threads on the port), not {workers!r}")
-        if expiry_grace is not None:
-            check_seconds("expiry_grace", expiry_grace)
-        self.addr: Address = (check_host("ip", ip), check_port("port", port))
+        config = _core.ServerConfig(
+            ip,
+            port,
+            interval,
+            bufsize=bufsize,
+            expiry_grace=expiry_grace,
+            queue_size=queue_size,
+            backlog=backlog,
+            rcvbuf=rcvbuf,
+            sndbuf=sndbuf,
+            drop_unreachable=bool(drop_unreachable),
+            max_clients=max_clients,
+            rate=rate,
+            allow=allow,
+            validate=bool(validate),
+            secret=secret,
+            workers=workers,
+            bus=bus,
+            room=room,
+        )
+        super().__init__(config, interval, bufsize)
+        self.addr: Address = (ip, port)
         self._peer_callbacks: Dict[str, Optional[Callable[..., object]]] = {
             "join": on_join,
             "leave": on_leave,
             "reject": on_reject,
         }
         self.on_message = on_message
-        self._options: Dict[str, Any] = {
-            "expiry_grace": expiry_grace,
-            "drop_unreachable": bool(drop_unreachable),
-            "max_clients": max_clients,
-            "rate": _check_rate(rate),
-            "allow": check_networks("allow", allow),
-            "validate": bool(validate),
-            "secret": _check_secret(secret),
-            "rcvbuf": check_socket_buffer("rcvbuf", rcvbuf),
-            "sndbuf": check_socket_buffer("sndbuf", sndbuf),
-            "workers": workers,
-            **_check_bus(bus, room),
-        }
 
     def _open(self) -> Any:
-        ip, port = self.addr[0], self.addr[1]
-        return _core.Server(
-            ip,
-            port,
-            float(self.interval),
-            bufsize=self.bufsize,
-            queue_size=self._queue_size,
-            **self._options,
-            **self._full_route(self._open_route()),
-        )
+        return _core.Server(self._config, **self._full_route(self._open_route()))
 
     def _peer_callback(self, kind: str, callback: Optional[Callable[..., object]]) -> None:
         check_callback(f"on_{kind}", callback)
@@ -438,9 +454,45 @@ class ChatUdpServer(_Endpoint):
 class ChatUdpClient(_Endpoint):
     """The tutorial's chat client: heartbeat every ``interval`` seconds, receive loop in Rust.
 
-    The first heartbeat goes out ``interval`` seconds after ``start()``, as the tutorial's does;
-    with ``announce=True`` it goes out at once, so the client joins the server's table (and hears
-    the others' messages and the server's ``Bye!``) from the start.
+    Bad arguments raise ``ValueError`` or ``TypeError`` here, naming the parameter.
+
+    Parameters
+    ----------
+    rip : str
+        The server's address; resolved at ``start()``.
+    rport : int
+        The server's port.
+    interval : float
+        Seconds between heartbeats (``^hb^``); the first goes out ``interval`` seconds after
+        ``start()``, as in the original (at once with ``announce``).
+    bufsize : int
+        Bytes read per datagram (1-65507); longer ones are cut and counted.
+    on_message : callable, optional
+        ``on_message(data, addr)`` for each datagram received, on the dispatcher thread.
+        Without it datagrams are logged at INFO and kept for ``recv_message()``.
+    queue_size : int
+        Events that may wait for ``on_message``; beyond it they are dropped and counted.
+    backlog : int
+        Messages kept for the pull consumers without ``on_message``; the oldest are dropped.
+    rcvbuf, sndbuf : int, optional
+        Kernel socket buffers in bytes (default: the system's).
+    secret : bytes, optional
+        The server's shared secret (16+ bytes), for its authenticated mode.
+    announce : bool
+        Send the first heartbeat at once at ``start()``, so the client is in the server's table
+        (and hears the others and the server's ``Bye!``) from the start. Default False: the
+        first goes out ``interval`` seconds after ``start()``, the tutorial's timing.
+
+    Attributes
+    ----------
+    raddr : tuple
+        The server's address as given; ``addr`` is the client's own, after ``start()``.
+    stats : dict
+        The keys of ``ChatUdpServer.stats``; a client counts ``received``, ``sent``,
+        ``truncated``, ``unreachable``, ``dropped`` by reason, ``send_errors`` by errno and
+        ``auth_refused``.
+    event : threading.Event
+        Set by ``stop()``.
     """
 
     _kind = "ChatUdpClient"
@@ -461,31 +513,27 @@ class ChatUdpClient(_Endpoint):
         secret: Optional[bytes] = None,
         announce: bool = False,
     ) -> None:
-        super().__init__(interval, bufsize, queue_size, backlog)
+        """Check every argument (parameters: see the class); ``start()`` connects and heartbeats."""
         check_callback("on_message", on_message)
-        if not isinstance(announce, bool):
-            raise TypeError(f"announce must be a bool, not {type(announce).__name__}")
-        self.raddr: Address = (check_host("rip", rip), check_port("rport", rport))
-        self.on_message = on_message
-        self.addr: Optional[Address] = None
-        self._options: Dict[str, Any] = {
-            "rcvbuf": check_socket_buffer("rcvbuf", rcvbuf),
-            "sndbuf": check_socket_buffer("sndbuf", sndbuf),
-            "secret": _check_secret(secret),
-            "announce": announce,
-        }
-
-    def _open(self) -> Any:
-        rip, rport = self.raddr[0], self.raddr[1]
-        return _core.Client(
+        config = _core.ClientConfig(
             rip,
             rport,
-            float(self.interval),
-            bufsize=self.bufsize,
-            queue_size=self._queue_size,
-            **self._options,
-            **self._open_route(),
+            interval,
+            bufsize=bufsize,
+            queue_size=queue_size,
+            backlog=backlog,
+            rcvbuf=rcvbuf,
+            sndbuf=sndbuf,
+            secret=secret,
+            announce=announce,
         )
+        super().__init__(config, interval, bufsize)
+        self.raddr: Address = (rip, rport)
+        self.on_message = on_message
+        self.addr: Optional[Address] = None
+
+    def _open(self) -> Any:
+        return _core.Client(self._config, **self._open_route())
 
     def send(self, msg: Union[str, bytes, bytearray, memoryview]) -> None:
         """Send ``msg`` to the server (a ``str`` is encoded as UTF-8, as the original does)."""

@@ -7,7 +7,7 @@ every blocking call waits with the GIL released and wakes at least every 100 ms 
 (``KeyboardInterrupt``) through.
 """
 
-from typing import Final, Literal, TypedDict, final, type_check_only
+from typing import Final, Iterable, Literal, TypedDict, final, type_check_only
 
 from typing_extensions import NotRequired, TypeAlias
 
@@ -20,12 +20,23 @@ __all__ = [
     "MAX_DATAGRAM",
     "MAX_QUEUE",
     "Peer",
+    "PeerConfig",
     "REUSEPORT",
     "Server",
     "TRAILER_LEN",
     "TimeServer",
     "__version__",
-    "check_bus",
+    "ClientConfig",
+    "DEFAULT_BACKLOG",
+    "DEFAULT_BUFSIZE",
+    "DEFAULT_CHAT_PORT",
+    "DEFAULT_HOST",
+    "DEFAULT_INTERVAL",
+    "DEFAULT_MAX_CLIENTS",
+    "DEFAULT_QUEUE_SIZE",
+    "DEFAULT_SERVICE_PORT",
+    "ServerConfig",
+    "ServiceConfig",
     "_panic_for_test",
 ]
 
@@ -93,9 +104,70 @@ class _ChatStats(TypedDict):
     send_errors: dict[int, int]
     bus: NotRequired[_BusStats]
 
-def check_bus(urls: list[str], room: str) -> None:
-    """``ValueError`` unless ``urls`` (one Redis URL, or NATS URLs of one cluster) and ``room``
-    are what ``Server(bus=..., room=...)`` accepts."""
+DEFAULT_QUEUE_SIZE: Final[int]
+DEFAULT_BACKLOG: Final[int]
+DEFAULT_MAX_CLIENTS: Final[int]
+DEFAULT_BUFSIZE: Final[int]
+DEFAULT_HOST: Final[str]
+DEFAULT_CHAT_PORT: Final[int]
+DEFAULT_INTERVAL: Final[float]
+DEFAULT_SERVICE_PORT: Final[int]
+
+_Networks: TypeAlias = "str | Iterable[object]"
+
+@final
+class ServerConfig:
+    """Every setting of ``chatudp.ChatUdpServer``, checked when it is made: ``ValueError`` (a
+    ``PortError`` for the port) or ``TypeError`` naming the parameter. ``Server`` starts from it.
+    ``None`` stands for the default (the ``DEFAULT_*`` constants)."""
+
+    def __new__(
+        cls,
+        ip: str = ...,
+        port: int | None = None,
+        interval: float | None = None,
+        *,
+        bufsize: int | None = None,
+        expiry_grace: float | None = None,
+        drop_unreachable: bool = True,
+        max_clients: int | None = None,
+        rate: tuple[float, float] | None = None,
+        allow: _Networks | None = None,
+        validate: bool = False,
+        secret: bytes | bytearray | memoryview | None = None,
+        queue_size: int | None = None,
+        backlog: int | None = None,
+        rcvbuf: int | None = None,
+        sndbuf: int | None = None,
+        workers: int | None = None,
+        bus: str | Iterable[str] | None = None,
+        room: str = ...,
+    ) -> ServerConfig: ...
+    @property
+    def backlog(self) -> int:
+        """Messages kept for the pull consumers."""
+
+@final
+class ClientConfig:
+    """Every setting of ``chatudp.ChatUdpClient``, checked when it is made (see ``ServerConfig``)."""
+
+    def __new__(
+        cls,
+        rip: str = ...,
+        rport: int | None = None,
+        interval: float | None = None,
+        *,
+        bufsize: int | None = None,
+        queue_size: int | None = None,
+        backlog: int | None = None,
+        rcvbuf: int | None = None,
+        sndbuf: int | None = None,
+        secret: bytes | bytearray | memoryview | None = None,
+        announce: bool = False,
+    ) -> ClientConfig: ...
+    @property
+    def backlog(self) -> int:
+        """Messages kept for the pull consumers."""
 
 @type_check_only
 class _ServiceStats(TypedDict):
@@ -109,60 +181,49 @@ class _ServiceStats(TypedDict):
     send_errors: dict[int, int]
 
 @final
-class Server:
-    """A running group-chat server (the Rust half of ``chatudp.ChatUdpServer``).
-
-    The constructor binds ``(host, port)`` and starts the socket thread; ``OSError`` when the
-    port is busy or the address bad, ``ValueError`` for a bad argument.
-    """
+class ServiceConfig:
+    """Every setting of ``chatudp.EchoServer`` and ``TimeServer``, checked when it is made."""
 
     def __new__(
         cls,
-        host: str,
-        port: int,
-        interval: float,
+        ip: str = ...,
+        port: int | None = None,
         *,
-        bufsize: int = 1024,
-        expiry_grace: float | None = None,
-        queue_size: int = 65536,
+        bufsize: int | None = None,
+        queue_size: int | None = None,
         rcvbuf: int | None = None,
         sndbuf: int | None = None,
-        drop_unreachable: bool = True,
-        max_clients: int = ...,
-        rate: tuple[float, float] | None = None,
-        allow: list[str] | tuple[str, ...] | None = None,
         validate: bool = False,
-        secret: bytes | None = None,
-        messages: bool = True,
-        joins: bool = True,
-        leaves: bool = True,
-        rejects: bool = True,
-        backlog: int = 0,
-        workers: int = 1,
-        bus: list[str] | None = None,
-        room: str = ...,
-    ) -> Server:
-        """Bind and start. ``max_clients`` defaults to ``1 << 20``; ``rate`` is
-        ``(messages_per_second, burst)`` per source; ``allow`` lists networks (``"10.0.0.0/8"``);
-        ``secret`` turns on the authenticated mode; ``messages`` ... ``backlog``: the first route
-        (see ``set_route``); ``bus`` joins the relays of ``room`` (default ``"chatudp"``)
-        on that broker."""
+    ) -> ServiceConfig: ...
 
-    def local_addr(self) -> _Address:
-        """The address actually bound (port 0 resolved)."""
+@final
+class PeerConfig:
+    """The socket of ``chatudp.EchoClient``/``TimeClient`` (toward ``rip:rport``) or of
+    ``QQPeer`` (``PeerConfig.bound(bind)``), checked when it is made."""
 
-    def clients(self) -> dict[_Address, float]:
-        """A snapshot of the clients table: ``{address: last_seen}`` (``time.time()`` floats)."""
+    def __new__(
+        cls,
+        rip: str = ...,
+        rport: int | None = None,
+        *,
+        timeout: float | None = None,
+        retries: int | None = None,
+        bufsize: int | None = None,
+        rcvbuf: int | None = None,
+        sndbuf: int | None = None,
+    ) -> PeerConfig: ...
+    @staticmethod
+    def bound(
+        bind: tuple[str, int] | tuple[str, int, int, int],
+        *,
+        bufsize: int | None = None,
+        rcvbuf: int | None = None,
+        sndbuf: int | None = None,
+    ) -> PeerConfig: ...
 
-    def stats(self) -> _ChatStats:
-        """The counters, as ``ChatUdpServer.stats`` shows them."""
-
-    def peers(self) -> list[_Peer]:
-        """The other relays of the room alive now, by id; ``[]`` without a bus."""
-
-    def next_events(self, max_events: int = 1024, timeout: float | None = None) -> list[_ChatEvent] | None:
-        """Up to ``max_events`` queued events; ``[]`` after ``timeout`` seconds (``None``: wait
-        until one comes); ``None`` once the server is stopped and the queue is empty."""
+@type_check_only
+class _Endpoint:
+    """What every socket-thread object of the core shares."""
 
     def discard_events(self, unprocessed: int = 0) -> int:
         """Empty the event queue and count it, with ``unprocessed`` events already taken, as
@@ -188,38 +249,60 @@ class Server:
     def is_forked_copy(self) -> bool:
         """True in a child made by ``os.fork()``, where the object is inert."""
 
-    def stop(self) -> None:
-        """Send ``Bye!`` to every client in the table, end the socket thread, join it.
-        Idempotent."""
-
     def is_running(self) -> bool:
         """True while the socket thread is alive."""
 
     def failure(self) -> str | None:
         """Why the socket thread ended on its own (an I/O error or a panic), else ``None``."""
 
+
 @final
-class Client:
-    """A running chat client (the Rust half of ``chatudp.ChatUdpClient``): a socket connected to
-    ``(host, port)``, a heartbeat every ``interval`` seconds and a receive thread."""
+class Server(_Endpoint):
+    """A running group-chat server (the Rust half of ``chatudp.ChatUdpServer``).
+
+    The constructor binds the config's address and starts the socket thread; ``OSError`` when
+    the port is busy or the address bad (``socket.gaierror`` for a host that does not resolve).
+    """
 
     def __new__(
         cls,
-        host: str,
-        port: int,
-        interval: float,
+        config: ServerConfig,
         *,
-        bufsize: int = 1024,
-        queue_size: int = 65536,
-        rcvbuf: int | None = None,
-        sndbuf: int | None = None,
-        secret: bytes | None = None,
         messages: bool = True,
+        joins: bool = True,
+        leaves: bool = True,
+        rejects: bool = True,
         backlog: int = 0,
-        announce: bool = False,
-    ) -> Client:
-        """Connect and start the heartbeat and receive threads; with ``announce`` the first
-        heartbeat goes out at once instead of after ``interval`` seconds."""
+    ) -> Server:
+        """Bind and start with ``config``; ``messages`` ... ``backlog``: the first route (see
+        ``set_route``)."""
+
+    def local_addr(self) -> _Address:
+        """The address actually bound (port 0 resolved)."""
+
+    def clients(self) -> dict[_Address, float]:
+        """A snapshot of the clients table: ``{address: last_seen}`` (``time.time()`` floats)."""
+
+    def stats(self) -> _ChatStats:
+        """The counters, as ``ChatUdpServer.stats`` shows them."""
+
+    def peers(self) -> list[_Peer]:
+        """The other relays of the room alive now, by id; ``[]`` without a bus."""
+
+    def next_events(self, max_events: int = 1024, timeout: float | None = None) -> list[_ChatEvent] | None:
+        """Up to ``max_events`` queued events; ``[]`` after ``timeout`` seconds (``None``: wait
+        until one comes); ``None`` once the server is stopped and the queue is empty."""
+
+    def stop(self) -> None:
+        """Send ``Bye!`` to every client in the table, end the socket thread, join it.
+        Idempotent."""
+@final
+class Client(_Endpoint):
+    """A running chat client (the Rust half of ``chatudp.ChatUdpClient``): a socket connected to
+    ``(host, port)``, a heartbeat every ``interval`` seconds and a receive thread."""
+
+    def __new__(cls, config: ClientConfig, *, messages: bool = True, backlog: int = 0) -> Client:
+        """Connect with ``config`` and start the heartbeat and receive threads."""
 
     def send(self, data: bytes) -> None:
         """Send one datagram to the server; ``ClosedError`` once stopped, ``OSError`` (EMSGSIZE)
@@ -238,193 +321,58 @@ class Client:
         """Up to ``max_events`` received datagrams as ``("message", addr, data)``; ``[]`` after
         ``timeout`` seconds; ``None`` once the client is stopped and the queue is empty."""
 
-    def discard_events(self, unprocessed: int = 0) -> int:
-        """Empty the event queue and count it, with ``unprocessed`` events already taken, as
-        dropped; return how many were dropped in all."""
-
-    def set_route(self, *, messages: bool, joins: bool, leaves: bool, rejects: bool, backlog: int) -> None:
-        """Which events ``next_events`` gets, by kind, and how many messages are kept for
-        ``pull`` (0: none, else 1..``MAX_QUEUE``). Events nobody asked for are never built."""
-
-    def pull(self, timeout: float | None = None) -> tuple[bytes, _Address] | None:
-        """The oldest kept message, waiting at most ``timeout`` seconds (``None`` or ``inf``: no
-        limit; NaN or negative: ``ValueError``); ``None`` after the timeout; ``ClosedError``
-        once stopped and every kept message was read."""
-
-    def arm_async(self) -> bool:
-        """For an asynchronous consumer that found nothing: ``True`` when ``next_events`` will
-        hold a ``("kept", None, None)`` event once the next message is kept; ``False`` when a
-        message is there already or the object is stopped."""
-
-    def backlog_dropped(self) -> int:
-        """Kept messages dropped to make room for newer ones."""
-
-    def is_forked_copy(self) -> bool:
-        """True in a child made by ``os.fork()``, where the object is inert."""
-
     def stop(self) -> None:
         """End the heartbeat and receive threads and close the socket; idempotent."""
-
-    def is_running(self) -> bool:
-        """True while the socket thread is alive."""
-
-    def failure(self) -> str | None:
-        """Why the socket thread ended on its own, else ``None``."""
-
-@final
-class EchoServer:
-    """A running echo server: answers each datagram with ``data.upper()``."""
-
-    def __new__(
-        cls,
-        host: str,
-        port: int,
-        *,
-        bufsize: int = 1024,
-        queue_size: int | None = None,
-        rcvbuf: int | None = None,
-        sndbuf: int | None = None,
-        validate: bool = False,
-    ) -> EchoServer:
-        """Bind and start answering. ``queue_size``: when given, every request is also queued
-        as an event for ``next_events`` (a queue of that many events); ``None``: no events.
-        ``rcvbuf`` defaults to 4 MiB (capped by the kernel). ``validate``: the reflection guard
-        (a new source gets only a 12-byte cookie challenge until it echoes it)."""
+@type_check_only
+class _ServiceServer(_Endpoint):
+    """What the echo and time servers share: the life cycle, events and counters."""
 
     def next_events(self, max_events: int = 1024, timeout: float | None = None) -> list[_MessageEvent | _KeptEvent] | None:
         """The next requests as ``("message", addr, data)``; ``[]`` after ``timeout``; ``None``
         once stopped and the queue is empty (or when no queue was asked for)."""
 
-    def discard_events(self, unprocessed: int = 0) -> int:
-        """Empty the event queue and count it as dropped; return how many were dropped."""
-
-    def set_route(self, *, messages: bool, joins: bool, leaves: bool, rejects: bool, backlog: int) -> None:
-        """Which events ``next_events`` gets, by kind, and how many messages are kept for
-        ``pull`` (0: none, else 1..``MAX_QUEUE``). Events nobody asked for are never built."""
-
-    def pull(self, timeout: float | None = None) -> tuple[bytes, _Address] | None:
-        """The oldest kept message, waiting at most ``timeout`` seconds (``None`` or ``inf``: no
-        limit; NaN or negative: ``ValueError``); ``None`` after the timeout; ``ClosedError``
-        once stopped and every kept message was read."""
-
-    def arm_async(self) -> bool:
-        """For an asynchronous consumer that found nothing: ``True`` when ``next_events`` will
-        hold a ``("kept", None, None)`` event once the next message is kept; ``False`` when a
-        message is there already or the object is stopped."""
-
-    def backlog_dropped(self) -> int:
-        """Kept messages dropped to make room for newer ones."""
-
-    def is_forked_copy(self) -> bool:
-        """True in a child made by ``os.fork()``, where the object is inert."""
-
     def local_addr(self) -> _Address:
         """The address actually bound."""
 
     def stats(self) -> _ServiceStats:
-        """The counters, as ``chatudp.services.EchoServer.stats`` shows them."""
+        """The counters, as ``chatudp.EchoServer.stats`` and ``TimeServer.stats`` show them."""
 
     def stop(self) -> None:
         """End the socket thread and close the socket; idempotent."""
+@final
+class EchoServer(_ServiceServer):
+    """A running echo server: answers each datagram with ``data.upper()``."""
 
-    def is_running(self) -> bool:
-        """True while the socket thread is alive."""
-
-    def failure(self) -> str | None:
-        """Why the socket thread ended on its own, else ``None``."""
+    def __new__(cls, config: ServiceConfig, *, events: bool = False) -> EchoServer:
+        """Bind and start answering with ``config``; with ``events``, every request is also
+        queued for ``next_events``."""
 
 @final
-class TimeServer:
+class TimeServer(_ServiceServer):
     """A running time server: answers each datagram with ``time.strftime(fmt)``, ``fmt`` being
     the datagram (``'%Y-%m-%d %X'`` when empty)."""
 
-    def __new__(
-        cls,
-        host: str,
-        port: int,
-        *,
-        bufsize: int = 1024,
-        queue_size: int | None = None,
-        rcvbuf: int | None = None,
-        sndbuf: int | None = None,
-        validate: bool = False,
-    ) -> TimeServer:
-        """Bind and start answering; the keywords as for ``EchoServer``."""
-
-    def next_events(self, max_events: int = 1024, timeout: float | None = None) -> list[_MessageEvent | _KeptEvent] | None:
-        """The next requests as ``("message", addr, data)``; ``[]`` after ``timeout``; ``None``
-        once stopped and the queue is empty (or when no queue was asked for)."""
-
-    def discard_events(self, unprocessed: int = 0) -> int:
-        """Empty the event queue and count it as dropped; return how many were dropped."""
-
-    def set_route(self, *, messages: bool, joins: bool, leaves: bool, rejects: bool, backlog: int) -> None:
-        """Which events ``next_events`` gets, by kind, and how many messages are kept for
-        ``pull`` (0: none, else 1..``MAX_QUEUE``). Events nobody asked for are never built."""
-
-    def pull(self, timeout: float | None = None) -> tuple[bytes, _Address] | None:
-        """The oldest kept message, waiting at most ``timeout`` seconds (``None`` or ``inf``: no
-        limit; NaN or negative: ``ValueError``); ``None`` after the timeout; ``ClosedError``
-        once stopped and every kept message was read."""
-
-    def arm_async(self) -> bool:
-        """For an asynchronous consumer that found nothing: ``True`` when ``next_events`` will
-        hold a ``("kept", None, None)`` event once the next message is kept; ``False`` when a
-        message is there already or the object is stopped."""
-
-    def backlog_dropped(self) -> int:
-        """Kept messages dropped to make room for newer ones."""
-
-    def is_forked_copy(self) -> bool:
-        """True in a child made by ``os.fork()``, where the object is inert."""
-
-    def local_addr(self) -> _Address:
-        """The address actually bound."""
-
-    def stats(self) -> _ServiceStats:
-        """The counters, as ``chatudp.services.TimeServer.stats`` shows them."""
-
-    def stop(self) -> None:
-        """End the socket thread and close the socket; idempotent."""
-
-    def is_running(self) -> bool:
-        """True while the socket thread is alive."""
-
-    def failure(self) -> str | None:
-        """Why the socket thread ended on its own, else ``None``."""
+    def __new__(cls, config: ServiceConfig, *, events: bool = False) -> TimeServer:
+        """Bind and start answering with ``config``; the keywords as for ``EchoServer``."""
 
 @final
 class Peer:
     """A non-connected UDP socket for request/response clients (the Rust half of
     ``chatudp.services.QQPeer``, ``EchoClient`` and ``TimeClient``)."""
 
-    def __new__(
-        cls,
-        host: str,
-        port: int,
-        *,
-        bufsize: int = 1024,
-        rcvbuf: int | None = None,
-        sndbuf: int | None = None,
-    ) -> Peer:
-        """Bind to ``(host, port)``; port 0 picks a free port."""
+    def __new__(cls, config: PeerConfig) -> Peer:
+        """Bind to the config's ``(host, port)`` (``PeerConfig.bound``); port 0 picks a free port."""
 
     @staticmethod
-    def for_remote(
-        host: str,
-        port: int,
-        *,
-        bufsize: int = 65507,
-        rcvbuf: int | None = None,
-        sndbuf: int | None = None,
-    ) -> tuple[Peer, _Address]:
-        """A peer on a free port of the family of ``(host, port)``, and that address resolved."""
+    def for_remote(config: PeerConfig) -> tuple[Peer, _Address]:
+        """A peer on a free port of the family of the config's remote address, and that address
+        resolved."""
 
     def local_addr(self) -> _Address:
         """The address actually bound."""
 
-    def send_to(self, data: bytes, host: str, port: int) -> None:
-        """Send one datagram to ``(host, port)``."""
+    def send_to(self, data: bytes, addr: tuple[str, int] | tuple[str, int, int, int]) -> None:
+        """Send one datagram to ``addr``, a ``(host, port)`` tuple."""
 
     def recv_from(self, timeout: float | None = None) -> tuple[bytes, _Address] | None:
         """One datagram from anyone and its sender, or ``None`` after ``timeout`` seconds

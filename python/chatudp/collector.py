@@ -78,14 +78,44 @@ class Collector(SocketThreadObject):
     when that is set; otherwise ``recv_batch()``, ``for batch in collector``, ``async for`` and
     ``await collector.arecv_batch()`` pull it (iteration ends at ``stop()``).
 
-    Keywords: ``bufsize`` (bytes read per datagram, longer ones are cut and counted),
-    ``workers`` (socket threads, each with its own ``SO_REUSEPORT`` socket on the port),
-    ``seq=(offset, size, byteorder)`` (a per-source sequence number: loss, reordering and
-    duplicates are counted in ``sources()``), ``format`` (``'statsd'`` or ``'influx'``: the lines
-    are parsed into ``batch.metrics``), ``rcvbuf`` (kernel buffer, default 4 MiB capped by the
-    kernel), ``queue_size`` (batches that may wait for Python; beyond it new batches are dropped
-    and their datagrams counted in ``stats['dropped']``), ``max_sources`` (sources remembered,
-    the least recently heard forgotten first).
+    Parameters
+    ----------
+    ip : str
+        Address to bind; resolved at ``start()``.
+    port : int
+        Port to bind; 0 picks a free one.
+    bufsize : int
+        Bytes read per datagram (1-65507); longer ones are cut and counted.
+    batch : int
+        Datagrams per batch at most.
+    flush : float
+        Seconds after its first datagram that a batch is handed over at the latest.
+    workers : int
+        Socket threads, each with its own ``SO_REUSEPORT`` socket on the port.
+    seq : (int, int, str), optional
+        ``(offset, size, byteorder)`` of a per-source sequence number (size 1, 2, 4 or 8):
+        loss, reordering and duplicates are counted in ``sources()``.
+    format : str, optional
+        ``'statsd'`` or ``'influx'``: the lines are parsed into ``batch.metrics``.
+    on_batch : callable, optional
+        ``on_batch(batch)`` for each batch, on a dispatcher thread.
+    rcvbuf : int, optional
+        Kernel receive buffer in bytes (default 4 MiB, capped by the kernel).
+    queue_size : int
+        Batches that may wait for Python; beyond it new batches are dropped and their
+        datagrams counted in ``stats['dropped']``.
+    max_sources : int
+        Sources remembered by ``sources()``, the least recently heard forgotten first.
+
+    Attributes
+    ----------
+    addr : tuple
+        The address bound (after ``start()``).
+    stats : dict
+        ``received``, ``batches``, ``truncated``, ``kernel_drops``, ``dropped``,
+        ``parse_errors``, ``short``, ``evicted_sources``.
+    event : threading.Event
+        Set by ``stop()``.
     """
 
     _kind = "Collector"
@@ -107,6 +137,7 @@ class Collector(SocketThreadObject):
         queue_size: int = 1024,
         max_sources: int = 65536,
     ) -> None:
+        """Check every argument (parameters: see the class); ``start()`` binds and collects."""
         super().__init__()
         self.addr: Address = (check_host("ip", ip), check_port("port", port))
         self.bufsize = check_bufsize(bufsize)

@@ -16,14 +16,7 @@ from ._base import (
     MAX_DATAGRAM,
     Address,
     SocketThreadObject,
-    check_address,
-    check_bufsize,
     check_callback,
-    check_count,
-    check_host,
-    check_port,
-    check_seconds,
-    check_socket_buffer,
 )
 from .errors import NoReplyError
 
@@ -32,19 +25,11 @@ __all__ = ["EchoServer", "TimeServer", "EchoClient", "TimeClient", "QQPeer"]
 RequestCallback = Callable[[bytes, Address], object]
 BytesLike = Union[bytes, bytearray, memoryview]
 
-_DEFAULT_QUEUE_SIZE = 65536
+_DEFAULT_QUEUE_SIZE: int = _core.DEFAULT_QUEUE_SIZE
 
 _log = logging.getLogger("chatudp.services")
 
 _C = TypeVar("_C", bound="_RequestClient")
-
-def _check_retries(retries: int) -> int:
-    if isinstance(retries, bool) or not isinstance(retries, int):
-        raise TypeError(f"retries must be an int, not {type(retries).__name__}")
-    if not 0 <= retries <= 1_000_000:
-        raise ValueError(f"retries must be between 0 and 1000000, not {retries}")
-    return retries
-
 
 def _as_bytes(name: str, data: object) -> bytes:
     if isinstance(data, (bytes, bytearray, memoryview)):
@@ -73,23 +58,19 @@ class _Service(SocketThreadObject):
         sndbuf: Optional[int] = None,
         validate: bool = False,
     ) -> None:
+        """Check every argument (parameters: see the class); ``start()`` binds and answers."""
         super().__init__()
-        self.bufsize = check_bufsize(bufsize)
         check_callback("on_request", on_request)
-        if not isinstance(validate, bool):
-            raise TypeError(f"validate must be True or False, not {type(validate).__name__}")
+        self._config = _core.ServiceConfig(
+            ip, port, bufsize=bufsize, queue_size=queue_size, rcvbuf=rcvbuf, sndbuf=sndbuf, validate=validate
+        )
+        self.bufsize = bufsize
         self.validate = validate
-        self._queue_size = check_count("queue_size", queue_size, _core.MAX_QUEUE)
-        self.addr: Address = (check_host("ip", ip), check_port("port", port))
+        self.addr: Address = (ip, port)
         self.on_request = on_request
-        self._options = {"rcvbuf": check_socket_buffer("rcvbuf", rcvbuf), "sndbuf": check_socket_buffer("sndbuf", sndbuf)}
 
     def _open(self) -> Any:
-        ip, port = self.addr[0], self.addr[1]
-        queue_size = self._queue_size if self.on_request is not None else None
-        return self._core_class(
-            ip, port, bufsize=self.bufsize, queue_size=queue_size, validate=self.validate, **self._options
-        )
+        return self._core_class(self._config, events=self.on_request is not None)
 
     def _wants_events(self) -> bool:
         return self.on_request is not None
@@ -110,14 +91,42 @@ class _Service(SocketThreadObject):
         return f"{self._kind}(addr={self.addr!r}, bufsize={self.bufsize}, running={self.running})"
 
 
-_VALIDATE_DOC = """
+_SERVICE_PARAMETERS = """
 
-    ``validate=True`` turns on the reflection guard: a source that has not echoed its cookie
-    gets only a 12-byte challenge (never more than 3x the bytes it sent, headers included) and
-    no answer, so a spoofed source address cannot turn the server against a victim. A
-    validation lasts 60 s. chatudp's ``EchoClient``/``TimeClient`` answer the challenge by
-    themselves; the tutorial's clients cannot, hence off by default. Refused requests are
-    counted in ``stats['dropped']['auth']``."""
+    Parameters
+    ----------
+    ip : str
+        Address to bind; resolved at ``start()``.
+    port : int
+        Port to bind (the tutorial's 9000); 0 picks a free one.
+    bufsize : int
+        Bytes read per request (1-65507); a longer datagram is cut and counted in
+        ``stats['truncated']``.
+    on_request : callable, optional
+        ``on_request(data, addr)`` for each request, on a dispatcher thread (the tutorial
+        prints them), without slowing the answers.
+    queue_size : int
+        Requests that may wait for ``on_request``; beyond it they are dropped and counted.
+    rcvbuf, sndbuf : int, optional
+        Kernel socket buffers in bytes (receive: 4 MiB by default, capped by the kernel).
+    validate : bool
+        The reflection guard: a source that has not echoed its cookie gets only a 12-byte
+        challenge (never more than 3x the bytes it sent, headers included) and no answer, so a
+        spoofed source address cannot turn the server against a victim. A validation lasts
+        60 s. chatudp's ``EchoClient``/``TimeClient`` answer the challenge by themselves; the
+        tutorial's clients cannot, hence off by default. Refused requests are counted in
+        ``stats['dropped']['auth']``.
+
+    Attributes
+    ----------
+    addr : tuple
+        The address bound (after ``start()``, port 0 resolved).
+    stats : dict
+        ``received``, ``answered``, ``bad_requests``, ``sent``, ``truncated``, ``dropped`` by
+        reason, ``send_errors`` by errno, ``kernel_drops``.
+    event : threading.Event
+        Set by ``stop()``.
+    """
 
 
 class EchoServer(_Service):
@@ -128,7 +137,7 @@ class EchoServer(_Service):
     ``on_request(data, addr)``, when given, is called for each request on a Python thread
     (the seed prints them), without slowing the answers."""
 
-    __doc__ = (__doc__ or "") + _VALIDATE_DOC
+    __doc__ = (__doc__ or "") + _SERVICE_PARAMETERS
 
     _kind = "EchoServer"
     _core_class = _core.EchoServer
@@ -144,7 +153,7 @@ class TimeServer(_Service):
     A public time server needs ``validate=True``: a 129-byte format can ask for a 65,122-byte
     answer (505x), which a spoofed source address would aim at a victim."""
 
-    __doc__ = (__doc__ or "") + _VALIDATE_DOC
+    __doc__ = (__doc__ or "") + _SERVICE_PARAMETERS
 
     _kind = "TimeServer"
     _core_class = _core.TimeServer
@@ -169,12 +178,13 @@ class _RequestClient:
         rcvbuf: Optional[int] = None,
         sndbuf: Optional[int] = None,
     ) -> None:
-        self.timeout = check_seconds("timeout", timeout)
-        self.retries = _check_retries(retries)
-        self.bufsize = check_bufsize(bufsize)
-        self.raddr: Address = (check_host("rip", rip), check_port("rport", rport))
-        rcvbuf, sndbuf = check_socket_buffer("rcvbuf", rcvbuf), check_socket_buffer("sndbuf", sndbuf)
-        self._peer, self._remote = _core.Peer.for_remote(rip, rport, bufsize=bufsize, rcvbuf=rcvbuf, sndbuf=sndbuf)
+        """Check every argument (parameters: see the class) and open the socket."""
+        config = _core.PeerConfig(
+            rip, rport, timeout=timeout, retries=retries, bufsize=bufsize, rcvbuf=rcvbuf, sndbuf=sndbuf
+        )
+        self.timeout, self.retries, self.bufsize = float(timeout), retries, bufsize
+        self.raddr: Address = (rip, rport)
+        self._peer, self._remote = _core.Peer.for_remote(config)
         self.addr: Address = self._peer.local_addr()
 
     def _request(self, data: bytes) -> bytes:
@@ -200,6 +210,7 @@ class _RequestClient:
 
     @property
     def closed(self) -> bool:
+        """True once ``close()`` was called."""
         return bool(self._peer.closed)
 
     @property
@@ -220,10 +231,39 @@ class _RequestClient:
         return f"{self._kind}(raddr={self.raddr!r}, addr={self.addr!r}, closed={self.closed})"
 
 
+_CLIENT_PARAMETERS = """
+
+    Parameters
+    ----------
+    rip : str
+        The server's address, resolved here.
+    rport : int
+        The server's port (the tutorial's 9000).
+    timeout : float
+        Seconds to wait for each reply (``inf``: no limit; Ctrl-C still interrupts).
+    retries : int
+        Resends after the first try, before ``NoReplyError``.
+    bufsize : int
+        Bytes read per reply (1-65507; default: a whole datagram).
+    rcvbuf, sndbuf : int, optional
+        Kernel socket buffers in bytes (default: the system's).
+
+    Attributes
+    ----------
+    addr : tuple
+        The client's own address; ``raddr`` is the server's as given.
+    stats : dict
+        ``received``, ``sent``, ``retries``, ``truncated``, ``ignored`` (datagrams from others),
+        ``send_errors``, ``challenges`` (cookie challenges answered).
+    """
+
+
 class EchoClient(_RequestClient):
     """A client of the echo server: ``request(data)`` sends one datagram and returns the reply,
     resending after ``timeout`` seconds up to ``retries`` more times; then it raises
     :class:`chatudp.errors.NoReplyError` (a ``TimeoutError``)."""
+
+    __doc__ = (__doc__ or "") + _CLIENT_PARAMETERS
 
     _kind = "EchoClient"
 
@@ -238,6 +278,8 @@ class TimeClient(_RequestClient):
     """A client of the time server: ``request(fmt)`` returns the server's local time formatted
     with ``fmt`` (``''``: the server's default, ``%Y-%m-%d %X``), resending after ``timeout``
     seconds up to ``retries`` more times; then it raises :class:`chatudp.errors.NoReplyError`."""
+
+    __doc__ = (__doc__ or "") + _CLIENT_PARAMETERS
 
     _kind = "TimeClient"
 
@@ -256,7 +298,24 @@ class QQPeer:
     that ``recvfrom`` waits at most ``timeout`` seconds (``None``: no limit) and then raises
     ``TimeoutError``; ``close()`` from another thread wakes a waiting ``recvfrom``
     (:class:`chatudp.ClosedError`). Datagrams longer than ``bufsize`` are cut, as
-    ``recvfrom(1024)`` cuts them."""
+    ``recvfrom(1024)`` cuts them.
+
+    Parameters
+    ----------
+    bind : tuple
+        ``(host, port)`` to bind, as ``socket.bind`` takes it; port 0 picks a free one.
+    bufsize : int
+        Bytes read per datagram (1-65507).
+    rcvbuf, sndbuf : int, optional
+        Kernel socket buffers in bytes (default: the system's).
+
+    Attributes
+    ----------
+    addr : tuple
+        The address bound.
+    stats : dict
+        ``received``, ``sent``, ``truncated``, ``send_errors`` and the request counters.
+    """
 
     def __init__(
         self,
@@ -266,20 +325,18 @@ class QQPeer:
         rcvbuf: Optional[int] = None,
         sndbuf: Optional[int] = None,
     ) -> None:
-        self.bufsize = check_bufsize(bufsize)
-        host, port = check_address("bind", bind)
-        rcvbuf, sndbuf = check_socket_buffer("rcvbuf", rcvbuf), check_socket_buffer("sndbuf", sndbuf)
-        self._peer = _core.Peer(host, port, bufsize=bufsize, rcvbuf=rcvbuf, sndbuf=sndbuf)
+        """Check every argument (parameters: see the class) and bind the socket."""
+        self._peer = _core.Peer(_core.PeerConfig.bound(bind, bufsize=bufsize, rcvbuf=rcvbuf, sndbuf=sndbuf))
+        self.bufsize = bufsize
         self.addr: Address = self._peer.local_addr()
 
     def sendto(self, data: BytesLike, addr: Address) -> None:
         """Send one datagram to ``addr`` (``(host, port)``)."""
-        host, port = check_address("addr", addr)
-        self._peer.send_to(_as_bytes("sendto()", data), host, port)
+        self._peer.send_to(_as_bytes("sendto()", data), addr)
 
     def recvfrom(self, timeout: Optional[float] = None) -> Tuple[bytes, Address]:
         """The next datagram and its sender; ``TimeoutError`` after ``timeout`` seconds."""
-        got = self._peer.recv_from(None if timeout is None else check_seconds("timeout", timeout))
+        got = self._peer.recv_from(timeout)
         if got is None:
             raise TimeoutError("timed out")
         data: bytes = got[0]
@@ -291,6 +348,7 @@ class QQPeer:
 
     @property
     def closed(self) -> bool:
+        """True once ``close()`` was called."""
         return bool(self._peer.closed)
 
     @property

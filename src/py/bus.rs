@@ -1,10 +1,9 @@
 //! Python views of the bus: its counters as a dict, the other relays as a list of dicts.
 
-use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-use crate::bus::{BusConfig, BusDrop, BusStatus};
+use crate::bus::{BusDrop, BusStatus};
 
 /// `{"backend", "connected", "published", "received", "lost", ..., "dropped": {reason: n}}`.
 pub(super) fn stats_dict<'py>(py: Python<'py>, status: &BusStatus) -> PyResult<Bound<'py, PyDict>> {
@@ -46,10 +45,4 @@ pub(super) fn peers_list<'py>(py: Python<'py>, status: &BusStatus) -> PyResult<B
         list.append(dict)?;
     }
     Ok(list)
-}
-
-/// Checks `bus` URLs and `room` as the server will at start, so mistakes show at construction.
-#[pyfunction]
-pub(super) fn check_bus(urls: Vec<String>, room: String) -> PyResult<()> {
-    BusConfig::new(urls, room).validate().map(drop).map_err(|e| PyValueError::new_err(e.to_string()))
 }

@@ -10,13 +10,12 @@ use pyo3::types::{PyBytes, PyDict, PyTuple};
 
 use crate::error::ChatError;
 use crate::events::{Batch, Event, EventReceiver, Pull, Route};
-use crate::limits::{Network, Rate};
-use crate::net::SocketOptions;
 use crate::stats::{Counters, DropReason, Stats};
-use crate::{Client, ClientConfig, Endpoint, Server, ServerConfig};
+use crate::{Client, Endpoint, Server};
 
 mod bus;
 mod collector;
+mod config;
 mod services;
 
 pyo3::import_exception!(chatudp.errors, ClosedError);
@@ -258,10 +257,6 @@ fn checked_route(route: Route) -> PyResult<Route> {
     Ok(route)
 }
 
-fn socket_options(defaults: SocketOptions, rcvbuf: Option<usize>, sndbuf: Option<usize>) -> SocketOptions {
-    SocketOptions { rcvbuf: rcvbuf.or(defaults.rcvbuf), sndbuf: sndbuf.or(defaults.sndbuf) }
-}
-
 /// `#[pymethods]` for a class wrapping an [`Endpoint`] in `inner`: its own methods, given to
 /// the macro, and the ones every socket-thread object shares.
 macro_rules! endpoint_pymethods {
@@ -378,55 +373,21 @@ struct PyServer {
 endpoint_pymethods! {
 impl PyServer as "ChatUdpServer" {
     #[new]
-    #[pyo3(signature = (host, port, interval, *, bufsize=1024, expiry_grace=None, queue_size=65536, rcvbuf=None, sndbuf=None, drop_unreachable=true, max_clients=crate::config::DEFAULT_MAX_CLIENTS, rate=None, allow=None, validate=false, secret=None, messages=true, joins=true, leaves=true, rejects=true, backlog=0, workers=1, bus=None, room=String::from("chatudp")))]
-    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (config, *, messages=true, joins=true, leaves=true, rejects=true, backlog=0))]
     fn new(
         py: Python<'_>,
-        host: String,
-        port: u16,
-        interval: f64,
-        bufsize: usize,
-        expiry_grace: Option<f64>,
-        queue_size: usize,
-        rcvbuf: Option<usize>,
-        sndbuf: Option<usize>,
-        drop_unreachable: bool,
-        max_clients: usize,
-        rate: Option<(f64, f64)>,
-        allow: Option<Vec<String>>,
-        validate: bool,
-        secret: Option<Vec<u8>>,
+        config: &config::PyServerConfig,
         messages: bool,
         joins: bool,
         leaves: bool,
         rejects: bool,
         backlog: usize,
-        workers: usize,
-        bus: Option<Vec<String>>,
-        room: String,
     ) -> PyResult<PyServer> {
         guarded(|| {
-        let mut config = ServerConfig::new(host, port, interval);
-        config.bufsize = bufsize;
-        config.expiry_grace = expiry_grace.unwrap_or(config.expiry_grace);
-        config.drop_unreachable = drop_unreachable;
-        config.max_clients = max_clients;
-        config.validate = validate;
-        config.secret = secret;
-        config.workers = workers;
-        config.bus = bus.map(|urls| crate::bus::BusConfig::new(urls, room));
-        config.rate = rate.map(|(per_second, burst)| Rate::new(per_second, burst)).transpose().map_err(PyChatError)?;
-        config.allow = allow
-            .unwrap_or_default()
-            .iter()
-            .map(|net| Network::parse(net))
-            .collect::<Result<_, _>>()
-            .map_err(PyChatError)?;
-        config.queue_size = queue_size;
-        config.route = checked_route(Route { messages, joins, leaves, rejects, backlog })?;
-        config.socket = socket_options(config.socket, rcvbuf, sndbuf);
-        let inner = py.detach(|| Server::start(config)).map_err(PyChatError)?;
-        Ok(PyServer { inner })
+            let mut config = config.inner.clone();
+            config.route = checked_route(Route { messages, joins, leaves, rejects, backlog })?;
+            let inner = py.detach(|| Server::start(config)).map_err(PyChatError)?;
+            Ok(PyServer { inner })
         })
     }
 
@@ -469,32 +430,13 @@ struct PyClient {
 endpoint_pymethods! {
 impl PyClient as "ChatUdpClient" {
     #[new]
-    #[pyo3(signature = (host, port, interval, *, bufsize=1024, queue_size=65536, rcvbuf=None, sndbuf=None, secret=None, messages=true, backlog=0, announce=false))]
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        py: Python<'_>,
-        host: String,
-        port: u16,
-        interval: f64,
-        bufsize: usize,
-        queue_size: usize,
-        rcvbuf: Option<usize>,
-        sndbuf: Option<usize>,
-        secret: Option<Vec<u8>>,
-        messages: bool,
-        backlog: usize,
-        announce: bool,
-    ) -> PyResult<PyClient> {
+    #[pyo3(signature = (config, *, messages=true, backlog=0))]
+    fn new(py: Python<'_>, config: &config::PyClientConfig, messages: bool, backlog: usize) -> PyResult<PyClient> {
         guarded(|| {
-        let mut config = ClientConfig::new(host, port, interval);
-        config.announce = announce;
-        config.bufsize = bufsize;
-        config.queue_size = queue_size;
-        config.socket = socket_options(config.socket, rcvbuf, sndbuf);
-        config.secret = secret;
-        config.route = checked_route(Route { messages, backlog, ..Route::default() })?;
-        let inner = py.detach(|| Client::start(config)).map_err(PyChatError)?;
-        Ok(PyClient { inner })
+            let mut config = config.inner.clone();
+            config.route = checked_route(Route { messages, backlog, ..Route::default() })?;
+            let inner = py.detach(|| Client::start(config)).map_err(PyChatError)?;
+            Ok(PyClient { inner })
         })
     }
 
@@ -524,7 +466,7 @@ fn _core(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<PyServer>()?;
     m.add_class::<PyClient>()?;
     services::register(m)?;
-    m.add_function(wrap_pyfunction!(bus::check_bus, m)?)?;
+    config::register(m)?;
     collector::register(m)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add("MAX_DATAGRAM", crate::protocol::MAX_DATAGRAM)?;

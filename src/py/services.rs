@@ -8,19 +8,16 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 
+use super::config::{PyPeerConfig, PyServiceConfig};
 use super::{
     address, checked_route, counters_dict, deadline, discard_events, endpoint_pymethods, guarded, next_events, pull,
     wait_detached, ClosedError, Kept, PyChatError, Route, SIGNAL_SLICE,
 };
 use crate::error::ChatError;
-use crate::net::{self, SocketOptions};
+use crate::net;
 use crate::peer::{Request, RequestPoll, UdpPeer};
-use crate::services::{Service, ServiceConfig, ServiceServer, ServiceStats};
+use crate::services::{Service, ServiceServer, ServiceStats};
 use crate::Endpoint;
-
-/// Socket receive buffer the servers ask for by default (the kernel caps it at `rmem_max`), so a
-/// burst waits in the kernel instead of being dropped there.
-const SERVER_RCVBUF: usize = 4 << 20;
 
 fn py_err(error: ChatError) -> PyErr {
     PyChatError(error).into()
@@ -39,26 +36,6 @@ fn service_stats<'py>(py: Python<'py>, stats: &ServiceStats) -> PyResult<Bound<'
     Ok(dict)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn start_service(
-    py: Python<'_>,
-    service: Service,
-    host: String,
-    port: u16,
-    bufsize: usize,
-    queue_size: Option<usize>,
-    rcvbuf: Option<usize>,
-    sndbuf: Option<usize>,
-    validate: bool,
-) -> PyResult<ServiceServer> {
-    let mut config = ServiceConfig::new(host, port);
-    config.bufsize = bufsize;
-    config.validate = validate;
-    config.events = queue_size;
-    config.socket = SocketOptions { rcvbuf: Some(rcvbuf.unwrap_or(SERVER_RCVBUF)), sndbuf };
-    py.detach(|| ServiceServer::start(service, config)).map_err(py_err)
-}
-
 macro_rules! service_class {
     ($rust:ident, $python:literal, $service:expr, $doc:literal) => {
         #[doc = $doc]
@@ -69,24 +46,17 @@ macro_rules! service_class {
 
         endpoint_pymethods! {
         impl $rust as $python {
+            /// Binds and starts with `config`; with `events`, every request is also queued as
+            /// an event for `next_events` (up to the config's `queue_size`).
             #[new]
-            /// `queue_size`: when given, every request is also queued as an event for
-            /// `next_events` (a queue of that many events); `None`: no events. `validate`: the
-            /// reflection guard (unvalidated sources get only a cookie challenge).
-            #[pyo3(signature = (host, port, *, bufsize=1024, queue_size=None, rcvbuf=None, sndbuf=None, validate=false))]
-            #[allow(clippy::too_many_arguments)]
-            fn new(
-                py: Python<'_>,
-                host: String,
-                port: u16,
-                bufsize: usize,
-                queue_size: Option<usize>,
-                rcvbuf: Option<usize>,
-                sndbuf: Option<usize>,
-                validate: bool,
-            ) -> PyResult<Self> {
+            #[pyo3(signature = (config, *, events=false))]
+            fn new(py: Python<'_>, config: &PyServiceConfig, events: bool) -> PyResult<Self> {
                 guarded(|| {
-                    let inner = start_service(py, $service, host, port, bufsize, queue_size, rcvbuf, sndbuf, validate)?;
+                    let mut config = config.inner.clone();
+                    if !events {
+                        config.events = None;
+                    }
+                    let inner = py.detach(|| ServiceServer::start($service, config)).map_err(py_err)?;
                     Ok($rust { inner })
                 })
             }
@@ -143,40 +113,25 @@ struct PyPeer {
 
 #[pymethods]
 impl PyPeer {
-    /// Binds to `(host, port)`; port 0 picks a free port.
+    /// Binds to the config's `(host, port)`; port 0 picks a free port.
     #[new]
-    #[pyo3(signature = (host, port, *, bufsize=1024, rcvbuf=None, sndbuf=None))]
-    fn new(
-        py: Python<'_>,
-        host: String,
-        port: u16,
-        bufsize: usize,
-        rcvbuf: Option<usize>,
-        sndbuf: Option<usize>,
-    ) -> PyResult<PyPeer> {
+    fn new(py: Python<'_>, config: &PyPeerConfig) -> PyResult<PyPeer> {
         guarded(|| {
-            let local = resolve(py, &host, port)?;
-            let inner =
-                py.detach(|| UdpPeer::bind(local, bufsize, SocketOptions { rcvbuf, sndbuf })).map_err(py_err)?;
+            let config = &config.inner;
+            let local = resolve(py, &config.host, config.port)?;
+            let inner = py.detach(|| UdpPeer::bind(local, config.bufsize, config.socket)).map_err(py_err)?;
             Ok(PyPeer { inner })
         })
     }
 
-    /// A peer on a free port of the family of `(host, port)`, and that address resolved.
+    /// A peer on a free port of the family of the config's remote `(host, port)`, and that
+    /// address resolved.
     #[staticmethod]
-    #[pyo3(signature = (host, port, *, bufsize=65507, rcvbuf=None, sndbuf=None))]
-    fn for_remote<'py>(
-        py: Python<'py>,
-        host: String,
-        port: u16,
-        bufsize: usize,
-        rcvbuf: Option<usize>,
-        sndbuf: Option<usize>,
-    ) -> PyResult<(PyPeer, Bound<'py, PyTuple>)> {
+    fn for_remote<'py>(py: Python<'py>, config: &PyPeerConfig) -> PyResult<(PyPeer, Bound<'py, PyTuple>)> {
         guarded(|| {
-            let remote = resolve(py, &host, port)?;
-            let inner =
-                py.detach(|| UdpPeer::for_remote(remote, bufsize, SocketOptions { rcvbuf, sndbuf })).map_err(py_err)?;
+            let config = &config.inner;
+            let remote = resolve(py, &config.host, config.port)?;
+            let inner = py.detach(|| UdpPeer::for_remote(remote, config.bufsize, config.socket)).map_err(py_err)?;
             Ok((PyPeer { inner }, address(py, &remote)?))
         })
     }
@@ -185,8 +140,10 @@ impl PyPeer {
         guarded(|| address(py, &self.inner.local_addr()))
     }
 
-    fn send_to(&self, py: Python<'_>, data: &[u8], host: String, port: u16) -> PyResult<()> {
+    /// Sends `data` to `addr`, a `(host, port)` tuple.
+    fn send_to(&self, py: Python<'_>, data: &[u8], addr: Bound<'_, PyAny>) -> PyResult<()> {
         guarded(|| {
+            let (host, port) = super::config::address("addr", &addr)?;
             let to = resolve(py, &host, port)?;
             py.detach(|| self.inner.send_to(data, to)).map_err(py_err)
         })
