@@ -198,7 +198,7 @@ def add_bus(parser: argparse.ArgumentParser, room: bool) -> None:
 def bus_options(args: argparse.Namespace, room: str = "chatudp") -> Dict[str, Any]:
     """``bus=``/``room=`` for ChatUdpServer from --bus and --room, checked here so that a bad URL
     is said as such (not as a failure to bind)."""
-    from .._chat import _check_bus
+    from .. import _core
 
     room = getattr(args, "room", None) or room
     if args.bus is None:
@@ -207,9 +207,10 @@ def bus_options(args: argparse.Namespace, room: str = "chatudp") -> Dict[str, An
         return {}
     urls = [url.strip() for url in args.bus.split(",") if url.strip()]
     try:
-        return _check_bus(urls, room)
+        _core.ServerConfig(bus=urls, room=room)  # checks the URLs and the room, nothing else
     except (TypeError, ValueError) as exc:
         raise Fatal(f"bad --bus {args.bus!r}: {exc}") from None
+    return {"bus": urls, "room": room}
 
 
 def shown_url(url: str) -> str:
