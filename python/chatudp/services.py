@@ -29,7 +29,7 @@ _DEFAULT_QUEUE_SIZE: int = _core.DEFAULT_QUEUE_SIZE
 
 _log = logging.getLogger("chatudp.services")
 
-_C = TypeVar("_C", bound="_RequestClient")
+_S = TypeVar("_S", bound="_PeerSocket")
 
 def _as_bytes(name: str, data: object) -> bytes:
     if isinstance(data, (bytes, bytearray, memoryview)):
@@ -162,7 +162,36 @@ class TimeServer(_Service):
 # -- clients ---------------------------------------------------------------------------------
 
 
-class _RequestClient:
+class _PeerSocket:
+    """What the request clients and ``QQPeer`` share: their socket's life cycle and counters."""
+
+    _peer: Any
+
+    def close(self) -> None:
+        """Close the socket (the port is free again); idempotent."""
+        self._peer.close()
+
+    @property
+    def closed(self) -> bool:
+        """True once ``close()`` was called."""
+        return bool(self._peer.closed)
+
+    @property
+    def stats(self) -> Dict[str, Any]:
+        """Counters: ``received``, ``sent``, ``retries``, ``truncated``, ``ignored`` (datagrams
+        from other addresses and late replies), ``send_errors``, ``challenges`` (cookie
+        challenges of a ``validate=True`` server, answered by themselves)."""
+        stats: Dict[str, Any] = self._peer.stats()
+        return stats
+
+    def __enter__(self: _S) -> _S:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class _RequestClient(_PeerSocket):
     """A socket on a free port that sends a request and waits for its reply."""
 
     _kind: ClassVar[str]
@@ -203,29 +232,6 @@ class _RequestClient:
             raise NoReplyError(f"no reply from {self.raddr[0]}:{self.raddr[1]} {detail}")
         reply: bytes = got[0]
         return reply
-
-    def close(self) -> None:
-        """Close the socket; idempotent."""
-        self._peer.close()
-
-    @property
-    def closed(self) -> bool:
-        """True once ``close()`` was called."""
-        return bool(self._peer.closed)
-
-    @property
-    def stats(self) -> Dict[str, Any]:
-        """Counters: ``received``, ``sent``, ``retries``, ``truncated``, ``ignored`` (datagrams
-        from other addresses and late replies), ``send_errors``, ``challenges`` (cookie
-        challenges of a ``validate=True`` server, answered by themselves)."""
-        stats: Dict[str, Any] = self._peer.stats()
-        return stats
-
-    def __enter__(self: _C) -> _C:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"{self._kind}(raddr={self.raddr!r}, addr={self.addr!r}, closed={self.closed})"
@@ -290,7 +296,7 @@ class TimeClient(_RequestClient):
         return self._request(fmt.encode("utf-8")).decode("utf-8", "replace")
 
 
-class QQPeer:
+class QQPeer(_PeerSocket):
     """The socket of the tutorial's "QQ" programs: bound to ``bind`` (default ``('', 0)``, a free
     port on every IPv4 address), not connected, so it talks to any address.
 
@@ -341,27 +347,6 @@ class QQPeer:
             raise TimeoutError("timed out")
         data: bytes = got[0]
         return data, got[1]
-
-    def close(self) -> None:
-        """Close the socket (the port is free again); idempotent."""
-        self._peer.close()
-
-    @property
-    def closed(self) -> bool:
-        """True once ``close()`` was called."""
-        return bool(self._peer.closed)
-
-    @property
-    def stats(self) -> Dict[str, Any]:
-        """Counters: ``received``, ``sent``, ``truncated``, ``send_errors``."""
-        stats: Dict[str, Any] = self._peer.stats()
-        return stats
-
-    def __enter__(self) -> "QQPeer":
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         return f"QQPeer(addr={self.addr!r}, closed={self.closed})"
