@@ -230,8 +230,12 @@ impl ServerConfig {
 pub struct ClientConfig {
     pub host: String,
     pub port: u16,
-    /// Seconds between heartbeats; the first is sent `interval` seconds after start.
+    /// Seconds between heartbeats; the first is sent `interval` seconds after start, unless
+    /// `announce` is set.
     pub interval: f64,
+    /// Send the first heartbeat at once at start, so the client joins the server's table (and
+    /// hears the others) without waiting `interval` seconds. Off by default: the tutorial's timing.
+    pub announce: bool,
     /// Bytes read per datagram, as the original's `recvfrom(1024)`.
     pub bufsize: usize,
     pub queue_size: usize,
@@ -250,6 +254,7 @@ impl ClientConfig {
             host: host.into(),
             port,
             interval,
+            announce: false,
             bufsize: DEFAULT_BUFSIZE,
             queue_size: DEFAULT_QUEUE_SIZE,
             backlog: DEFAULT_BACKLOG,

@@ -129,6 +129,24 @@ def test_heartbeats_keep_a_chatudp_client_alive(stopper: Any) -> None:
     wait_for(lambda: left == [(cli.addr, "expired")], what="expiry after the client stops")
 
 
+def test_announce_joins_at_start_and_the_default_waits_one_interval(stopper: Any) -> None:
+    srv = ChatUdpServer(port=0, interval=600)
+    srv.start()
+    stopper(srv)
+    quiet = ChatUdpClient(*srv.addr, interval=600, on_message=lambda d, a: None)
+    loud = ChatUdpClient(*srv.addr, interval=600, on_message=lambda d, a: None, announce=True)
+    for cli in (quiet, loud):
+        cli.start()
+        stopper(cli)
+    # The announcing client is in the table at once; the other only after its first heartbeat,
+    # 600 s away (the tutorial's timing): it hears nothing until then.
+    wait_for(lambda: loud.addr in srv.clients, what="the first heartbeat, sent at start")
+    assert quiet.addr not in srv.clients
+    assert srv.stats["heartbeats"] == 1
+    with pytest.raises(TypeError, match="announce"):
+        ChatUdpClient(announce="yes")  # type: ignore[arg-type]
+
+
 def test_expiry_at_chat_time_follows_the_original_rule(stopper: Any, peers: Any) -> None:
     # A long grace keeps the timer out of the way: only the tutorial's check runs.
     srv = ChatUdpServer(port=0, interval=0.2, expiry_grace=30)

@@ -163,6 +163,7 @@ class ClientConfig:
         rcvbuf: int | None = None,
         sndbuf: int | None = None,
         secret: bytes | bytearray | memoryview | None = None,
+        announce: bool = False,
     ) -> ClientConfig: ...
     @property
     def backlog(self) -> int:
@@ -390,7 +391,8 @@ class Peer:
 
     def stats(self) -> dict[str, int]:
         """Counters: ``received``, ``sent``, ``retries``, ``truncated``, ``ignored``,
-        ``send_errors``, ``challenges`` (address-validation challenges answered)."""
+        ``send_errors``, ``challenges`` (address-validation challenges answered), ``refused``
+        (reports that the remote port is closed; request clients only)."""
 
 BATCH_BUFFER: Final[bool]
 """True when ``Batch`` objects offer the buffer protocol (``memoryview(batch)``)."""

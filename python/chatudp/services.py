@@ -218,13 +218,18 @@ class _RequestClient(_PeerSocket):
 
     def _request(self, data: bytes) -> bytes:
         host, port = self._remote[0], self._remote[1]
+        refused = self._peer.stats()["refused"]
         got = self._peer.request(data, host, port, self.timeout, self.retries)
         if got is None:
             tries = self.retries + 1
-            raise NoReplyError(
-                f"no reply from {self.raddr[0]}:{self.raddr[1]} after {tries} "
-                f"{'try' if tries == 1 else 'tries'} of {self.timeout:g} s each"
-            )
+            detail = f"after {tries} {'try' if tries == 1 else 'tries'} of {self.timeout:g} s each"
+            if self._peer.stats()["refused"] > refused:
+                raise NoReplyError(
+                    f"no reply from {self.raddr[0]}:{self.raddr[1]} {detail}: refused, the network reports its "
+                    "port closed (is the server running?)",
+                    refused=True,
+                )
+            raise NoReplyError(f"no reply from {self.raddr[0]}:{self.raddr[1]} {detail}")
         reply: bytes = got[0]
         return reply
 
