@@ -171,7 +171,7 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=1.0, help="length of each phase")
     ap.add_argument("--cycles", type=int, default=6, help="loaded phases, each between two idle ones")
     ap.add_argument("--rates", default="1000,10000",
-                    help="offered loads, messages/s (issue 4's figure is 1000; 10000 shows the trend)")
+                    help="offered loads, messages/s (the target is set at 1000; 10000 shows the trend)")
     ap.add_argument("--rate", type=float, default=1000.0, help=argparse.SUPPRESS)
     ap.add_argument("--out", help="append the JSON lines to this file")
     ap.add_argument("--nice", type=int, default=0,

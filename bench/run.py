@@ -1,4 +1,4 @@
-"""chatudp benchmarks (issue 4): every scenario against every server, side by side, in one run.
+"""chatudp benchmarks: every scenario against every server, side by side, in one run.
 
     python bench/run.py [--repeat 3] [--seconds 2] [--out FILE] [--no-gil] [--no-memory]
 
@@ -22,7 +22,7 @@ so each message is Acked to receivers + 2 sockets):
 then bench/gil.py (GIL benchmark) and bench/memory.py (bytes per client at 100,000 clients).
 
 Prints markdown tables (medians over the repeats, [min-max] spread, ratios computed within each
-repeat then their median) and checks issue 4's targets; writes every raw JSON line to --out.
+repeat then their median) and checks the performance targets; writes every raw JSON line to --out.
 """
 
 from __future__ import annotations

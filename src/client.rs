@@ -73,6 +73,7 @@ impl Client {
             bufsize: config.bufsize,
             // A floor, so a tiny interval cannot make the loop spin.
             interval: Duration::from_secs_f64(config.interval.max(MIN_TIMER_PERIOD)),
+            announce: config.announce,
             opener: config
                 .secret
                 .as_deref()
@@ -198,12 +199,14 @@ struct ClientLoop {
     /// Payload bytes delivered per datagram.
     bufsize: usize,
     interval: Duration,
+    /// The first heartbeat goes out at once instead of after `interval`.
+    announce: bool,
     opener: Option<Opener>,
 }
 
 impl ClientLoop {
     fn run(&mut self, control: &Control) {
-        let mut next_heartbeat = Instant::now() + self.interval;
+        let mut next_heartbeat = if self.announce { Instant::now() } else { Instant::now() + self.interval };
         while !control.is_stopping() {
             let wait = next_heartbeat.saturating_duration_since(Instant::now());
             match self.waiter.wait(wait) {
@@ -310,6 +313,24 @@ mod tests {
         assert_eq!(batch, events::Batch::Events(vec![expected], false));
         client.stop();
         assert!(matches!(client.send(b"late"), Err(ChatError::Closed(_))));
+    }
+
+    #[test]
+    fn announce_sends_the_first_heartbeat_at_start() {
+        let server = fake_server();
+        let port = server.local_addr().unwrap().port();
+        let mut config = ClientConfig::new("127.0.0.1", port, 1e6);
+        config.announce = true;
+        let client = Client::start(config).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, from) = server.recv_from(&mut buf).unwrap();
+        assert_eq!((&buf[..n], from), (&b"^hb^"[..], client.local_addr()));
+        // Without it the first heartbeat waits `interval` seconds, as the tutorial's does.
+        let quiet = start(&server, 1e6);
+        server.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+        assert!(server.recv_from(&mut buf).is_err());
+        quiet.stop();
+        client.stop();
     }
 
     #[test]

@@ -212,12 +212,6 @@ impl ServerConfig {
     pub fn validate(&self) -> Result<()> {
         if let Some(bus) = &self.bus {
             bus.validate()?;
-            if self.workers > 1 {
-                return Err(ChatError::InvalidArgument(format!(
-                    "bus= works with one socket thread for now: use workers=1 (not {}) on a relay with a bus",
-                    self.workers
-                )));
-            }
         }
         INTERVAL.check(self.interval)?;
         EXPIRY_GRACE.check(self.expiry_grace)?;
@@ -236,8 +230,12 @@ impl ServerConfig {
 pub struct ClientConfig {
     pub host: String,
     pub port: u16,
-    /// Seconds between heartbeats; the first is sent `interval` seconds after start.
+    /// Seconds between heartbeats; the first is sent `interval` seconds after start, unless
+    /// `announce` is set.
     pub interval: f64,
+    /// Send the first heartbeat at once at start, so the client joins the server's table (and
+    /// hears the others) without waiting `interval` seconds. Off by default: the tutorial's timing.
+    pub announce: bool,
     /// Bytes read per datagram, as the original's `recvfrom(1024)`.
     pub bufsize: usize,
     pub queue_size: usize,
@@ -256,6 +254,7 @@ impl ClientConfig {
             host: host.into(),
             port,
             interval,
+            announce: false,
             bufsize: DEFAULT_BUFSIZE,
             queue_size: DEFAULT_QUEUE_SIZE,
             backlog: DEFAULT_BACKLOG,

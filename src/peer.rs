@@ -45,6 +45,9 @@ pub struct PeerStats {
     pub send_errors: u64,
     /// Address-validation challenges answered (a server with `validate=True`).
     pub challenges: u64,
+    /// Reports that a destination's port is closed (ICMP port unreachable), read from the
+    /// socket's error queue: request clients only, which talk to one server.
+    pub refused: u64,
 }
 
 /// A non-connected UDP socket for request/response clients. Every method takes `&self`: one
@@ -59,6 +62,9 @@ pub struct UdpPeer {
     retries: AtomicU64,
     ignored: AtomicU64,
     challenges: AtomicU64,
+    refused: AtomicU64,
+    /// The kernel queues ICMP errors for this socket (`IP_RECVERR`), read by `note_reports`.
+    error_queue: bool,
 }
 
 const CLOSED: &str = "this peer";
@@ -66,8 +72,14 @@ const CLOSED: &str = "this peer";
 impl UdpPeer {
     /// Binds to `local` (port 0 picks a free port); datagrams longer than `bufsize` are cut.
     pub fn bind(local: SocketAddr, bufsize: usize, options: SocketOptions) -> Result<UdpPeer> {
+        UdpPeer::bind_with(local, bufsize, options, false)
+    }
+
+    fn bind_with(local: SocketAddr, bufsize: usize, options: SocketOptions, error_queue: bool) -> Result<UdpPeer> {
         BUFSIZE.check_usize(bufsize)?;
-        let socket = Arc::new(net::udp_socket(local, true, options)?);
+        let socket = net::udp_socket(local, true, options)?;
+        let error_queue = error_queue && net::enable_error_queue(&socket, local.is_ipv6())?;
+        let socket = Arc::new(socket);
         let local = net::local_addr(&socket)?;
         let (waiter, waker) = Waiter::new(&socket)?;
         Ok(UdpPeer {
@@ -80,16 +92,30 @@ impl UdpPeer {
             retries: AtomicU64::new(0),
             ignored: AtomicU64::new(0),
             challenges: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            error_queue,
         })
     }
 
     /// Binds to a free port on every address of `remote`'s family, ready to talk to `remote`.
+    /// The kernel's reports of a closed port are read and counted (`refused`), so that a request
+    /// nobody answered can say whether the server's port was closed.
     pub fn for_remote(remote: SocketAddr, bufsize: usize, options: SocketOptions) -> Result<UdpPeer> {
         let any = match remote.ip() {
             IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
         };
-        UdpPeer::bind(SocketAddr::new(any, 0), bufsize, options)
+        UdpPeer::bind_with(SocketAddr::new(any, 0), bufsize, options, true)
+    }
+
+    /// Reads the error queue (when enabled), counting the closed ports it reports. Called
+    /// whenever the socket may hold an error: else its POLLERR would keep waking the waiter.
+    fn note_reports(&self, socket: &Socket) {
+        if self.error_queue {
+            let mut closed = Vec::new();
+            net::drain_unreachable(socket, &mut closed);
+            self.refused.fetch_add(closed.len() as u64, Ordering::Relaxed);
+        }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -108,7 +134,14 @@ impl UdpPeer {
         }
         let send = self.send.read();
         let socket = send.as_ref().ok_or(ChatError::Closed(CLOSED))?;
-        match net::send_one(socket, data, Some(to)) {
+        let mut sent = net::send_one(socket, data, Some(to));
+        if matches!(&sent, Err(e) if self.error_queue && net::is_deferred_icmp_error(e)) {
+            // The error is an ICMP report about an earlier datagram, handed to this send (which
+            // did not go out): read the report and send again.
+            self.note_reports(socket);
+            sent = net::send_one(socket, data, Some(to));
+        }
+        match sent {
             Ok(_) => {
                 Counters::add(&self.counters.sent, 1);
                 Ok(())
@@ -165,6 +198,7 @@ impl UdpPeer {
             ignored: self.ignored.load(Ordering::Relaxed),
             send_errors: base.dropped(DropReason::SendError),
             challenges: self.challenges.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
         }
     }
 
@@ -174,12 +208,15 @@ impl UdpPeer {
         let side = recv.as_mut().ok_or(ChatError::Closed(CLOSED))?;
         loop {
             match side.batch.recv(&side.socket) {
-                Ok(0) => return Ok(()),
+                Ok(0) => {
+                    self.note_reports(&side.socket);
+                    return Ok(());
+                }
                 Ok(n) => {
                     Counters::add(&self.counters.received, n as u64);
                     self.ignored.fetch_add(n as u64, Ordering::Relaxed);
                 }
-                Err(e) if net::is_deferred_icmp_error(&e) => {}
+                Err(e) if net::is_deferred_icmp_error(&e) => self.note_reports(&side.socket),
                 Err(e) => return Err(ChatError::Io(e)),
             }
         }
@@ -212,21 +249,24 @@ impl UdpPeer {
             }
             let side = recv.as_mut().ok_or(ChatError::Closed(CLOSED))?;
             match side.batch.recv(&side.socket) {
-                Ok(0) => {}
+                Ok(0) => self.note_reports(&side.socket),
                 Ok(_) => {
                     Counters::add(&self.counters.received, 1);
                     let datagram = side.batch.get(0);
                     if datagram.truncated {
                         Counters::add(&self.counters.truncated, 1);
                     }
-                    if from.map_or(true, |want| replies_from(want, datagram.from)) {
+                    if from.is_none_or(|want| replies_from(want, datagram.from)) {
                         return Ok(Some((datagram.data.to_vec(), datagram.from)));
                     }
                     self.ignored.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
                 // An ICMP report about some earlier destination; the socket is fine.
-                Err(e) if net::is_deferred_icmp_error(&e) => continue,
+                Err(e) if net::is_deferred_icmp_error(&e) => {
+                    self.note_reports(&side.socket);
+                    continue;
+                }
                 Err(e) => return Err(ChatError::Io(e)),
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -368,7 +408,7 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(50));
         let stats = p.stats();
         assert_eq!((stats.sent, stats.received), (1, 1));
-        assert_eq!(stats.truncated, u64::from(cfg!(target_os = "linux")));
+        assert_eq!(stats.truncated, 1);
     }
 
     #[test]
@@ -449,5 +489,25 @@ mod tests {
             v4.send_to(&vec![0; MAX_DATAGRAM + 1], "127.0.0.1:9".parse().unwrap()),
             Err(ChatError::TooLong { .. })
         ));
+    }
+
+    #[test]
+    #[cfg(target_os = "linux")]
+    fn a_request_to_a_closed_port_is_counted_refused_and_sends_go_on() {
+        let closed = server().local_addr().unwrap(); // dropped: nothing listens there now
+        let client = UdpPeer::for_remote(closed, 1024, SocketOptions::default()).unwrap();
+        let started = Instant::now();
+        assert_eq!(client.request(b"anyone?", closed, Duration::from_millis(100), 2).unwrap(), None);
+        // Each try met the closed port; the report handed to the next send did not stop it.
+        let stats = client.stats();
+        assert_eq!((stats.sent, stats.refused, stats.send_errors), (3, 3, 0));
+        // No busy loop on a pending error: the wait took the three timeouts.
+        assert!(started.elapsed() >= Duration::from_millis(300));
+        let s = server();
+        assert_eq!(peer().stats().refused, 0);
+        client.send_to(b"still sends", s.local_addr().unwrap()).unwrap();
+        let mut buf = [0u8; 64];
+        let (n, _) = s.recv_from(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"still sends");
     }
 }

@@ -14,9 +14,10 @@ use crate::net::{local_addr, udp_socket, SocketOptions};
 /// How often a free port found for `port=0` may be taken by somebody else before we give up.
 const PORT_ATTEMPTS: usize = 8;
 
-/// True where [`bind_group`] can bind more than one socket.
+/// True where [`bind_group`] can bind more than one socket. Not in the `portable` build, which
+/// stands for the platforms whose `SO_REUSEPORT` is missing or does not spread datagrams.
 pub fn supported() -> bool {
-    cfg!(all(unix, not(target_os = "solaris"), not(target_os = "illumos")))
+    cfg!(all(unix, not(target_os = "solaris"), not(target_os = "illumos"), not(feature = "portable")))
 }
 
 /// Binds `count` non-blocking sockets to `addr`. `count == 1` is a plain socket, as every other

@@ -36,7 +36,7 @@ use parking_lot::Mutex;
 use socket2::Socket;
 
 use crate::auth::{self, CookieJar, Direction, HoldQueue, Opener, Refused, Sealer, TRAILER_LEN};
-use crate::bus::{Bus, BusInbox, BusStatus};
+use crate::bus::{Bus, BusStatus};
 pub use crate::config::ServerConfig;
 use crate::config::RECV_BATCH;
 use crate::error::{ChatError, Result};
@@ -124,29 +124,45 @@ impl Server {
         });
         let cookies = config.validate.then(|| Arc::new(CookieJar::default()));
         let held = Arc::new(Mutex::new(HoldQueue::default()));
+        // With a bus, every socket thread publishes what it relays (a sink of its own, sharing
+        // one sequence), and what other relays publish comes back to the leader alone, woken
+        // by its poller, which Acks it to the whole table once.
+        let bus = config.bus.as_ref().map(Bus::start).transpose()?;
+        let bus_status = bus.as_ref().map(Bus::status);
         let mut loops = Vec::with_capacity(sockets.len());
         let mut wakers = Vec::with_capacity(sockets.len());
+        let sockets: Vec<Arc<Socket>> = sockets.into_iter().map(Arc::new).collect();
+        // The kernel files the ICMP error about a datagram on the socket of the group that the
+        // destination's own datagrams would reach, not on the one that sent it: every worker
+        // reads every error queue of the group while it sends.
+        let mut error_queues = Vec::new();
+        for socket in &sockets {
+            if config.drop_unreachable && net::enable_error_queue(socket, local.is_ipv6())? {
+                error_queues.push(Arc::clone(socket));
+            }
+        }
         for socket in sockets {
-            let socket = Arc::new(socket);
-            let error_queue = config.drop_unreachable && net::enable_error_queue(&socket, local.is_ipv6())?;
             let (waiter, waker) = Waiter::new(&socket)?;
             wakers.push(waker);
             let (filter, admission) = (
                 Filter { allow: config.allow.clone(), opener: opener.clone() },
                 Admission { cookies: cookies.clone(), held: Arc::clone(&held) },
             );
-            let group = Group { shared: Arc::clone(&shared), events: sender.clone(), sinks: sinks() };
-            loops.push(RelayLoop::new(&config, socket, waiter, error_queue, filter, admission, group));
+            let mut group_sinks = sinks();
+            if let Some(bus) = &bus {
+                group_sinks.push(Box::new(bus.publisher()));
+            }
+            let group = Group {
+                shared: Arc::clone(&shared),
+                events: sender.clone(),
+                sinks: group_sinks,
+                error_queues: error_queues.clone(),
+            };
+            loops.push(RelayLoop::new(&config, socket, waiter, filter, admission, group));
         }
-        // With a bus (one socket thread, see `ServerConfig::validate`), relayed messages are also
-        // published (a sink), and what other relays publish comes back through the inbox, woken
-        // by the leader's poller.
-        let bus = config.bus.as_ref().map(Bus::start).transpose()?;
-        let bus_status = bus.as_ref().map(Bus::status);
         if let Some(bus) = bus {
             bus.set_waker(wakers[0].clone());
-            loops[0].bus = Some(bus.inbox());
-            loops[0].fanout.sinks.push(Box::new(bus));
+            loops[0].bus = Some(bus);
         }
         let mut leader = loops.remove(0);
         let waker = wakers.remove(0);
@@ -368,7 +384,7 @@ impl Outbox {
         let report = self.batch.send_many(&self.socket, &self.queued, |_, errno| counters.send_failed(errno));
         self.queued.clear();
         Counters::add(&counters.sent, report.sent as u64);
-        self.icmp_seen |= report.deferred_errors > 0;
+        self.icmp_seen |= report.deferred_errors > 0 || self.batch.has_unreachable();
     }
 
     fn send(&mut self, payload: &[u8], to: &[SocketAddr], counters: &Counters) {
@@ -527,8 +543,9 @@ impl Handover {
 }
 
 struct RelayLoop {
-    /// What other relays of the room published, when this relay has a bus.
-    bus: Option<BusInbox>,
+    /// The leader's: the bus, when this relay has one, to Ack what other relays of the room
+    /// published (dropped with the leader, after every follower has ended).
+    bus: Option<Bus>,
     socket: Arc<Socket>,
     waiter: Waiter,
     shared: Arc<Shared>,
@@ -549,6 +566,9 @@ struct Group {
     shared: Arc<Shared>,
     events: EventSender,
     sinks: Vec<Box<dyn Sink>>,
+    /// The sockets of the group whose ICMP errors are queued (`drop_unreachable`); empty when
+    /// none are.
+    error_queues: Vec<Arc<Socket>>,
 }
 
 /// Runs the leader's loop on this thread and every other worker's loop on a thread of its own,
@@ -601,12 +621,12 @@ impl RelayLoop {
         config: &ServerConfig,
         socket: Arc<Socket>,
         waiter: Waiter,
-        error_queue: bool,
         filter: Filter,
         admission: Admission,
         group: Group,
     ) -> RelayLoop {
         // `bufsize` counts payload bytes: in authenticated mode the trailer comes on top.
+        let error_queue = !group.error_queues.is_empty();
         let recv_len = config.bufsize + if config.secret.is_some() { TRAILER_LEN } else { 0 };
         RelayLoop {
             bus: None,
@@ -615,7 +635,7 @@ impl RelayLoop {
             fanout: Fanout {
                 local: Outbox {
                     socket: Arc::clone(&socket),
-                    batch: SendBatch::default(),
+                    batch: SendBatch::reading_errors(group.error_queues),
                     sealer: config.secret.as_deref().map(|secret| Sealer::new(secret, Direction::ToClient)),
                     sealed: Vec::new(),
                     queued: Outgoing::default(),
@@ -662,6 +682,7 @@ impl RelayLoop {
                 Err(_) => break,
             }
             self.deliver_from_bus();
+            self.check_unreachable(false);
             // The leader's own duties: the owner's commands, the expiry timer.
             if let Some(at) = next_sweep.as_deref_mut() {
                 self.run_commands();
@@ -745,16 +766,21 @@ impl RelayLoop {
             }
         }
         // A wake-up with nothing to read is the poller reporting a queued ICMP error.
-        if self.error_queue && (self.fanout.local.icmp_seen || received == 0) {
-            self.fanout.local.icmp_seen = false;
-            self.drop_unreachable();
-        }
+        self.check_unreachable(received == 0);
     }
 
-    /// Removes the clients the network reported unreachable.
-    fn drop_unreachable(&mut self) {
+    /// Removes the clients the network reported unreachable, when the sends met any (or
+    /// `queued` says the error queue has news).
+    fn check_unreachable(&mut self, queued: bool) {
+        if !self.error_queue || !(queued || self.fanout.local.icmp_seen) {
+            return;
+        }
+        self.fanout.local.icmp_seen = false;
         self.gone.clear();
-        if net::drain_unreachable(&self.socket, &mut self.gone) == 0 {
+        // What the sends read from the error queue on the way, then what is left in it.
+        self.fanout.local.batch.take_unreachable(&mut self.gone);
+        net::drain_unreachable(&self.socket, &mut self.gone);
+        if self.gone.is_empty() {
             return;
         }
         let counters = &self.shared.counters;
@@ -978,6 +1004,10 @@ mod tests {
 
     #[test]
     fn unreachable_clients_leave_at_once() {
+        if !net::LINUX_IO {
+            // No error queue: a dead client stays until it expires, as in the original.
+            return;
+        }
         let server = start(10.0);
         let (dead, alive) = (peer(), peer());
         let dead_addr = dead.local_addr().unwrap();
@@ -997,6 +1027,11 @@ mod tests {
     fn workers_share_one_table_and_say_bye_once() {
         let mut config = ServerConfig::new("127.0.0.1", 0, 10.0);
         config.workers = 3;
+        if !reuseport::supported() {
+            let refused = Server::start(config);
+            assert!(matches!(refused, Err(ChatError::Io(e)) if e.to_string().contains("workers=1")));
+            return;
+        }
         let server = Server::start(config).unwrap();
         let clients: Vec<UdpSocket> = (0..12).map(|_| peer()).collect();
         for client in &clients {

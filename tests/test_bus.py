@@ -4,6 +4,7 @@ loopback: the tutorial's own clients chatting across relays, and the faults of t
 from __future__ import annotations
 
 import socket
+import threading
 import time
 from typing import Any, Callable, Dict, List
 
@@ -95,6 +96,59 @@ def test_acks_of_one_sender_arrive_once_and_in_order(broker: Broker, relays: Any
     assert got == [ack(b"m%d" % i, sender.addr) for i in range(500)]
     assert listener.recv_nothing(0.3)
     assert bus_stats(b)["lost"] == 0 and bus_stats(b)["duplicates"] == 0
+
+
+def test_relay_with_workers_federates_every_ack_once_in_order(broker: Broker, relays: Any) -> None:
+    """A relay of 4 socket threads and one of 1: every worker of the first publishes what it
+    relays, in one gap-free sequence; what comes from the bus is Acked to the whole table once."""
+    from test_workers import bound, drain
+
+    many, one = relays(broker.url, workers=4), relays(broker.url)
+    joined(many, one)
+    members = {many: bound(16), one: bound(8)}
+    try:
+        for relay, socks in members.items():
+            for sock in socks:
+                sock.sendto(b"^hb^", relay.addr)
+        wait_for(lambda: len(many.clients) == 16 and len(one.clients) == 8, 5, "the clients to join")
+        senders = [(sock, many) for sock in members[many][:8]] + [(sock, one) for sock in members[one][:2]]
+        count = 40
+
+        def send(sock: socket.socket, relay: ChatUdpServer) -> None:
+            for i in range(count):
+                sock.sendto(b"m%03d" % i, relay.addr)
+                if i % 8 == 7:
+                    time.sleep(0.002)  # keep the receivers' buffers from overflowing
+
+        threads = [threading.Thread(target=send, args=pair) for pair in senders]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        want = {
+            sock.getsockname()[1]: [ack(b"m%03d" % i, sock.getsockname()) for i in range(count)] for sock, _ in senders
+        }
+        total = len(senders) * count
+        for relay, socks in members.items():
+            for sock in socks:
+                got = drain(sock, total)
+                by_sender: Dict[int, List[bytes]] = {}
+                for data in got:
+                    by_sender.setdefault(int(data.rsplit(b":", 1)[1]), []).append(data)
+                assert by_sender == want, f"{sock.getsockname()} on {'many' if relay is many else 'one'}: {len(got)} of {total}"
+                sock.settimeout(0.1)
+                with pytest.raises(socket.timeout):
+                    sock.recv(65535)
+        from_many, from_one = 8 * count, 2 * count
+        assert bus_stats(many)["published"] == from_many and bus_stats(one)["published"] == from_one
+        assert bus_stats(one)["received"] == from_many and bus_stats(many)["received"] == from_one
+        for relay in (many, one):
+            assert (bus_stats(relay)["lost"], bus_stats(relay)["duplicates"]) == (0, 0), bus_stats(relay)
+        assert many.stats["relayed"] == from_many and one.stats["relayed"] == from_one
+    finally:
+        for socks in members.values():
+            for sock in socks:
+                sock.close()
 
 
 def test_rooms_are_separate_and_own_records_ignored(nats_server: NatsServer, relays: Any, peers: Any) -> None:

@@ -1,6 +1,7 @@
 """The differential tests in bus mode: the tutorial's model server alone against two chatudp
-relays joined through a real broker, with the clients split between the relays. Every client's
-bytes must be those the single model server sends, whichever relay it is on."""
+relays joined through a real broker, with the clients split between the relays (in the
+`nats_workers` and `redis_workers` runs the sender's relay has four and two socket threads).
+Every client's bytes must be those the single model server sends, whichever relay it is on."""
 
 from __future__ import annotations
 
@@ -35,8 +36,12 @@ __all__ = ["new_socket", "start_server"]
 WHOLE_SCRIPT = [payload for case in PAYLOAD_CASES for payload in (case[0], MARKER)]
 
 
-def federation(broker: Broker) -> Iterator[Tuple[ChatUdpServer, ChatUdpServer]]:
-    relays = [ChatUdpServer(HOST, 0, LONG_INTERVAL, bus=broker.url, room="differential") for _ in range(2)]
+def federation(broker: Broker, workers: int = 1) -> Iterator[Tuple[ChatUdpServer, ChatUdpServer]]:
+    """Two relays; the first (the sender's) with `workers` socket threads."""
+    relays = [
+        ChatUdpServer(HOST, 0, LONG_INTERVAL, bus=broker.url, room="differential", workers=count)
+        for count in (workers, 1)
+    ]
     try:
         for relay in relays:
             relay.start()
@@ -52,6 +57,17 @@ def federation(broker: Broker) -> Iterator[Tuple[ChatUdpServer, ChatUdpServer]]:
 @pytest.fixture(scope="module")
 def nats_relays() -> Iterator[Tuple[ChatUdpServer, ChatUdpServer]]:
     yield from federation(NatsServer().start())
+
+
+@pytest.fixture(scope="module")
+def nats_workers_relays() -> Iterator[Tuple[ChatUdpServer, ChatUdpServer]]:
+    yield from federation(NatsServer().start(), workers=4)
+
+
+@pytest.fixture(scope="module")
+def redis_workers_relays() -> Iterator[Tuple[ChatUdpServer, ChatUdpServer]]:
+    with tempfile.TemporaryDirectory(prefix="chatudp-redis-") as directory:
+        yield from federation(RedisServer(directory).start(), workers=2)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +101,7 @@ def test_payload_across_nats_relays_matches_model(
     assert run_federated(nats_relays, script, new_socket) == want
 
 
-@pytest.mark.parametrize("backend", ["nats", "redis"])
+@pytest.mark.parametrize("backend", ["nats", "redis", "nats_workers", "redis_workers"])
 def test_whole_script_across_relays_matches_model(
     backend: str, request: pytest.FixtureRequest, start_server: Any, new_socket: Any
 ) -> None:

@@ -129,6 +129,24 @@ def test_heartbeats_keep_a_chatudp_client_alive(stopper: Any) -> None:
     wait_for(lambda: left == [(cli.addr, "expired")], what="expiry after the client stops")
 
 
+def test_announce_joins_at_start_and_the_default_waits_one_interval(stopper: Any) -> None:
+    srv = ChatUdpServer(port=0, interval=600)
+    srv.start()
+    stopper(srv)
+    quiet = ChatUdpClient(*srv.addr, interval=600, on_message=lambda d, a: None)
+    loud = ChatUdpClient(*srv.addr, interval=600, on_message=lambda d, a: None, announce=True)
+    for cli in (quiet, loud):
+        cli.start()
+        stopper(cli)
+    # The announcing client is in the table at once; the other only after its first heartbeat,
+    # 600 s away (the tutorial's timing): it hears nothing until then.
+    wait_for(lambda: loud.addr in srv.clients, what="the first heartbeat, sent at start")
+    assert quiet.addr not in srv.clients
+    assert srv.stats["heartbeats"] == 1
+    with pytest.raises(TypeError, match="announce"):
+        ChatUdpClient(announce="yes")  # type: ignore[arg-type]
+
+
 def test_expiry_at_chat_time_follows_the_original_rule(stopper: Any, peers: Any) -> None:
     # A long grace keeps the timer out of the way: only the tutorial's check runs.
     srv = ChatUdpServer(port=0, interval=0.2, expiry_grace=30)
@@ -414,6 +432,47 @@ def test_unreachable_clients(stopper: Any, peers: Any, drop: bool) -> None:
         assert srv.stats["unreachable"] == 1
     else:
         assert dead.addr in srv.clients and left == []
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_one_broadcast_drops_thousands_of_unreachable_clients(stopper: Any, workers: int) -> None:
+    """3,000 clients whose ports are closed, and a small receive buffer (where the socket's error
+    queue lives): the port-unreachable errors of one broadcast are read while it is sent, so
+    every dead client leaves at once instead of staying when the error queue overflows."""
+    dead_count = 3000
+    srv = ChatUdpServer(LOOPBACK, 0, 300, rcvbuf=65536, workers=workers)
+    srv.start()
+    stopper(srv)
+    alive = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    dead: List[socket.socket] = []
+    try:
+        alive.bind((LOOPBACK, 0))
+        alive.settimeout(5)
+        alive.sendto(b"^hb^", srv.addr)
+        # All open at once, so every one has a port of its own; joined in small steps, so the
+        # heartbeats fit the small buffer.
+        for start in range(0, dead_count, 100):
+            for _ in range(100):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                dead.append(sock)
+                sock.bind((LOOPBACK, 0))
+                sock.sendto(b"^hb^", srv.addr)
+            wait_for(lambda: len(srv.clients) == start + 101, 10, f"{start + 100} dead clients to join")
+        for sock in dead:
+            sock.close()
+        alive.sendto(b"one broadcast", srv.addr)
+        assert alive.recv(65535).startswith(b"Ack b'ONE BROADCAST'")
+        deadline = time.monotonic() + 10
+        while len(srv.clients) > 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stayed = len(srv.clients) - 1
+        assert stayed == 0, f"{stayed} of {dead_count} dead clients stayed after one broadcast"
+        assert list(srv.clients) == [alive.getsockname()]
+        assert srv.stats["unreachable"] == dead_count
+    finally:
+        alive.close()
+        for sock in dead:
+            sock.close()
 
 
 def test_port_out_of_range_is_an_overflow_error_as_in_socket() -> None:

@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import pytest
 
@@ -55,8 +55,11 @@ else:
     COMMAND = [sys.executable, "-m", "chatudp"]
 
 
-def qq_line(ip: str, port: int, text: str) -> str:
-    return "来自[%s:%s]的一条消息:\033[1;44m%s\033[0m" % (ip, port, text)
+def qq_line(ip: str, port: int, text: str, colour: bool = False) -> str:
+    """The tutorial's QQ line; its colour codes only on a terminal."""
+    if colour:
+        return "来自[%s:%s]的一条消息:\033[1;44m%s\033[0m" % (ip, port, text)
+    return "来自[%s:%s]的一条消息:%s" % (ip, port, text)
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 10.0, what: str = "condition") -> None:
@@ -322,6 +325,20 @@ def busy_port() -> Iterator[int]:
         sock.close()
 
 
+@pytest.fixture
+def closed_port() -> Iterator[int]:
+    """A loopback UDP port where nothing listens, held for the whole test so no other socket can
+    take it: a socket bound there but connected elsewhere gets none of the datagrams sent to it,
+    and the kernel answers them with ICMP port unreachable, as for a closed port."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((LOOPBACK, 0))
+    sock.connect((LOOPBACK, 9))
+    try:
+        yield sock.getsockname()[1]
+    finally:
+        sock.close()
+
+
 def services() -> None:
     pytest.importorskip("chatudp.services")
 
@@ -441,6 +458,33 @@ def test_port_out_of_range_is_one_line_and_status_2(name: str) -> None:
     assert re.fullmatch(r"chatudp: cannot [a-z ]+ 127\.0\.0\.1:70000: port must be 0-65535\n", err), err
 
 
+@pytest.mark.parametrize(
+    "args, accepted",
+    [
+        (("demo", "--seconds", "1e308"), "--seconds: must be a number of seconds >= 0 and at most 1000000000, not '1e308'"),
+        (("demo", "--seconds", "nan"), "--seconds: must be a number of seconds >= 0"),
+        (("server", "--interval", "1e308"), "--interval: must be a number of seconds > 0 and at most 1000000000"),
+        (("server", "--interval", "-3"), "--interval: must be a number of seconds > 0 and at most 1000000000, not '-3'"),
+        (("client", "--interval", "0"), "--interval: must be a number of seconds > 0"),
+        (("echo-client", "--timeout", "inf"), "--timeout: must be a number of seconds > 0"),
+        (("qq-client", "--timeout", "x"), "--timeout: must be a number of seconds > 0"),
+        (("server", "--port", "http"), "--port: not a port number: 'http'"),
+        (("server", "--room", "lobby"), "--room needs --bus URL"),
+        (("server", "--bus", "ftp://x"), "bad --bus 'ftp://x': bus must be a nats://"),
+        (("demo", "--bus", "mqtt://x"), "bad --bus 'mqtt://x'"),
+        (("server", "--no-such-option"), "unrecognized arguments: --no-such-option"),
+    ],
+)
+def test_every_argument_error_is_one_line_and_status_2(args: Tuple[str, ...], accepted: str) -> None:
+    completed = run(args)
+    out, err = text(completed)
+    assert completed.returncode == 2, (out, err)
+    assert err.count("\n") == 1 and err.startswith("chatudp"), err
+    assert accepted in err
+    assert "Traceback" not in err and "cannot bind" not in err
+    assert out == ""
+
+
 # -- the group chat: server --------------------------------------------------------------------
 
 
@@ -465,12 +509,59 @@ def test_chat_server_relays_logs_and_shows_the_clients_table(cli: Callable[..., 
     assert server.err == ""
 
 
-def test_chat_server_end_of_input_exits_0(cli: Callable[..., Cli]) -> None:
+def test_chat_server_without_a_terminal_serves_on_after_end_of_input(
+    cli: Callable[..., Cli], udp: Callable[[], Udp]
+) -> None:
     server = cli("server", "--port", "0")
+    ip, port = server.bound()
     server.expect(">> ")
-    server.end_input()
+    server.end_input()  # a pipe, </dev/null, a service manager: end of input is not a stop
+    server.expect("end of input: serving on until Ctrl-C or SIGTERM")
+    peer = udp()
+    assert peer.request(b"still there", (ip, port)).startswith(b"Ack b'STILL THERE'")
+    server.proc.send_signal(signal.SIGTERM)
     assert server.finish() == 0
+    assert peer.recv()[0] == b"Bye!"
+    assert_clean(server)
     assert server.err == ""
+
+
+def test_chat_server_with_stdin_from_dev_null_serves_until_sigint(udp: Callable[[], Udp]) -> None:
+    with open(os.devnull, "rb") as devnull:
+        proc = subprocess.Popen(
+            [*COMMAND, "server", "--port", "0"], stdin=devnull, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV
+        )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().decode()
+        match = re.search(r" on (\S+):(\d+);", line)
+        assert match, line
+        peer = udp()
+        assert peer.request(b"up", (match.group(1), int(match.group(2)))).startswith(b"Ack b'UP'")
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=TIMEOUT)
+        assert proc.returncode == 0, err
+        assert b"Traceback" not in err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=5)
+
+
+def test_chat_server_no_input_ignores_stdin_and_stops_on_sigterm(cli: Callable[..., Cli], udp: Callable[[], Udp]) -> None:
+    server = cli("server", "--port", "0", "--no-input")
+    ip, port = server.bound()
+    assert "no input: Ctrl-C or SIGTERM stops it" in server.out
+    server.write("quit\n")  # not read
+    server.end_input()
+    peer = udp()
+    assert peer.request(b"hello", (ip, port)).startswith(b"Ack b'HELLO'")
+    server.expect(" joined: 127.0.0.1:")  # joins and leaves at INFO
+    assert ">> " not in server.out
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.finish() == 0
+    assert_clean(server)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
@@ -510,6 +601,31 @@ def test_chat_client_sends_lines_logs_replies_and_quits(cli: Callable[..., Cli],
     assert server.recv_chat()[0] == b"quit"
     assert client.finish() == 0
     assert client.err == ""
+
+
+def test_chat_client_announces_itself_at_start(cli: Callable[..., Cli], udp: Callable[[], Udp]) -> None:
+    server = udp()
+    client = cli("client", "--port", str(server.port), "--interval", "1000")
+    data, addr = server.recv(TIMEOUT)
+    assert data == b"^hb^"  # at once, not after --interval seconds
+    client.expect(f"chat client of the server at 127.0.0.1:{server.port}, from 127.0.0.1:{addr[1]}; type quit to leave")
+    client.end_input()
+    assert client.finish() == 0
+
+
+def test_chat_client_says_once_that_the_server_is_unreachable(cli: Callable[..., Cli], closed_port: int) -> None:
+    closed = closed_port
+    client = cli("client", "--port", str(closed), "--interval", "0.1")
+    client.expect_err(f"chatudp: server 127.0.0.1:{closed} unreachable: the network reports its port closed")
+    for line in ("one", "two", "three"):
+        client.write(line + "\n")
+    client.expect(">> ", count=4)
+    time.sleep(0.5)  # heartbeats and messages meet the closed port meanwhile
+    client.end_input()
+    assert client.finish() == 0
+    assert client.err.count("unreachable") == 1, client.err
+    assert "reachable again" not in client.err
+    assert_clean(client)
 
 
 def test_chat_client_end_of_input_sends_quit_and_exits_0(cli: Callable[..., Cli], udp: Callable[[], Udp]) -> None:
@@ -559,9 +675,32 @@ def test_chat_server_and_client_subcommands_talk(cli: Callable[..., Cli]) -> Non
     server.write("quit\n")
     assert server.finish() == 0
     client.expect("b'Bye!'")
-    client.write("quit\n")
+    # The server said Bye!: the client says so and ends by itself, with status 0.
     assert client.finish() == 0
+    assert f"the server at {ip}:{port} stopped (it said Bye!); exiting" in client.out
     assert_clean(server)
+    assert_clean(client)
+
+
+def test_chat_client_stay_keeps_waiting_after_bye_and_says_unreachable_then_back(cli: Callable[..., Cli]) -> None:
+    server = cli("server", "--port", "0", "--interval", "5")
+    ip, port = server.bound()
+    client = cli("client", "--ip", ip, "--port", str(port), "--interval", "0.2", "--stay")
+    client.expect(f"chat client of the server at {ip}:{port}, from 127.0.0.1:")
+    server.expect(" joined: 127.0.0.1:")  # announced at start
+    server.write("quit\n")
+    assert server.finish() == 0
+    client.expect("waiting for it to come back (--stay)")
+    client.expect_err(f"server {ip}:{port} unreachable")  # its heartbeats meet a closed port
+    again = cli("server", "--ip", ip, "--port", str(port), "--no-input")
+    again.expect(" joined: 127.0.0.1:", timeout=TIMEOUT)
+    client.expect_err(f"server {ip}:{port} reachable again", timeout=TIMEOUT)
+    assert client.err.count("unreachable") == 1  # said once, not per heartbeat
+    assert client.proc.poll() is None
+    client.end_input()
+    assert client.finish() == 0
+    again.proc.send_signal(signal.SIGTERM)
+    assert again.finish() == 0
     assert_clean(client)
 
 
@@ -729,6 +868,12 @@ def test_chat_client_on_a_terminal_keeps_the_typed_line_while_a_message_arrives(
             assert b"\x1b[J" in chat.raw[typed:ack], bytes(chat.raw[typed:])
             chat.expect("hel", ack)
             assert re.search(r"PEER'\. from 127\.0\.0\.1:\d+\"\r?\n[^\n]*>> hel", chat.text(typed)), chat.text(typed)
+        elif mode == "no prompt_toolkit":
+            # readline: the prompt line is cleared (CR, erase line), the message printed on a line
+            # of its own, and the prompt drawn again with what was typed so far.
+            chat.expect(">> hel", ack)
+            after = bytes(chat.raw[typed:])
+            assert re.search(rb"hel\r\x1b\[K[^\n]*PEER'\. from 127\.0\.0\.1:\d+\"\r?\n>> hel", after), after
         else:
             assert b"\x1b[" not in chat.raw, bytes(chat.raw)  # no line editing: plain lines
         chat.type("lo world\r")
@@ -748,6 +893,81 @@ def test_chat_client_on_a_terminal_keeps_the_typed_line_while_a_message_arrives(
         assert left == ["quit"]
     finally:
         peer.stop()
+        server.stop()
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("key", ["\x03", "\x04"])
+def test_chat_client_readline_ctrl_c_and_ctrl_d_send_quit_and_exit_0(
+    pty_chat: Callable[..., PtyChat], udp: Callable[[], Udp], key: str
+) -> None:
+    server = udp()
+    chat = pty_chat("client", "--port", str(server.port), mode="no prompt_toolkit")
+    chat.deadline += 15  # generous: this test may run beside other work
+    chat.expect(">> ")
+    assert server.recv(10)[0] == b"^hb^"
+    if key == "\x03":
+        chat.type("never sent")
+        chat.expect("never sent")
+    chat.type(key)  # Ctrl-D ends input at an empty prompt only, as in any readline program
+    if key == "\x03":
+        # A signal that lands just before readline waits is seen at the next key or signal.
+        for _ in range(20):
+            chat.settle(0.5)
+            if chat.proc.poll() is not None:
+                break
+            chat.proc.send_signal(signal.SIGINT)
+    status, err = chat.finish()
+    assert status == 0, err
+    assert "Traceback" not in err
+    assert server.recv_chat(10)[0] == b"quit"
+
+
+@pytest.mark.timeout(30)
+def test_chat_server_readline_logs_above_the_typed_line(pty_chat: Callable[..., PtyChat], udp: Callable[[], Udp]) -> None:
+    chat = pty_chat("server", "--port", "0", mode="no prompt_toolkit")
+    chat.deadline += 15
+    at = chat.expect(">> ")
+    match = re.search(r" on (\S+):(\d+);", chat.text())
+    assert match, chat.text()
+    chat.type("qu")
+    typed = chat.expect("qu", at)
+    peer = udp()
+    assert peer.request(b"hello", (match.group(1), int(match.group(2))), 10).startswith(b"Ack b'HELLO'")
+    logged = chat.expect(f"('{LOOPBACK}', {peer.port})", typed)
+    chat.expect(">> qu", logged)
+    after = bytes(chat.raw[typed:])
+    assert re.search(rb"\r\x1b\[K[^\n]* b'hello'\r?\n>> qu", after), after
+    chat.type("it\r")  # the two halves make quit
+    status, err = chat.finish()
+    assert status == 0, err
+    assert err == ""
+    assert peer.recv(10)[0] == b"Bye!"
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("mode", ["prompt_toolkit", "no prompt_toolkit"])
+def test_chat_client_on_a_terminal_exits_0_when_the_server_says_bye(pty_chat: Callable[..., PtyChat], mode: str) -> None:
+    from chatudp import ChatUdpServer
+
+    if mode == "prompt_toolkit":
+        needs_prompt_toolkit()
+    joined: List[Tuple[str, int]] = []
+    server = ChatUdpServer(LOOPBACK, 0, 10, on_join=lambda addr: joined.append(tuple(addr)))
+    server.start()
+    try:
+        chat = pty_chat("client", "--port", str(server.addr[1]), mode=mode)
+        chat.deadline += 15
+        chat.expect(">>")
+        wait_for(lambda: joined, 10, "the client's announce")
+        chat.type("half typed")
+        typed = chat.expect("half typed")
+        server.stop()  # Bye! to every client
+        chat.expect("stopped (it said Bye!); exiting", typed)
+        status, err = chat.finish()
+        assert status == 0, err
+        assert "Traceback" not in err
+    finally:
         server.stop()
 
 
@@ -878,6 +1098,18 @@ def test_echo_client_prints_answers_and_survives_a_lost_reply(
     client.end_input()
     assert client.finish() == 0
     assert client.out.count(">> ") == 4
+    assert_clean(client)
+
+
+def test_echo_client_says_refused_when_the_port_is_closed(cli: Callable[..., Cli], closed_port: int) -> None:
+    services()
+    closed = closed_port
+    client = cli("echo-client", "--port", str(closed), "--timeout", "0.2", "--retries", "0")
+    client.write("hello\n")
+    client.expect_err(f"no reply from 127.0.0.1:{closed}")
+    client.end_input()
+    assert client.finish() == 0
+    assert "refused, the network reports its port closed" in client.err and "lost" not in client.err, client.err
     assert_clean(client)
 
 
@@ -1026,26 +1258,63 @@ def test_qq_client_chats_with_a_contact_and_survives_a_lost_reply(
     services()
     server = responder(lambda data: None if data == "丢".encode() else "回:".encode() + data)
     contact = f"张三=127.0.0.1:{server.port}"
-    client = cli("qq-client", "--contact", contact, "--timeout", "0.3")
+    client = cli("qq-client", "--contact", contact, "--contact", f"李四=127.0.0.1:{server.port}", "--timeout", "0.3")
+    client.expect("contacts: 张三, 李四\n")  # the names, before the first question
     client.expect(QQ_PROMPT_NAME)
     client.write("张三\n")
     client.expect(QQ_PROMPT_MSG)
     client.write("你好\n")
     client.expect(qq_line(LOOPBACK, server.port, "回:你好") + "\n")
     client.write("丢\n")
-    client.expect_err("no reply from 张三 at 127.0.0.1:")
+    err = client.expect_err("no reply from 张三 at 127.0.0.1:")
+    assert "lost" not in err and "a late reply is shown when it comes" in err
     client.write("\n")  # empty input is ignored
     client.write("再来\n")
     client.expect(qq_line(LOOPBACK, server.port, "回:再来"))
     client.write("quit\n")  # back to choosing a contact
     client.expect(QQ_PROMPT_NAME, count=2)
-    client.write("nobody\n")  # an unknown name: its messages are ignored
-    client.expect_err("unknown contact 'nobody'")
-    client.write("ignored\nquit\n")
+    client.write("nobody\n")  # an unknown name: said, and back to choosing
+    client.expect_err("unknown contact 'nobody'; choose one of: 张三, 李四")
     client.expect(QQ_PROMPT_NAME, count=3)
+    client.write("李四\nhi\nquit\n")
+    client.expect(qq_line(LOOPBACK, server.port, "回:hi"))
+    client.expect(QQ_PROMPT_NAME, count=4)
     client.end_input()
     assert client.finish() == 0
-    assert server.received == ["你好".encode(), "丢".encode(), "再来".encode()]
+    assert server.received == ["你好".encode(), "丢".encode(), "再来".encode(), b"hi"]
+    assert "\033[" not in client.out  # no colour codes when stdout is not a terminal
+    assert_clean(client)
+
+
+def test_qq_client_shows_a_reply_that_comes_after_the_timeout(
+    cli: Callable[..., Cli], udp: Callable[[], Udp]
+) -> None:
+    services()
+    human = udp()  # a person who takes longer than --timeout to answer
+    client = cli("qq-client", "--contact", f"慢=127.0.0.1:{human.port}", "--timeout", "0.2")
+    client.write("慢\n在吗\n")
+    data, addr = human.recv()
+    assert data == "在吗".encode()
+    client.expect_err("no reply from 慢 at 127.0.0.1:")
+    human.sock.sendto("在，刚才忙".encode(), addr)  # late, while the client waits at its prompt
+    client.expect(qq_line(LOOPBACK, human.port, "在，刚才忙") + "\n")
+    client.write("quit\n")
+    client.end_input()
+    assert client.finish() == 0
+    assert_clean(client)
+
+
+def test_qq_programs_colour_their_lines_on_a_terminal(cli: Callable[..., Cli], udp: Callable[[], Udp]) -> None:
+    services()
+    human = udp()
+    client = cli("qq-client", "--contact", f"友=127.0.0.1:{human.port}", use_pty=True)
+    client.expect(QQ_PROMPT_NAME)
+    client.write("友\r在吗\r")
+    data, addr = human.recv()
+    human.sock.sendto(b"yes", addr)
+    client.expect(qq_line(LOOPBACK, human.port, "yes", colour=True))
+    client.interrupt()
+    assert client.finish() == 0
     assert_clean(client)
 
 
@@ -1089,7 +1358,7 @@ def test_qq_server_and_client_subcommands_talk(cli: Callable[..., Cli]) -> None:
     ip, port = server.bound()
     client = cli("qq-client", "--contact", f"狗哥={ip}:{port}")
     client.write("狗哥\n在吗\n")
-    server.expect("的一条消息:\033[1;44m在吗\033[0m")
+    server.expect("的一条消息:在吗\n")
     server.write("在\n")
     client.expect(qq_line(ip, port, "在"))
     client.end_input()
@@ -1098,3 +1367,92 @@ def test_qq_server_and_client_subcommands_talk(cli: Callable[..., Cli]) -> None:
     assert server.finish() == 0
     assert_clean(client)
     assert_clean(server)
+
+
+# -- federation: --bus ---------------------------------------------------------------------------
+
+
+def test_server_with_bus_relays_across_a_real_nats_server(
+    cli: Callable[..., Cli], udp: Callable[[], Udp], nats_server: Any
+) -> None:
+    first = cli("server", "--port", "0", "--bus", nats_server.url, "--room", "cli-test", "--no-input")
+    second = cli("server", "--port", "0", "--bus", nats_server.url, "--room", "cli-test", "--no-input")
+    a, b = first.bound(), second.bound()
+    assert f"; room cli-test on the bus {nats_server.url}; no input" in first.out
+    alice, bob = udp(), udp()
+    bob.sock.sendto(b"^hb^", b)
+    second.expect(" joined: 127.0.0.1:")
+    # The relays find each other through the broker within a few announce periods.
+    deadline = time.monotonic() + TIMEOUT
+    while True:
+        alice.sock.sendto(b"across", a)
+        try:
+            data, _ = bob.recv(0.5)
+        except socket.timeout:
+            assert time.monotonic() < deadline, (first.out, second.out, first.err, second.err)
+            continue
+        break
+    assert data == f"Ack b'ACROSS'. from 127.0.0.1:{alice.port}".encode()
+    for child in (first, second):
+        child.proc.send_signal(signal.SIGTERM)
+        assert child.finish() == 0
+        assert_clean(child)
+
+
+def test_server_with_bus_takes_a_cluster_serves_while_the_broker_is_down_and_hides_passwords(
+    cli: Callable[..., Cli], udp: Callable[[], Udp]
+) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        down = probe.getsockname()[1]  # no broker there
+    urls = f"nats://relay:s3cret@127.0.0.1:{down},nats://127.0.0.1:{down}"
+    server = cli("server", "--port", "0", "--bus", urls, "--no-input")
+    ip, port = server.bound()
+    assert f"room chatudp on the bus nats://relay:***@127.0.0.1:{down}, nats://127.0.0.1:{down};" in server.out
+    assert "s3cret" not in server.out
+    peer = udp()
+    assert peer.request(b"local", (ip, port)).startswith(b"Ack b'LOCAL'")  # local chat goes on
+    started = time.monotonic()
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.finish() == 0
+    assert time.monotonic() - started < 10
+    assert_clean(server)
+
+
+def test_demo_with_bus_shows_two_relays_chatting(nats_server: Any) -> None:
+    completed = run(("demo", "--seconds", "0.5", "--bus", nats_server.url), timeout=60)
+    out, err = text(completed)
+    assert completed.returncode == 0, (out, err)
+    assert err == ""
+    assert re.search(r"^chatudp demo: relay A on 127\.0\.0\.1:\d+ \(alice\), relay B on 127\.0\.0\.1:\d+", out, re.M)
+    assert "  relay A: alice joined from 127.0.0.1:" in out
+    assert "  relay B: bob joined from 127.0.0.1:" in out
+    acks = [line.strip() for line in out.splitlines() if "Ack b'HELLO FROM ALICE'" in line]
+    assert [line.split(" got:")[0] for line in acks] == ["alice", "bob", "carol"]  # across the relays
+    assert "  relay B: carol left (quit)" in out
+    assert re.search(r"^summary: relay A received \d+, relayed \d+, sent \d+; relay B .*; alice got 8, bob got 8, carol got 6$",
+                     out, re.M), out
+
+
+def test_demo_with_an_unreachable_bus_is_one_line_and_status_2() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((LOOPBACK, 0))
+        port = probe.getsockname()[1]
+    completed = run(("demo", "--bus", f"nats://127.0.0.1:{port}"), timeout=60)
+    out, err = text(completed)
+    assert completed.returncode == 2, (out, err)
+    assert err == f"chatudp: the relays did not meet on the bus nats://127.0.0.1:{port} within 10 s: is the broker running?\n"
+
+
+# -- docs ------------------------------------------------------------------------------------------
+
+
+def test_the_package_docstring_and_readme_name_the_same_tutorial_module() -> None:
+    import chatudp
+
+    with open(os.path.join(os.path.dirname(__file__), "..", "README.md"), encoding="utf-8") as file:
+        readme = file.read()
+    pattern = r"from (\w+) import ChatUdpServer, ChatUdpClient"
+    in_readme = set(re.findall(pattern, readme)) - {"chatudp"}
+    in_docstring = set(re.findall(pattern, chatudp.__doc__ or "")) - {"chatudp"}
+    assert in_readme == in_docstring == {"chat_server"}, (in_readme, in_docstring)

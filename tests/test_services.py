@@ -462,6 +462,30 @@ def test_clients_give_up_after_retries(std_server: Any, cls: Any) -> None:
     client.close()
 
 
+@pytest.mark.parametrize("cls", [EchoClient, TimeClient])
+def test_a_closed_port_is_reported_refused_not_lost(cls: Any) -> None:
+    # Bound (so no other socket takes the port) but connected elsewhere: the datagrams sent to
+    # it are answered with ICMP port unreachable, as for a closed port.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as hold:
+        hold.bind(("127.0.0.1", 0))
+        hold.connect(("127.0.0.1", 9))
+        closed = hold.getsockname()[1]
+        with cls("127.0.0.1", closed, timeout=0.1, retries=1) as client:
+            with pytest.raises(NoReplyError, match="refused, the network reports its port closed") as info:
+                client.request("anyone?")
+            assert info.value.refused
+            assert client.stats["refused"] == 2 and client.stats["send_errors"] == 0
+    silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    silent.bind(("127.0.0.1", 0))
+    try:
+        with cls(*silent.getsockname(), timeout=0.1, retries=0) as client:
+            with pytest.raises(NoReplyError) as info:
+                client.request("anyone?")
+            assert not info.value.refused and "refused" not in str(info.value)
+    finally:
+        silent.close()
+
+
 def test_a_lost_reply_is_recovered_by_a_retry(std_server: Any) -> None:
     count = {"n": 0}
 

@@ -215,3 +215,19 @@ def test_works_under_uvloop() -> None:
                 return await client.arequest(b"loop"), (await me.arecvfrom(5))[0]
 
     assert uvloop.run(scenario()) == (b"LOOP", b"uv")
+
+
+def test_arequest_to_a_closed_port_says_refused_without_spinning() -> None:
+    """The network's report of a closed port wakes the event loop's watch once, is read, and
+    the request goes on waiting quietly: no busy loop while the retries run out."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    probe.bind((LOOPBACK, 0))
+    port = probe.getsockname()[1]
+    probe.close()
+    with EchoClient(LOOPBACK, port, timeout=0.2, retries=1) as client:
+        cpu, wall = time.process_time(), time.monotonic()
+        with pytest.raises(NoReplyError) as caught:
+            asyncio.run(client.arequest(b"anyone?"))
+        cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+    assert caught.value.refused, caught.value
+    assert wall >= 0.4 and cpu < 0.2, f"{cpu:.3f} s of CPU in {wall:.3f} s: the event loop spun"

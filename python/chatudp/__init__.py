@@ -1,6 +1,7 @@
 """chatudp: the tutorial's UDP group chat as a drop-in, GIL-free library with a Rust core.
 
-Replace ``from chat import ChatUdpServer, ChatUdpClient`` (the tutorial's classes) by::
+Replace ``from chat_server import ChatUdpServer, ChatUdpClient`` (the tutorial's classes, saved as
+``chat_server.py``) by::
 
     from chatudp import ChatUdpServer, ChatUdpClient
 

@@ -490,7 +490,7 @@ class ChatUdpClient(_Endpoint):
         The server's port.
     interval : float
         Seconds between heartbeats (``^hb^``); the first goes out ``interval`` seconds after
-        ``start()``, as in the original.
+        ``start()``, as in the original (at once with ``announce``).
     bufsize : int
         Bytes read per datagram (1-65507); longer ones are cut and counted.
     on_message : callable, optional
@@ -504,6 +504,10 @@ class ChatUdpClient(_Endpoint):
         Kernel socket buffers in bytes (default: the system's).
     secret : bytes, optional
         The server's shared secret (16+ bytes), for its authenticated mode.
+    announce : bool
+        Send the first heartbeat at once at ``start()``, so the client is in the server's table
+        (and hears the others and the server's ``Bye!``) from the start. Default False: the
+        first goes out ``interval`` seconds after ``start()``, the tutorial's timing.
 
     Attributes
     ----------
@@ -533,6 +537,7 @@ class ChatUdpClient(_Endpoint):
         rcvbuf: Optional[int] = None,
         sndbuf: Optional[int] = None,
         secret: Optional[bytes] = None,
+        announce: bool = False,
     ) -> None:
         """Check every argument (parameters: see the class); ``start()`` connects and heartbeats."""
         check_callback("on_message", on_message)
@@ -546,6 +551,7 @@ class ChatUdpClient(_Endpoint):
             rcvbuf=rcvbuf,
             sndbuf=sndbuf,
             secret=secret,
+            announce=announce,
         )
         super().__init__(config, interval, bufsize)
         self.raddr: Address = (rip, rport)

@@ -136,6 +136,7 @@ class ClientConfig:
         rcvbuf: int | None = None,
         sndbuf: int | None = None,
         secret: bytes | bytearray | memoryview | None = None,
+        announce: bool = False,
     ) -> ClientConfig: ...
     @property
     def backlog(self) -> int:
@@ -382,7 +383,8 @@ class Peer:
 
     def stats(self) -> _PeerStats:
         """Counters: ``received``, ``sent``, ``retries``, ``truncated``, ``ignored``,
-        ``send_errors``, ``challenges`` (address-validation challenges answered)."""
+        ``send_errors``, ``challenges`` (address-validation challenges answered), ``refused``
+        (reports that the remote port is closed; request clients only)."""
 
 @final
 class Request:

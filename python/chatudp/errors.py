@@ -28,7 +28,14 @@ class NoReplyError(ChatUdpError, TimeoutError):
     UDP loses datagrams, so the echo and time clients resend a bounded number of times instead
     of waiting forever as the tutorial's clients do. A subclass of ``TimeoutError`` (an
     ``OSError``), so ``except TimeoutError`` and ``except socket.timeout`` (Python 3.10+) catch it.
+
+    ``refused`` is True when the network reported the server's port closed (ICMP port
+    unreachable) meanwhile: nothing listens there, rather than a datagram lost on the way.
     """
+
+    def __init__(self, *args: object, refused: bool = False) -> None:
+        super().__init__(*args)
+        self.refused = refused
 
 
 class PortError(ChatUdpError, ValueError, OverflowError):

@@ -232,7 +232,8 @@ class _PeerSocket:
     def stats(self) -> PeerStats:
         """Counters: ``received``, ``sent``, ``retries``, ``truncated``, ``ignored`` (datagrams
         from other addresses and late replies), ``send_errors``, ``challenges`` (cookie
-        challenges of a ``validate=True`` server, answered by themselves)."""
+        challenges of a ``validate=True`` server, answered by themselves), ``refused`` (the
+        network reported the destination's port closed)."""
         stats: PeerStats = self._peer.stats()
         return stats
 
@@ -271,18 +272,23 @@ class _RequestClient(_PeerSocket):
         # One request at a time on the socket (replies carry no request id), per event loop.
         self._turns: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]" = weakref.WeakKeyDictionary()
 
-    def _no_reply(self) -> NoReplyError:
+    def _no_reply(self, refused_before: int) -> NoReplyError:
         tries = self.retries + 1
-        return NoReplyError(
-            f"no reply from {self.raddr[0]}:{self.raddr[1]} after {tries} "
-            f"{'try' if tries == 1 else 'tries'} of {self.timeout:g} s each"
-        )
+        detail = f"after {tries} {'try' if tries == 1 else 'tries'} of {self.timeout:g} s each"
+        if self._peer.stats()["refused"] > refused_before:
+            return NoReplyError(
+                f"no reply from {self.raddr[0]}:{self.raddr[1]} {detail}: refused, the network reports its "
+                "port closed (is the server running?)",
+                refused=True,
+            )
+        return NoReplyError(f"no reply from {self.raddr[0]}:{self.raddr[1]} {detail}")
 
     def _request(self, data: bytes) -> bytes:
         host, port = self._remote[0], self._remote[1]
+        refused = self._peer.stats()["refused"]
         got = self._peer.request(data, host, port, self.timeout, self.retries)
         if got is None:
-            raise self._no_reply()
+            raise self._no_reply(refused)
         reply: bytes = got[0]
         return reply
 
@@ -296,11 +302,12 @@ class _RequestClient(_PeerSocket):
 
     async def _arequest_now(self, data: bytes) -> bytes:
         host, port = self._remote[0], self._remote[1]
+        refused = self._peer.stats()["refused"]
         request = self._peer.start_request(data, host, port, self.timeout, self.retries)
         while True:
             got = request.poll()
             if got is None:
-                raise self._no_reply()
+                raise self._no_reply(refused)
             if isinstance(got, tuple):
                 reply: bytes = got[0]
                 return reply

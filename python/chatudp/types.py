@@ -138,6 +138,7 @@ class PeerStats(TypedDict):
     ignored: int
     send_errors: int
     challenges: int
+    refused: int
 
 
 class CollectorStats(TypedDict):

@@ -475,13 +475,54 @@ impl BusStatus {
     }
 }
 
-/// A relay's connection to its room. Owned by the socket thread; dropping it stops it.
+/// The publishing half every socket thread of a relay shares: the next sequence number and the
+/// queue to the bus thread, behind one short lock, so that records enter the queue in the order
+/// of their sequence numbers whichever worker relayed them. The other relays then see one
+/// gap-free sequence per origin, and count as `lost` only what was really dropped.
+struct Publisher {
+    shared: Arc<Shared>,
+    state: Mutex<PublishState>,
+}
+
+struct PublishState {
+    next_seq: u64,
+    /// `None` once the bus is stopping.
+    outbound: Option<Outbound>,
+}
+
+impl Publisher {
+    /// Numbers and queues an encoded chat record (its sequence number is written here). Never
+    /// blocks: while the broker is unreachable, or the queue is full, the record is dropped and
+    /// counted, and its number stays used, so the other relays count it as lost.
+    fn publish(&self, mut record: Vec<u8>) {
+        let mut state = self.state.lock();
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        if !self.shared.is_connected() {
+            self.shared.count_drop(BusDrop::Disconnected);
+            return;
+        }
+        let Some(outbound) = &state.outbound else { return };
+        wire::set_seq(&mut record, seq);
+        if !outbound.try_send(record) {
+            self.shared.count_drop(BusDrop::QueueFull);
+        }
+    }
+
+    /// A chat record with its sequence number still to be written by [`Publisher::publish`].
+    fn encode(&self, from: &SocketAddr, payload: &[u8]) -> Vec<u8> {
+        let mut record = Vec::with_capacity(wire::HEADER_LEN + 48 + payload.len());
+        wire::encode_chat(self.shared.id, 0, from, payload, &mut record);
+        record
+    }
+}
+
+/// A relay's connection to its room, owned by the socket thread that delivers what other relays
+/// publish; every socket thread publishes through a [`BusPublisher`]. Dropping it stops it.
 pub struct Bus {
     shared: Arc<Shared>,
-    outbound: Option<Outbound>,
+    publisher: Arc<Publisher>,
     inbound: Receiver<Inbound>,
-    next_seq: u64,
-    record: Vec<u8>,
     threads: Vec<JoinHandle<()>>,
 }
 
@@ -523,7 +564,9 @@ impl Bus {
             #[allow(unreachable_patterns)]
             _ => unreachable!("validate() refuses backends that are not built"),
         };
-        Ok(Bus { shared, outbound: Some(outbound), inbound, next_seq: 1, record: Vec::new(), threads })
+        let state = Mutex::new(PublishState { next_seq: 1, outbound: Some(outbound) });
+        let publisher = Arc::new(Publisher { shared: Arc::clone(&shared), state });
+        Ok(Bus { shared, publisher, inbound, threads })
     }
 
     /// Wakes `waker` whenever records from other relays are waiting in [`Bus::drain`].
@@ -537,20 +580,15 @@ impl Bus {
         BusStatus(Arc::clone(&self.shared))
     }
 
-    /// Publishes a chat message `from` one of this relay's clients. Never blocks: while the
-    /// broker is unreachable, or the queue is full, the record is dropped and counted.
-    pub fn publish(&mut self, from: &SocketAddr, payload: &[u8]) {
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        if !self.shared.is_connected() {
-            self.shared.count_drop(BusDrop::Disconnected);
-            return;
-        }
-        let Some(outbound) = &self.outbound else { return };
-        wire::encode_chat(self.shared.id, seq, from, payload, &mut self.record);
-        if !outbound.try_send(self.record.clone()) {
-            self.shared.count_drop(BusDrop::QueueFull);
-        }
+    /// Publishes a chat message `from` one of this relay's clients at once. Never blocks: while
+    /// the broker is unreachable, or the queue is full, the record is dropped and counted.
+    pub fn publish(&self, from: &SocketAddr, payload: &[u8]) {
+        self.publisher.publish(self.publisher.encode(from, payload));
+    }
+
+    /// A publishing handle for one socket thread: a [`Sink`] that publishes what it relays.
+    pub fn publisher(&self) -> BusPublisher {
+        BusPublisher { publisher: Arc::clone(&self.publisher) }
     }
 
     /// Records from other relays that arrived since the last call, oldest first.
@@ -561,11 +599,6 @@ impl Bus {
     /// Tells the other relays how many clients this one has (in the next announcement).
     pub fn set_clients(&self, clients: usize) {
         self.shared.set_clients(clients);
-    }
-
-    /// The receiving half, for the relay loop while the bus itself is one of its sinks.
-    pub fn inbox(&self) -> BusInbox {
-        BusInbox { shared: Arc::clone(&self.shared), inbound: self.inbound.clone() }
     }
 
     pub fn id(&self) -> u64 {
@@ -578,7 +611,7 @@ impl Bus {
         *self.shared.stopping.lock() = true;
         self.shared.stop_signal.notify_all();
         // Closing the queue ends the publishing thread's wait at once.
-        self.outbound = None;
+        self.publisher.state.lock().outbound = None;
         for thread in self.threads.drain(..) {
             let _ = thread.join();
         }
@@ -586,28 +619,16 @@ impl Bus {
     }
 }
 
-/// The bus publishes every chat message the act stage relays (never what came from the bus).
-impl Sink for Bus {
+/// One socket thread's way onto the bus: every chat message its act stage relays (never what
+/// came from the bus) is encoded, then numbered and queued under the publisher's short lock,
+/// before the batch's local Acks go out (so `stats` count it by the time a client sees its Ack).
+pub struct BusPublisher {
+    publisher: Arc<Publisher>,
+}
+
+impl Sink for BusPublisher {
     fn relay(&mut self, message: &Relayed<'_>, _counters: &RelayCounters) {
-        self.publish(&message.from, message.payload);
-    }
-}
-
-/// What other relays of the room published, for the relay loop (see [`Bus::inbox`]).
-pub struct BusInbox {
-    shared: Arc<Shared>,
-    inbound: Receiver<Inbound>,
-}
-
-impl BusInbox {
-    /// Records from other relays that arrived since the last call, oldest first.
-    pub fn drain(&self) -> crossbeam_channel::TryIter<'_, Inbound> {
-        self.shared.drain(&self.inbound)
-    }
-
-    /// Tells the other relays how many clients this one has (in the next announcement).
-    pub fn set_clients(&self, clients: usize) {
-        self.shared.set_clients(clients);
+        self.publisher.publish(self.publisher.encode(&message.from, message.payload));
     }
 }
 

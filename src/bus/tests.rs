@@ -232,11 +232,12 @@ fn config_is_checked() {
     }
 }
 
-#[test]
-fn sequence_gaps_duplicates_and_bad_bytes_are_counted() {
+/// The state of a connected relay with id `id`, without bus threads: its inbound records go to
+/// the receiver.
+fn connected_relay(id: u64) -> (Shared, Receiver<Inbound>) {
     let (tx, rx) = crossbeam_channel::bounded(16);
     let shared = Shared {
-        id: 1,
+        id,
         backend: Backend::Nats,
         announce_period: Duration::from_secs(1),
         counters: Counters::default(),
@@ -250,6 +251,53 @@ fn sequence_gaps_duplicates_and_bad_bytes_are_counted() {
         stopping: Mutex::new(false),
         stop_signal: Condvar::new(),
     };
+    (shared, rx)
+}
+
+/// Four socket threads publishing at once, in receive batches: the queue holds one gap-free
+/// sequence, and each thread's records in the order it relayed them.
+#[cfg(feature = "redis")]
+#[test]
+fn publishers_of_several_workers_make_one_gap_free_sequence() {
+    let (shared, _inbound) = connected_relay(9);
+    let (tx, queue) = crossbeam_channel::bounded(10_000);
+    let state = Mutex::new(PublishState { next_seq: 1, outbound: Some(Outbound::Redis(tx)) });
+    let publisher = Arc::new(Publisher { shared: Arc::new(shared), state });
+    let counters = RelayCounters::default();
+    std::thread::scope(|scope| {
+        for worker in 0..4u16 {
+            let mut sink = BusPublisher { publisher: Arc::clone(&publisher) };
+            let counters = &counters;
+            scope.spawn(move || {
+                let from = SocketAddr::from(([127, 0, 0, 1], 1000 + worker));
+                for batch in 0..50 {
+                    for i in 0..20 {
+                        let payload = format!("{}", batch * 20 + i);
+                        let message = Relayed { payload: payload.as_bytes(), from, ack: b"", live: &[] };
+                        sink.relay(&message, counters);
+                    }
+                    sink.flush(counters);
+                }
+            });
+        }
+    });
+    let mut per_worker: HashMap<SocketAddr, Vec<u32>> = HashMap::new();
+    for (index, record) in queue.try_iter().enumerate() {
+        let Ok(wire::Record::Chat { origin, seq, from, payload }) = wire::decode(&record) else {
+            panic!("not a chat record");
+        };
+        assert_eq!((origin, seq), (9, index as u64 + 1), "one sequence, in queue order");
+        per_worker.entry(from).or_default().push(std::str::from_utf8(payload).unwrap().parse().unwrap());
+    }
+    assert_eq!(per_worker.len(), 4);
+    for numbers in per_worker.values() {
+        assert_eq!(*numbers, (0..1000).collect::<Vec<u32>>(), "each worker's records in its order");
+    }
+}
+
+#[test]
+fn sequence_gaps_duplicates_and_bad_bytes_are_counted() {
+    let (shared, rx) = connected_relay(1);
     let mut record = Vec::new();
     for seq in [5, 6, 6, 9, 8, 10] {
         wire::encode_chat(2, seq, &sender(), b"x", &mut record);

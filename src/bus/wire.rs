@@ -96,6 +96,11 @@ pub fn seq_of(record: &[u8]) -> u64 {
     record.get(SEQ_OFFSET..SEQ_OFFSET + 8).map_or(0, |b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
 }
 
+/// Writes the sequence number of an encoded record (any kind).
+pub fn set_seq(record: &mut [u8], seq: u64) {
+    record[SEQ_OFFSET..SEQ_OFFSET + 8].copy_from_slice(&seq.to_be_bytes());
+}
+
 /// A cursor over received bytes; every read fails as `Malformed` past the end.
 struct Reader<'a>(&'a [u8]);
 
@@ -168,6 +173,9 @@ mod tests {
             for payload in [&b""[..], b"hello", &[0xff; 2000]] {
                 encode_chat(7, 42, &from, payload, &mut out);
                 assert_eq!(seq_of(&out), 42);
+                set_seq(&mut out, 43);
+                assert_eq!(decode(&out), Ok(Record::Chat { origin: 7, seq: 43, from, payload }));
+                set_seq(&mut out, 42);
                 assert_eq!(decode(&out), Ok(Record::Chat { origin: 7, seq: 42, from, payload }));
             }
         }

@@ -7,7 +7,6 @@
 //! because the socket buffer was full is `kernel_drops`.
 
 pub mod influx;
-pub mod recv;
 pub mod seq;
 pub mod statsd;
 mod text;
@@ -22,7 +21,7 @@ use parking_lot::{Condvar, Mutex};
 use socket2::Socket;
 
 use crate::error::{ChatError, Result};
-use crate::net::{local_addr, resolve, SocketOptions, Waiter};
+use crate::net::{self, local_addr, resolve, RecvBatch, SocketOptions, Waiter};
 use crate::worker::{Control, Worker};
 
 pub use influx::{FieldValue, InfluxPoint};
@@ -227,7 +226,7 @@ impl Collector {
         let local = local_addr(&sockets[0])?;
         let mut drops_known = true;
         for socket in &sockets {
-            drops_known &= recv::enable_ancillary(socket);
+            drops_known &= net::enable_ancillary(socket);
         }
         let per_table = config.max_sources.div_ceil(sockets.len()).max(1);
         let shared = Arc::new(Shared {
@@ -313,7 +312,7 @@ impl Collector {
         let mut kernel_drops = 0;
         for (index, socket) in self.shared.sockets.iter().enumerate() {
             if let Some(socket) = socket.lock().as_ref() {
-                if let Some(now) = recv::kernel_drops_now(socket) {
+                if let Some(now) = net::kernel_drops_now(socket) {
                     self.shared.kernel_drops[index].fetch_max(now, Relaxed);
                 }
             }
@@ -358,7 +357,7 @@ struct SocketThread {
 
 impl SocketThread {
     fn run(&mut self, control: &Control) {
-        let mut rx = recv::Received::new(SLOTS.min(self.config.batch), self.config.bufsize);
+        let mut rx = RecvBatch::new(SLOTS.min(self.config.batch), self.config.bufsize);
         let mut batch = self.new_batch();
         let mut deadline: Option<Instant> = None;
         loop {
@@ -395,9 +394,9 @@ impl SocketThread {
 
     /// One receive call, never past the end of the batch being built; returns how many
     /// datagrams were read.
-    fn read(&mut self, rx: &mut recv::Received, batch: &mut Batch, deadline: &mut Option<Instant>) -> usize {
+    fn read(&mut self, rx: &mut RecvBatch, batch: &mut Batch, deadline: &mut Option<Instant>) -> usize {
         let room = self.config.batch - batch.len();
-        let n = match rx.recv(&self.socket, room) {
+        let n = match rx.recv_max(&self.socket, room) {
             Ok(n) => n,
             Err(_) => return 0,
         };
@@ -468,7 +467,7 @@ impl SocketThread {
     /// The last drop count, then the socket closes (the thread holds the other reference).
     fn finish(&self) {
         if let Some(socket) = self.shared.sockets[self.index].lock().take() {
-            if let Some(drops) = recv::kernel_drops_now(&socket) {
+            if let Some(drops) = net::kernel_drops_now(&socket) {
                 self.shared.kernel_drops[self.index].fetch_max(drops, Relaxed);
             }
         }

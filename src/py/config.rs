@@ -165,7 +165,7 @@ pub(crate) struct PyClientConfig {
 #[pymethods]
 impl PyClientConfig {
     #[new]
-    #[pyo3(signature = (rip=String::from(DEFAULT_HOST), rport=None, interval=None, *, bufsize=None, queue_size=None, backlog=None, rcvbuf=None, sndbuf=None, secret=None))]
+    #[pyo3(signature = (rip=String::from(DEFAULT_HOST), rport=None, interval=None, *, bufsize=None, queue_size=None, backlog=None, rcvbuf=None, sndbuf=None, secret=None, announce=false))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         rip: String,
@@ -177,6 +177,7 @@ impl PyClientConfig {
         rcvbuf: Option<Arg<'_>>,
         sndbuf: Option<Arg<'_>>,
         secret: Option<Vec<u8>>,
+        announce: bool,
     ) -> PyResult<PyClientConfig> {
         let mut config =
             ClientConfig::new(rip, port("rport", rport)?, seconds("interval", interval, DEFAULT_INTERVAL)?);
@@ -185,6 +186,7 @@ impl PyClientConfig {
         config.backlog = int(config::BACKLOG, backlog, DEFAULT_BACKLOG)?;
         config.socket = socket(config.socket, rcvbuf, sndbuf)?;
         config.secret = secret;
+        config.announce = announce;
         config.validate().map_err(value_error)?;
         Ok(PyClientConfig { inner: config })
     }

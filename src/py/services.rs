@@ -251,6 +251,7 @@ impl PyPeer {
             ("ignored", stats.ignored),
             ("send_errors", stats.send_errors),
             ("challenges", stats.challenges),
+            ("refused", stats.refused),
         ] {
             dict.set_item(name, value)?;
         }

@@ -11,12 +11,14 @@
 Conventions shared by every subcommand: ``--ip``/``--port`` (servers bind there, clients talk to
 that address; defaults as in the tutorial); prompts and program output on stdout, errors on
 stderr; end of input (Ctrl-D), Ctrl-C and SIGTERM end the program with status 0 and no traceback;
-a port in use or a bad address is one line on stderr and status 2.
+every error (a bad option, a port in use, a bad address) is one line on stderr and status 2.
 
-On a terminal, the chat's ``server`` and ``client`` edit the input line with prompt_toolkit when
-it is installed: messages logged while a line is half typed are printed above the prompt, and the
-line stays as typed. Without it, when stdin or stdout is not a terminal, when ``TERM`` is
-``dumb``, or when ``CHATUDP_PLAIN`` is set (to anything but ``0``), they read plain lines.
+On a terminal, the chat's ``server`` and ``client`` (and the QQ client) edit the input line with
+prompt_toolkit when it is installed, else with readline: messages logged while a line is half
+typed are printed above the prompt, and the line stays as typed. When stdin or stdout is not a
+terminal, when ``TERM`` is ``dumb``, or when ``CHATUDP_PLAIN`` is set (to anything but ``0``),
+they read plain lines. Without a terminal, end of input does not stop the chat ``server``: it
+serves until a signal, as with ``--no-input``.
 
 Layout: one module per program (`demo`, `chat`, `echo`, `clock`, `qq`), each with a
 ``register(subparsers)`` that adds its subcommands; `_args` (addresses, errors, argument types)
@@ -33,7 +35,7 @@ import threading
 from typing import Optional, Sequence
 
 from . import chat, clock, demo, echo, qq
-from ._args import EXIT_OK, EXIT_USAGE, PROG, Fatal, error_text
+from ._args import EXIT_OK, EXIT_USAGE, PROG, Fatal, Parser, error_text
 from ._terminal import LineEditor, err, interrupt, out, prepare_streams
 
 __all__ = ["build_parser", "main"]
@@ -46,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The parser of ``chatudp``: one subcommand per program of the tutorial, plus ``demo``."""
     from .. import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog=PROG,
         description="Every UDP program of the tutorial, on chatudp's Rust core.",
         epilog="Run 'chatudp SUBCOMMAND --help' for the options of each. Start with: chatudp demo",

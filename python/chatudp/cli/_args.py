@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import re
 import socket
-from typing import Any, Callable, Tuple
+from typing import Any, Callable, Dict, NoReturn, Tuple
 
 PROG = "chatudp"
 EXIT_OK = 0
@@ -20,8 +20,8 @@ Command = Callable[[argparse.Namespace], int]
 
 STOP_NOTE = "Ctrl-D (end of input) or Ctrl-C ends it with status 0."
 EDIT_NOTE = (
-    "; on a terminal, with prompt_toolkit installed (the 'cli' extra), above the line being typed, which "
-    f"stays as it is ({PLAIN_ENV}=1 reads plain lines instead). "
+    "; on a terminal, above the line being typed, which stays as it is (prompt_toolkit edits it when installed, "
+    f"the 'cli' extra; readline otherwise; {PLAIN_ENV}=1 reads plain lines instead). "
 )
 SERVICE_NOTE = (
     "It has no input loop: it runs until Ctrl-C or SIGTERM (status 0) and ignores standard input. "
@@ -31,6 +31,13 @@ SERVICE_NOTE = (
 
 class Fatal(Exception):
     """An error that ends the program with one line on stderr and exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error said in one line on stderr (status 2), not the whole usage."""
+
+    def error(self, message: str) -> "NoReturn":
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 # -- addresses and errors --------------------------------------------------------------------
@@ -100,23 +107,33 @@ def port_number(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
 
 
-def seconds(text: str) -> float:
-    """A finite number of seconds, >= 0."""
+#: The longest wait any option takes: the library's bound on every number of seconds.
+MAX_SECONDS = 1e9
+
+
+def _number_of_seconds(text: str, zero_allowed: bool) -> float:
+    low = ">= 0" if zero_allowed else "> 0"
+    accepted = f"a number of seconds {low} and at most {MAX_SECONDS:.0f}"
     try:
         value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number of seconds >= 0, not {text!r}")
+        raise argparse.ArgumentTypeError(f"must be {accepted}, not {text!r}") from None
+    if not (value >= 0 if zero_allowed else value > 0) or not value <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"must be {accepted}, not {text!r}")
     return value
+
+
+def seconds(text: str) -> float:
+    """A number of seconds, >= 0 (and finite, at most `MAX_SECONDS`)."""
+    return _number_of_seconds(text, zero_allowed=True)
 
 
 def positive_seconds(text: str) -> float:
-    """A finite number of seconds, > 0."""
-    value = seconds(text)
-    if value == 0:
-        raise argparse.ArgumentTypeError("must be more than 0 seconds")
-    return value
+    """A number of seconds, > 0 (and at most `MAX_SECONDS`): timeouts, intervals."""
+    return _number_of_seconds(text, zero_allowed=False)
+
+
+interval_seconds = positive_seconds
 
 
 def count(text: str) -> int:
@@ -165,3 +182,42 @@ def add_request_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--retries", type=count, default=2, help="times a request is sent again when no reply comes (default 2)"
     )
+
+
+def add_bus(parser: argparse.ArgumentParser, room: bool) -> None:
+    parser.add_argument(
+        "--bus",
+        metavar="URL",
+        help="join relays through this broker: nats://host:port or redis://host:port/db (several NATS URLs of "
+        "one cluster: comma-separated); see docs/FEDERATION.md",
+    )
+    if room:
+        parser.add_argument("--room", metavar="NAME", help="the room on the bus (default chatudp); needs --bus")
+
+
+def bus_options(args: argparse.Namespace, room: str = "chatudp") -> Dict[str, Any]:
+    """``bus=``/``room=`` for ChatUdpServer from --bus and --room, checked here so that a bad URL
+    is said as such (not as a failure to bind)."""
+    from .. import _core
+
+    room = getattr(args, "room", None) or room
+    if args.bus is None:
+        if getattr(args, "room", None) is not None:
+            raise Fatal("--room needs --bus URL (the broker the relays of the room share)")
+        return {}
+    urls = [url.strip() for url in args.bus.split(",") if url.strip()]
+    try:
+        _core.ServerConfig(bus=urls, room=room)  # checks the URLs and the room, nothing else
+    except (TypeError, ValueError) as exc:
+        raise Fatal(f"bad --bus {args.bus!r}: {exc}") from None
+    return {"bus": urls, "room": room}
+
+
+def shown_url(url: str) -> str:
+    """A bus URL as it may be printed: a password (or token) in it replaced by ``***``."""
+    scheme, sep, rest = url.partition("://")
+    userinfo, at, host = rest.rpartition("@")
+    if not sep or not at:
+        return url
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}://{user}{':***' if colon else ''}@{host}" if user and colon else f"{scheme}://***@{host}"

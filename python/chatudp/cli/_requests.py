@@ -36,7 +36,8 @@ def run_requests(args: argparse.Namespace, client: Any, prompt: str, show: Calla
                 reply = client.request(line)
             except TimeoutError as exc:
                 detail = str(exc) or f"no reply from {where} (--timeout {args.timeout:g} s, --retries {args.retries})"
-                err(f"{detail}: the request or its reply was lost")
+                # Refused: the kernel reported the port closed, so nothing was lost on the way.
+                err(detail if getattr(exc, "refused", False) else f"{detail}: the request or its reply was lost")
                 continue
             except OSError as exc:
                 err(f"request to {where} failed: {error_text(exc)}")

@@ -194,37 +194,129 @@ class LineEditor:
             self._loop.close()
 
 
+class ReadlineInput:
+    """Lines read with readline (``input()``), for a chat on a terminal without prompt_toolkit.
+
+    While the prompt is up, what other threads print or log is written above it: the prompt line
+    is cleared (ANSI ``CR``, erase line), the text printed, then the prompt drawn again with the
+    line typed so far (``readline.get_line_buffer()``), so a message never lands inside a
+    half-typed line. This keeps the default install free of dependencies; prompt_toolkit (the
+    ``cli`` extra) does the same more thoroughly (a cursor moved left within the line is put
+    back at its end here). readline acts on a signal only while it waits for a key: a Ctrl-C
+    that lands in between is seen at the next key or signal.
+    """
+
+    _CLEAR = "\r\x1b[K"
+
+    def __init__(self, readline: Any) -> None:
+        self._readline = readline
+        self._lock = threading.RLock()
+        self._prompt: Optional[str] = None
+        self._partial: Dict[int, str] = {}
+        self._stdout = sys.stdout
+
+    def read(self, prompt: str) -> Optional[str]:
+        """``input(prompt).strip()``; None at Ctrl-D, KeyboardInterrupt at Ctrl-C."""
+        with self._lock:
+            self._prompt = prompt
+        try:
+            line: Optional[str] = input(prompt)
+        except EOFError:
+            line = None
+        finally:
+            with self._lock:
+                self._prompt = None
+        if line is None:
+            out()  # Ctrl-D leaves the cursor after the prompt
+            return None
+        return line.strip()
+
+    def write(self, stream: Any, text: str) -> int:
+        """Writes ``text`` to ``stream``; complete lines go above the prompt while it is up."""
+        with self._lock:
+            if self._prompt is None:
+                return int(stream.write(text))
+            pending = self._partial.pop(id(stream), "") + text
+            lines, newline, rest = pending.rpartition("\n")
+            if rest:
+                self._partial[id(stream)] = rest
+            if newline:
+                stream.write(self._CLEAR + lines + newline)
+                stream.flush()
+                self._stdout.write(self._prompt + self._readline.get_line_buffer())
+                self._stdout.flush()
+            return len(text)
+
+
+class RedrawingStream:
+    """``sys.stdout`` or ``sys.stderr`` while a `ReadlineInput` prompt is up."""
+
+    def __init__(self, stream: Any, editor: ReadlineInput) -> None:
+        self._stream = stream
+        self._editor = editor
+
+    def write(self, text: str) -> int:
+        return self._editor.write(self._stream, text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def _can_edit() -> bool:
+    return not plain_forced() and is_tty(sys.stdin) and is_tty(sys.stdout)
+
+
 def _line_editor() -> Optional[Any]:
     """``(editor, patch_stdout)`` where prompt_toolkit can drive this terminal, else None."""
-    if plain_forced() or not (is_tty(sys.stdin) and is_tty(sys.stdout)):
+    if not _can_edit():
         return None
     try:
         patch_stdout = importlib.import_module("prompt_toolkit.patch_stdout").patch_stdout
         if importlib.import_module("prompt_toolkit.utils").is_dumb_terminal():
             return None
         return LineEditor(), patch_stdout
-    except Exception:  # not installed, or cannot drive this terminal: plain lines
+    except Exception:  # not installed, or cannot drive this terminal: readline or plain lines
+        return None
+
+
+def _readline_input() -> Optional[ReadlineInput]:
+    if not _can_edit() or os.environ.get("TERM", "") in ("", "dumb", "unknown"):
+        return None
+    try:
+        return ReadlineInput(importlib.import_module("readline"))
+    except ImportError:
         return None
 
 
 @contextlib.contextmanager
 def chat_input() -> Iterator[Reader]:
-    """The line reader of the interactive chat: prompt_toolkit's, with ``patch_stdout`` so that
-    what is printed or logged meanwhile goes above the input line, on a terminal where it is
-    installed; else `read`, plain lines."""
+    """The line reader of the interactive chat on a terminal: prompt_toolkit's where it is
+    installed, with ``patch_stdout`` so that what is printed or logged meanwhile goes above the
+    input line; else readline's, redrawing the line the same way (`ReadlineInput`). Without a
+    terminal (or with CHATUDP_PLAIN set), `read`: plain lines."""
     found = _line_editor()
+    stdout, stderr = sys.stdout, sys.stderr
     if found is None:
-        yield read
+        editor = _readline_input()
+        if editor is None:
+            yield read
+            return
+        try:
+            sys.stdout = RedrawingStream(stdout, editor)
+            if is_tty(stderr):
+                sys.stderr = RedrawingStream(stderr, editor)
+            yield editor.read
+        finally:
+            sys.stdout, sys.stderr = stdout, stderr
         return
-    editor, patch = found
-    stderr = sys.stderr
+    line_editor, patch = found
     try:
         with patch():
             if not is_tty(stderr):
                 sys.stderr = stderr  # errors stay on their own stream when it is not the terminal
-            yield editor.read
+            yield line_editor.read
     finally:
-        editor.close()
+        line_editor.close()
 
 
 def cleanup(*steps: Callable[[], object]) -> None:
@@ -284,6 +376,14 @@ def stats_line(stats: Dict[str, Any], keys: Sequence[str] = ("received", "relaye
 def interrupt(signum: int, frame: object) -> None:
     """SIGTERM handler: ends the program as Ctrl-C does."""
     raise KeyboardInterrupt
+
+
+def end_main_thread() -> None:
+    """From any thread: ends what the main thread waits for (input, a prompt, a sleep) as
+    SIGTERM does, by sending SIGTERM to that thread alone."""
+    ident = threading.main_thread().ident
+    if ident is not None:
+        signal.pthread_kill(ident, signal.SIGTERM)
 
 
 def prepare_streams() -> None:

@@ -7,7 +7,7 @@ import queue
 import time
 from typing import Any, Callable, Dict, List, Tuple
 
-from ._args import EXIT_OK, Address, add_program, hostport, open_endpoint, seconds, started
+from ._args import EXIT_OK, Address, Fatal, add_bus, add_program, bus_options, hostport, open_endpoint, seconds, shown_url, started
 from ._terminal import cleanup, out, stats_line
 
 DEMO_NAMES = ("alice", "bob", "carol")
@@ -21,35 +21,58 @@ DEMO_SCRIPT = (
 )
 
 Event = Tuple[str, Any, Any]
+DEMO_ROOM = "chatudp-demo"
+#: How long the relays of ``--bus`` may take to connect to the broker and see each other.
+BUS_TIMEOUT = 10.0
 
 
 class Demo:
-    """The demo's server, clients and what they saw, printed step by step in a fixed order."""
+    """The demo's server, clients and what they saw, printed step by step in a fixed order.
+
+    With ``--bus`` there are two relays on one room of the broker: alice talks to relay A, bob
+    and carol to relay B, and every client sees every message all the same."""
 
     def __init__(self, args: argparse.Namespace) -> None:
-        from .. import ChatUdpServer
-
         self.events: "queue.Queue[Event]" = queue.Queue()
         self.names: Dict[Address, str] = {}
         self.clients: Dict[str, Any] = {}
         self.counts = {name: 0 for name in DEMO_NAMES}
         self.slot = args.seconds / (len(DEMO_SCRIPT) + 2)
+        self.bus = bus_options(args, room=DEMO_ROOM)
+        self.servers: List[Tuple[str, Any]] = []
+        labels = ("relay A", "relay B") if self.bus else ("server",)
+        for index, label in enumerate(labels):
+            port = args.port if index == 0 else 0
+            self.servers.append((label, open_endpoint("bind", args.ip, port, self._server_factory(args.ip, port, label))))
+        self.server = self.servers[0][1]
+
+    def _server_factory(self, ip: str, port: int, label: str) -> Callable[[], Any]:
+        from .. import ChatUdpServer
+
         events = self.events
-        self.server = open_endpoint(
-            "bind",
-            args.ip,
-            args.port,
-            lambda: started(
-                ChatUdpServer(
-                    args.ip,
-                    args.port,
-                    10,
-                    on_message=lambda data, addr: None,  # the demo shows what the clients receive
-                    on_join=lambda addr: events.put(("join", addr, None)),
-                    on_leave=lambda addr, reason: events.put(("leave", addr, reason)),
-                )
-            ),
+        return lambda: started(
+            ChatUdpServer(
+                ip,
+                port,
+                10,
+                on_message=lambda data, addr: None,  # the demo shows what the clients receive
+                on_join=lambda addr: events.put(("join", addr, label)),
+                on_leave=lambda addr, reason: events.put(("leave", addr, (label, reason))),
+                **self.bus,
+            )
         )
+
+    def meet(self, timeout: float = BUS_TIMEOUT) -> None:
+        """With a bus: waits until the relays see each other through the broker."""
+        if not self.bus:
+            return
+        urls = ", ".join(map(shown_url, self.bus["bus"]))
+        out(f"relays A and B meet on the bus {urls}, room {self.bus['room']}")
+        deadline = time.monotonic() + timeout
+        while not all(server.peers for _, server in self.servers):
+            if time.monotonic() > deadline:
+                raise Fatal(f"the relays did not meet on the bus {urls} within {timeout:g} s: is the broker running?")
+            time.sleep(0.05)
 
     def _receiver(self, name: str) -> Callable[[bytes, Address], None]:
         return lambda data, addr: self.events.put(("got", name, data))
@@ -75,9 +98,9 @@ class Demo:
         got = self._gather(expected_messages, expected_server, timeout)
         for kind, who, detail in got:
             if kind == "join":
-                out(f"  server: {self.names.get(who, who)} joined from {hostport(*who[:2])}")
+                out(f"  {detail}: {self.names.get(who, who)} joined from {hostport(*who[:2])}")
             elif kind == "leave":
-                out(f"  server: {self.names.get(who, who)} left ({detail})")
+                out(f"  {detail[0]}: {self.names.get(who, who)} left ({detail[1]})")
         received = [(who, detail) for kind, who, detail in got if kind == "got"]
         for name in DEMO_NAMES:
             for who, data in received:
@@ -91,9 +114,18 @@ class Demo:
     def join(self) -> None:
         from .. import ChatUdpClient
 
-        host, port = self.server.addr[0], self.server.addr[1]
-        out(f"chatudp demo: ChatUdpServer on {hostport(host, port)}, clients {', '.join(DEMO_NAMES)}")
+        if self.bus:
+            (_, first), (_, second) = self.servers
+            out(
+                f"chatudp demo: relay A on {hostport(*first.addr[:2])} (alice), relay B on "
+                f"{hostport(*second.addr[:2])} (bob, carol)"
+            )
+        else:
+            out(f"chatudp demo: ChatUdpServer on {hostport(*self.server.addr[:2])}, clients {', '.join(DEMO_NAMES)}")
+        self.meet()
         for name in DEMO_NAMES:
+            server = self.servers[0 if name == DEMO_NAMES[0] else -1][1]
+            host, port = server.addr[0], server.addr[1]
             client = ChatUdpClient(host, port, 1, on_message=self._receiver(name))
             self.clients[name] = client
             client.start()
@@ -125,20 +157,22 @@ class Demo:
         self.say("carol", "quit", 0, expected_server=1)
         members -= 1
         self.say("alice", "bye, bob", members)
-        out(f"server stops: Bye! to {members} clients")
-        self.server.stop()
+        out(f"{'relays stop' if self.bus else 'server stops'}: Bye! to {members} clients")
+        for _, server in self.servers:
+            server.stop()
         self.collect(members)
         for client in self.clients.values():
             client.stop()
         counts = ", ".join(f"{name} got {self.counts[name]}" for name in DEMO_NAMES)
-        out(f"summary: server {stats_line(self.server.stats)}; {counts}")
+        servers = "; ".join(f"{label} {stats_line(server.stats)}" for label, server in self.servers)
+        out(f"summary: {servers}; {counts}")
 
     def close(self) -> None:
-        cleanup(*(client.stop for client in self.clients.values()), self.server.stop)
+        cleanup(*(client.stop for client in self.clients.values()), *(server.stop for _, server in self.servers))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    demo = Demo(args)
+    demo = Demo(args)  # binds (and checks --bus) before anything is printed
     try:
         demo.join()
         demo.chat()
@@ -152,10 +186,12 @@ def register(sub: Any) -> None:
         sub,
         "demo",
         "a server and three clients chat for a few seconds on loopback, then exit",
-        "Shows the Acks each client receives and the server's counters.",
+        "Shows the Acks each client receives and the server's counters. With --bus URL, two relays on one "
+        "room of that broker: alice on relay A, bob and carol on relay B, and every client gets every message.",
         cmd_demo,
         "127.0.0.1",
         0,
         "server",
     )
     parser.add_argument("--seconds", type=seconds, default=3.0, help="how long the chat lasts (default 3)")
+    add_bus(parser, room=False)

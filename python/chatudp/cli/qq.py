@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 import collections
+import queue
 import sys
+import threading
 import time
 from typing import Any, Dict, Optional, Tuple
 
@@ -20,32 +22,17 @@ from ._args import (
     positive_seconds,
     resolve,
 )
-from ._terminal import cleanup, err, out, read, stdin
+from ._terminal import chat_input, cleanup, err, is_tty, out, read, stdin
 
 QQ_LINE = "来自[%s:%s]的一条消息:\033[1;44m%s\033[0m"
+QQ_PLAIN = "来自[%s:%s]的一条消息:%s"
 QQ_NAMES = ("狗哥", "猴哥", "武大郎", "一棵树")
 
 
 def qq_show(data: bytes, addr: Address) -> None:
-    out(QQ_LINE % (addr[0], addr[1], bytes(data).decode("utf-8", "replace")))
-
-
-def qq_recv(peer: Any, timeout: Optional[float]) -> Tuple[bytes, Address]:
-    """``peer.recvfrom`` in short slices, so Ctrl-C is seen at once; TimeoutError after
-    ``timeout`` seconds (never, for None)."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        if deadline is None:
-            wait = 0.2
-        else:
-            wait = min(0.2, deadline - time.monotonic())
-            if wait <= 0:
-                raise TimeoutError(f"no datagram within {timeout:g} s")
-        try:
-            data, source = peer.recvfrom(timeout=max(wait, 0.001))
-        except TimeoutError:
-            continue
-        return bytes(data), tuple(source)
+    """The tutorial's line; its colour codes only when stdout is a terminal."""
+    line = QQ_LINE if is_tty(sys.stdout) else QQ_PLAIN
+    out(line % (addr[0], addr[1], bytes(data).decode("utf-8", "replace")))
 
 
 class TypeAhead:
@@ -129,6 +116,60 @@ def _contacts(args: argparse.Namespace) -> Dict[str, Address]:
     return contacts
 
 
+class Replies:
+    """The QQ client's receiver: a thread that shows every datagram as it arrives, so that a
+    reply that comes after ``--timeout`` is shown when it comes instead of being lost, and tells
+    the main thread which sources were heard."""
+
+    def __init__(self, peer: Any) -> None:
+        self._peer = peer
+        self._heard: "queue.Queue[Address]" = queue.Queue()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="chatudp-qq-receive", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, source = self._peer.recvfrom(timeout=0.2)
+            except TimeoutError:
+                continue
+            except OSError:  # closed
+                return
+            qq_show(data, source)
+            self._heard.put(tuple(source))
+
+    def forget(self) -> None:
+        """Forgets the sources heard so far (replies already shown)."""
+        while True:
+            try:
+                self._heard.get_nowait()
+            except queue.Empty:
+                return
+
+    def wait_from(self, addr: Address, timeout: float) -> bool:
+        """Waits (in short slices, so Ctrl-C is seen at once) until ``addr`` was heard."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            try:
+                source = self._heard.get(timeout=min(left, 0.2))
+            except queue.Empty:
+                continue
+            if same_address(source, addr):
+                return True
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=2)
+
+
+def same_address(source: Address, addr: Address) -> bool:
+    return source[1] == addr[1] and (source[0] == addr[0] or str(addr[0]) in ("0.0.0.0", "::"))
+
+
 def cmd_qq_client(args: argparse.Namespace) -> int:
     from ..services import QQPeer
 
@@ -138,52 +179,45 @@ def cmd_qq_client(args: argparse.Namespace) -> int:
         raise Fatal("contacts mix IPv4 and IPv6 addresses; use one family")
     bind = ("::", 0) if families == {True} else ("", 0)
     peer = open_endpoint("bind", bind[0], bind[1], lambda: QQPeer(bind=bind))
+    replies = Replies(peer)
+    names = ", ".join(contacts)
     try:
-        while True:
-            name = read("请选择聊天对象: ")
-            if name is None:
-                break
-            if name and name not in contacts:
-                err(f"unknown contact {name!r} (known: {', '.join(contacts)}); type quit to choose again")
+        with chat_input() as read:
+            out(f"contacts: {names}")
             while True:
-                msg = read("请输入消息,回车发送: ")
-                if msg is None:
-                    return EXIT_OK
-                if msg == "quit":
+                name = read("请选择聊天对象: ")
+                if name is None:
                     break
-                if not msg or not name or name not in contacts:
+                if name not in contacts:
+                    if name:
+                        err(f"unknown contact {name!r}; choose one of: {names}")
                     continue
-                qq_exchange(peer, name, contacts[name], msg, args.timeout)
+                if not qq_chat(read, peer, replies, name, contacts[name], args.timeout):
+                    break
     finally:
-        cleanup(peer.close)
+        cleanup(replies.close, peer.close)
     return EXIT_OK
 
 
-def qq_exchange(peer: Any, name: str, addr: Address, msg: str, timeout: float) -> None:
-    # Replies that came after their wait ran out are shown now, so they are not mistaken for
-    # the answer to this message.
+def qq_chat(read: Any, peer: Any, replies: Replies, name: str, addr: Address, timeout: float) -> bool:
+    """Messages to one contact until quit (True: choose again) or end of input (False)."""
+    where = hostport(*addr[:2])
     while True:
+        msg = read("请输入消息,回车发送: ")
+        if msg is None:
+            return False
+        if msg == "quit":
+            return True
+        if not msg:
+            continue
+        replies.forget()
         try:
-            data, source = peer.recvfrom(timeout=0.001)
-        except TimeoutError:
-            break
-        except OSError:
-            break
-        qq_show(data, source)
-    try:
-        peer.sendto(msg.encode("utf-8"), addr)
-    except OSError as exc:
-        err(f"cannot send to {name} at {hostport(*addr[:2])}: {error_text(exc)}")
-        return
-    try:
-        data, source = qq_recv(peer, timeout)
-    except TimeoutError:
-        err(f"no reply from {name} at {hostport(*addr[:2])} within {timeout:g} s: the message or its reply was lost")
-        return
-    except OSError as exc:
-        err(f"no reply from {name} at {hostport(*addr[:2])}: {error_text(exc)}")
-        return
-    qq_show(data, source)
+            peer.sendto(msg.encode("utf-8"), addr)
+        except OSError as exc:
+            err(f"cannot send to {name} at {where}: {error_text(exc)}")
+            continue
+        if not replies.wait_from(addr, timeout):
+            err(f"no reply from {name} at {where} within {timeout:g} s yet; a late reply is shown when it comes")
 
 
 def register(sub: Any) -> None:
@@ -203,8 +237,9 @@ def register(sub: Any) -> None:
         sub,
         "qq-client",
         "the 'QQ' chat client: pick a contact by name, then chat with it",
-        "Prompts '请选择聊天对象: ' then '请输入消息,回车发送: ' (quit goes back to choosing). A lost reply "
-        "is reported on stderr after --timeout seconds and the next message is read. " + STOP_NOTE,
+        "Lists the contacts, then prompts '请选择聊天对象: ' (an unknown name asks again) and '请输入消息,回车发送: ' "
+        "(quit goes back to choosing). Replies are shown as they come; when none came within --timeout seconds "
+        "that is said on stderr, the next message is read, and a late reply is still shown. " + STOP_NOTE,
         cmd_qq_client,
         "127.0.0.1",
         8081,
