@@ -34,14 +34,14 @@ import sys
 import threading
 from typing import Optional, Sequence
 
-from . import chat, clock, demo, echo, qq
+from . import chat, clock, collect, demo, echo, qq
 from ._args import EXIT_OK, EXIT_USAGE, PROG, Fatal, Parser, error_text
 from ._terminal import LineEditor, err, interrupt, out, prepare_streams
 
 __all__ = ["build_parser", "main"]
 
 #: The programs, in the order ``--help`` lists them; each adds its subcommands.
-PROGRAMS = (demo, chat, echo, clock, qq)
+PROGRAMS = (demo, chat, echo, clock, qq, collect)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,9 +57,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="SUBCOMMAND")
     for program in PROGRAMS:
         program.register(sub)
-    from .._collect_cli import register as add_collect_commands
-
-    add_collect_commands(sub)
     return parser
 
 

@@ -18,7 +18,7 @@ import sys
 import time
 from typing import IO, Any, Callable, Dict, List, Optional, Tuple
 
-from .collector import Collector
+from ..collector import Collector
 
 READING = struct.Struct(">IHf")  # sequence, sensor number, value
 STATUS_EVERY = 1.0
