@@ -585,7 +585,7 @@ fn run_group(
     let group_done = AtomicBool::new(false);
     let (started, follower_started) = crossbeam_channel::unbounded();
     std::thread::scope(|scope| {
-        let count = followers.len();
+        let mut running = Vec::with_capacity(followers.len());
         let mut outcome = Ok(());
         for (index, mut follower) in followers.into_iter().enumerate() {
             let (group_done, started) = (&group_done, started.clone());
@@ -594,24 +594,34 @@ fn run_group(
                 let _ = started.send(());
                 follower.serve(control, group_done, None);
             });
-            if let Err(error) = spawned {
-                outcome = Err(error);
-                break;
+            match spawned {
+                Ok(handle) => running.push(handle),
+                Err(error) => {
+                    outcome = Err(error);
+                    break;
+                }
             }
         }
         if outcome.is_ok() {
-            for _ in 0..count {
+            for _ in 0..running.len() {
                 let _ = follower_started.recv();
             }
         }
         let failed = outcome.is_err();
         let _ = ready.send(outcome);
         if !failed {
-            leader.run(control, &group_done);
+            leader.serve_until_stopped(control, &group_done);
         }
         group_done.store(true, Ordering::Release);
         for waker in &wakers {
             waker.wake();
+        }
+        // Bye! only once no follower can send an Ack any more, so it is each client's last word.
+        for follower in running {
+            let _ = follower.join();
+        }
+        if !failed {
+            leader.finish();
         }
     });
 }
@@ -656,11 +666,15 @@ impl RelayLoop {
         }
     }
 
-    /// The leader: serves, expires silent clients on its timer, and says `Bye!` at the end.
-    fn run(&mut self, control: &Control, group_done: &AtomicBool) {
+    /// The leader: serves and expires silent clients on its timer until stopped.
+    fn serve_until_stopped(&mut self, control: &Control, group_done: &AtomicBool) {
         let mut next_sweep = wall_clock() + self.max_age;
         self.serve(control, group_done, Some(&mut next_sweep));
-        // What the owner sent before `stop()` goes out before the `Bye!`.
+    }
+
+    /// The leader, once every follower has ended: what the owner sent before `stop()` goes
+    /// out, then the `Bye!`.
+    fn finish(&mut self) {
         self.run_commands();
         self.say_goodbye();
     }
