@@ -169,9 +169,10 @@ def test_duplicates_and_reordering_never_corrupt_the_table(stopper: Any, peers: 
     wait_for(lambda: srv.stats["received"] == delivered, what="every delivered datagram to be read")
     ups = proxy.upstream_addrs()
     expected = {ups[p.addr] for i, p in enumerate(sources) if i in stay}
-    stats = srv.stats
+    # `received` is counted as a batch is read, before its datagrams are handled.
+    wait_for(lambda: set(srv.clients) == expected, what="the last moves to be handled")
     wait_for(lambda: len(events) == srv.stats["joins"] + srv.stats["leaves"], what="callbacks")
-    assert set(srv.clients) == expected
+    stats = srv.stats
     assert stats["joins"] - stats["leaves"] == len(expected)
     with lock:
         seen = list(events)
@@ -232,7 +233,9 @@ def test_authenticated_mode_drops_every_duplicate_as_a_replay(stopper: Any, prox
     for cli in clients:
         cli.stop()  # no more heartbeats: the counts below stand still
     wait_for(lambda: proxy.pending() == 0 and srv.stats["received"] == proxy.counts()["up"]["delivered"], what="quiet")
-    time.sleep(0.05)
+    # `received` is counted as a batch is read, before its datagrams are handled.
+    handled = lambda: srv.stats["dropped"]["auth"] == proxy.counts()["up"]["duplicated"]  # noqa: E731
+    wait_for(handled, what="the last duplicates refused")
     counts, stats, ups = proxy.counts(), srv.stats, proxy.upstream_addrs()
     assert stats["dropped"]["auth"] == counts["up"]["duplicated"], (stats, counts)
     assert stats["relayed"] == 60
