@@ -492,8 +492,10 @@ mod tests {
     }
 
     #[test]
-    #[cfg(target_os = "linux")]
     fn a_request_to_a_closed_port_is_counted_refused_and_sends_go_on() {
+        if !crate::net::LINUX_IO {
+            return; // the portable build reads no error queue: nothing is counted refused
+        }
         let closed = server().local_addr().unwrap(); // dropped: nothing listens there now
         let client = UdpPeer::for_remote(closed, 1024, SocketOptions::default()).unwrap();
         let started = Instant::now();
