@@ -66,6 +66,9 @@ struct Shared {
     commands: Mutex<Commands>,
     /// Set when the leader has sends to make: it looks at `commands` only then.
     sends_pending: AtomicBool,
+    /// Set (under the table lock) when `commands.removed` has leaves to report, so the socket
+    /// threads take the commands lock only then, not once per batch.
+    removals_pending: AtomicBool,
 }
 
 /// What the owner asked of the socket threads, done at their next turn.
@@ -115,6 +118,7 @@ impl Server {
             counters: Counters::default(),
             commands: Mutex::new(Commands::default()),
             sends_pending: AtomicBool::new(false),
+            removals_pending: AtomicBool::new(false),
         });
         // One replay cache and one cookie key for every worker: a source the kernel moves to
         // another worker is still known.
@@ -196,7 +200,7 @@ impl Server {
         let mut relay = self.shared.relay.lock();
         let removed = relay.remove(addr);
         if removed {
-            self.shared.commands.lock().removed.push(*addr);
+            self.report_removed(std::slice::from_ref(addr));
         }
         drop(relay);
         self.wake_leader();
@@ -210,10 +214,20 @@ impl Server {
         for addr in &gone {
             relay.remove(addr);
         }
-        self.shared.commands.lock().removed.extend_from_slice(&gone);
+        self.report_removed(&gone);
         drop(relay);
         self.wake_leader();
         gone.len()
+    }
+
+    /// Leaves for the socket threads to report; called with the table locked, so they are
+    /// reported before anything read later can bring these clients back.
+    fn report_removed(&self, gone: &[SocketAddr]) {
+        if gone.is_empty() {
+            return;
+        }
+        self.shared.commands.lock().removed.extend_from_slice(gone);
+        self.shared.removals_pending.store(true, Ordering::Release);
     }
 
     /// Sends `data` to `to` from the server's socket (sealed with `secret=`), on the socket
@@ -502,7 +516,11 @@ impl Handover {
 
     /// The leaves of the clients the owner removed; called with the table locked, so they come
     /// before any event of a datagram that brings such a client back.
+    /// Called with the table locked, as the removals were made.
     fn removed(&mut self, shared: &Shared, counters: &Counters) {
+        if !shared.removals_pending.swap(false, Ordering::AcqRel) {
+            return;
+        }
         let mut commands = shared.commands.lock();
         for addr in commands.removed.drain(..) {
             self.leave(addr, LeaveReason::Removed, counters);
@@ -733,6 +751,10 @@ impl RelayLoop {
     /// The leaves of the clients the owner removed, then the datagrams it sends (leader only:
     /// its socket and sealer send them).
     fn run_commands(&mut self) {
+        let shared = &*self.shared;
+        if !(shared.sends_pending.load(Ordering::Acquire) || shared.removals_pending.load(Ordering::Acquire)) {
+            return; // nothing asked: no lock taken on the leader's way back to its wait
+        }
         let counters = &self.shared.counters;
         let relay = self.shared.relay.lock();
         self.handover.removed(&self.shared, counters);
