@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import time
-from typing import Callable, Iterator, List
+from pathlib import Path
+from typing import Callable, Iterator, List, Tuple
 
 import pytest
 from brokers import broker, nats_cluster, nats_server, redis_server  # noqa: F401  (fixtures)
 
 LOOPBACK = "127.0.0.1"
+
+
+def run_script(script: Path, cwd: Path, timeout: float) -> Tuple[int, str, str]:
+    """Runs `script` as a user does (`python script.py` in `cwd`, chatudp from the installed
+    package, no stdin); returns its exit status, stdout and stderr, or fails the test after
+    `timeout` seconds with what it printed."""
+    env = dict(os.environ, PYTHONIOENCODING="utf-8", PYTHONUNBUFFERED="1")
+    env.pop("PYTHONPATH", None)
+    try:
+        proc = subprocess.run(
+            [sys.executable, str(script)], cwd=cwd, env=env, stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"{script.name} did not exit within {timeout} s; output so far:\n{exc.stdout!r}\n{exc.stderr!r}")
+    return proc.returncode, proc.stdout.decode("utf-8", "replace"), proc.stderr.decode("utf-8", "replace")
 
 
 def wait_for(condition: Callable[[], object], timeout: float = 5.0, what: str = "condition") -> None:

@@ -3,13 +3,11 @@ output that shows it did its job."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Dict, List
 
 import pytest
+from conftest import run_script
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TIMEOUT = 30  # each example runs about a second
@@ -72,23 +70,9 @@ def test_every_example_is_tested() -> None:
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
 def test_example(name: str, tmp_path: Path) -> None:
-    env = dict(os.environ, PYTHONIOENCODING="utf-8", PYTHONUNBUFFERED="1")
-    env.pop("PYTHONPATH", None)
-    try:
-        proc = subprocess.run(
-            [sys.executable, str(EXAMPLES / name)],
-            cwd=tmp_path,  # as a user runs it: chatudp comes from the installed package
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=TIMEOUT,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{name} did not exit within {TIMEOUT} s; output so far:\n{exc.stdout!r}\n{exc.stderr!r}")
-    out = proc.stdout.decode("utf-8", "replace")
-    err = proc.stderr.decode("utf-8", "replace")
-    shown = f"exit status {proc.returncode}\n--- stdout\n{out}\n--- stderr\n{err}"
-    assert proc.returncode == 0, shown
+    returncode, out, err = run_script(EXAMPLES / name, tmp_path, TIMEOUT)
+    shown = f"exit status {returncode}\n--- stdout\n{out}\n--- stderr\n{err}"
+    assert returncode == 0, shown
     for expected in EXPECTED[name]:
         assert expected in out, f"{expected!r} not in the output of {name}\n{shown}"
     assert "Traceback" not in err, shown

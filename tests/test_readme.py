@@ -10,16 +10,14 @@ A snippet may be preceded by HTML comments that say what its output must hold or
 from __future__ import annotations
 
 import ast
-import os
 import re
 import socket
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import pytest
+from conftest import run_script
 
 README = Path(__file__).resolve().parent.parent / "README.md"
 TIMEOUT = 60
@@ -101,21 +99,9 @@ def test_snippet_runs_as_shown(snippet: Snippet, tmp_path: Path) -> None:
         pytest.skip(snippet.wanted("skip")[0])
     script = tmp_path / "snippet.py"
     script.write_text(runnable(snippet), encoding="utf-8")
-    env = dict(os.environ, PYTHONIOENCODING="utf-8", PYTHONUNBUFFERED="1")
-    env.pop("PYTHONPATH", None)
-    try:
-        proc = subprocess.run(
-            [sys.executable, str(script)],
-            cwd=tmp_path,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=TIMEOUT,
-        )
-    except subprocess.TimeoutExpired as exc:
-        pytest.fail(f"{snippet.id} did not end within {TIMEOUT} s: {exc.stdout!r} {exc.stderr!r}")
-    out = proc.stdout.decode("utf-8", "replace") + proc.stderr.decode("utf-8", "replace")
-    assert proc.returncode == 0, f"{snippet.id} exited with {proc.returncode}:\n{out}"
+    returncode, stdout, stderr = run_script(script, tmp_path, TIMEOUT)
+    out = stdout + stderr
+    assert returncode == 0, f"{snippet.id} exited with {returncode}:\n{out}"
     assert "Traceback" not in out, out
     for text in snippet.wanted("expect"):
         assert text in out, f"{snippet.id}: {text!r} not in its output:\n{out}"

@@ -57,10 +57,14 @@ fn seconds(name: &str, value: Option<Arg<'_>>, default: f64) -> PyResult<f64> {
 }
 
 /// A port, refused with `PortError` (a `ValueError` and the `OverflowError` of `socket.bind`).
-fn port(name: &'static str, value: Option<Arg<'_>>) -> PyResult<u16> {
-    let Some(value) = value else { return Ok(DEFAULT_CHAT_PORT as u16) };
+fn port(name: &'static str, value: &Arg<'_>) -> PyResult<u16> {
     let range = IntRange { name, ..config::PORT };
-    range.check(strict_int(name, &value)?).map(|v| v as u16).map_err(|e| PortError::new_err(e.to_string()))
+    range.check(strict_int(name, value)?).map(|v| v as u16).map_err(|e| PortError::new_err(e.to_string()))
+}
+
+/// A port, or `default` for `None`.
+fn port_or(name: &'static str, value: Option<Arg<'_>>, default: u16) -> PyResult<u16> {
+    value.map_or(Ok(default), |value| port(name, &value))
 }
 
 fn socket(defaults: SocketOptions, rcvbuf: Option<Arg<'_>>, sndbuf: Option<Arg<'_>>) -> PyResult<SocketOptions> {
@@ -124,8 +128,11 @@ impl PyServerConfig {
         bus: Option<Arg<'_>>,
         room: String,
     ) -> PyResult<PyServerConfig> {
-        let mut config =
-            ServerConfig::new(ip, self::port("port", port)?, seconds("interval", interval, DEFAULT_INTERVAL)?);
+        let mut config = ServerConfig::new(
+            ip,
+            port_or("port", port, DEFAULT_CHAT_PORT as u16)?,
+            seconds("interval", interval, DEFAULT_INTERVAL)?,
+        );
         config.expiry_grace = seconds("expiry_grace", expiry_grace, config.expiry_grace)?;
         config.bufsize = int(config::BUFSIZE, bufsize, DEFAULT_BUFSIZE)?;
         config.queue_size = int(config::QUEUE_SIZE, queue_size, DEFAULT_QUEUE_SIZE)?;
@@ -179,8 +186,11 @@ impl PyClientConfig {
         secret: Option<Vec<u8>>,
         announce: bool,
     ) -> PyResult<PyClientConfig> {
-        let mut config =
-            ClientConfig::new(rip, port("rport", rport)?, seconds("interval", interval, DEFAULT_INTERVAL)?);
+        let mut config = ClientConfig::new(
+            rip,
+            port_or("rport", rport, DEFAULT_CHAT_PORT as u16)?,
+            seconds("interval", interval, DEFAULT_INTERVAL)?,
+        );
         config.bufsize = int(config::BUFSIZE, bufsize, DEFAULT_BUFSIZE)?;
         config.queue_size = int(config::QUEUE_SIZE, queue_size, DEFAULT_QUEUE_SIZE)?;
         config.backlog = int(config::BACKLOG, backlog, DEFAULT_BACKLOG)?;
@@ -224,10 +234,7 @@ impl PyServiceConfig {
         sndbuf: Option<Arg<'_>>,
         validate: bool,
     ) -> PyResult<PyServiceConfig> {
-        let port = match port {
-            None => DEFAULT_SERVICE_PORT,
-            Some(port) => self::port("port", Some(port))?,
-        };
+        let port = port_or("port", port, DEFAULT_SERVICE_PORT)?;
         let mut config = ServiceConfig::new(ip, port);
         config.bufsize = int(config::BUFSIZE, bufsize, DEFAULT_BUFSIZE)?;
         config.events = Some(int(config::QUEUE_SIZE, queue_size, DEFAULT_QUEUE_SIZE)?);
@@ -258,10 +265,7 @@ impl PyPeerConfig {
         rcvbuf: Option<Arg<'_>>,
         sndbuf: Option<Arg<'_>>,
     ) -> PyResult<PyPeerConfig> {
-        let rport = match rport {
-            None => DEFAULT_SERVICE_PORT,
-            Some(port) => self::port("rport", Some(port))?,
-        };
+        let rport = port_or("rport", rport, DEFAULT_SERVICE_PORT)?;
         let mut config = PeerConfig::new(rip, rport);
         // Infinity waits as long as the core can count (no limit), as for every other wait.
         config.timeout = match seconds("timeout", timeout, config::DEFAULT_TIMEOUT)? {
@@ -315,7 +319,7 @@ pub(crate) fn address(name: &'static str, value: &Arg<'_>) -> PyResult<(String, 
         ))
     })?;
     let port_name = if name == "bind" { "bind[1]" } else { "addr[1]" };
-    Ok((host.extract::<String>()?, port(port_name, Some(tuple.get_item(1)?))?))
+    Ok((host.extract::<String>()?, port(port_name, &tuple.get_item(1)?)?))
 }
 
 pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
