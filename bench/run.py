@@ -542,6 +542,16 @@ def machine() -> str:
     return f"{os.cpu_count()} CPUs ({cpu}), Linux {platform.release()}, Python {platform.python_version()}"
 
 
+def hold_cpu_latency_at_zero() -> int:
+    """Asks the kernel for 0 µs CPU wake-up latency (PM QoS) until the returned descriptor closes."""
+    try:
+        fd = os.open("/dev/cpu_dma_latency", os.O_WRONLY)
+    except OSError as e:
+        sys.exit(f"--fast-wake: cannot open /dev/cpu_dma_latency ({e.strerror}); it needs root")
+    os.write(fd, (0).to_bytes(4, sys.byteorder))
+    return fd
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -559,6 +569,10 @@ def main() -> int:
     ap.add_argument("--wait-quiet", type=float, default=0.0, metavar="SECONDS",
                     help="before each scenario, wait up to SECONDS for other processes to use under "
                          f"{QUIET_CPUS} CPUs (shared machines; default 0: do not wait)")
+    ap.add_argument("--fast-wake", action="store_true",
+                    help="hold /dev/cpu_dma_latency at 0 for the run (root), as cyclictest does: idle CPUs "
+                         "stay in their shallowest state, so every round trip measures the relays, not how "
+                         "long a CPU takes to wake from a deep idle state")
     ap.add_argument("--report", help="only print the tables of an existing raw file")
     args = ap.parse_args()
     args.scenarios = [s for s in args.scenarios.split(",") if s]
@@ -579,6 +593,8 @@ def main() -> int:
 
     if args.nice:
         os.nice(args.nice)
+    # Kept open for the whole run: the kernel's latency request lasts as long as the descriptor.
+    fast_wake = hold_cpu_latency_at_zero() if args.fast_wake else None
     _common.build_loadgen()
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
     out_path = args.out or os.path.join(_common.HERE, "results", f"run-{stamp}.jsonl")
@@ -586,7 +602,7 @@ def main() -> int:
     started = time.monotonic()
     with open(out_path, "w") as out:
         meta = {"bench": "meta", "started": stamp, "machine": machine(), "argv": sys.argv[1:],
-                "loadavg": _common.loadavg()}
+                "loadavg": _common.loadavg(), "fast_wake": fast_wake is not None}
         out.write(json.dumps(meta) + "\n")
         print(f"{meta['machine']}; load average {meta['loadavg']:.2f}; raw results -> {out_path}", file=sys.stderr)
         runner = Runner(args, out)

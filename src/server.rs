@@ -145,8 +145,11 @@ impl Server {
                 error_queues.push(Arc::clone(socket));
             }
         }
+        // A socket alone waits in its own blocking receive, as a bare relay does; the sockets of
+        // a group wait in epoll, since a wake-up datagram would reach whichever the kernel picks.
+        let alone = sockets.len() == 1;
         for socket in sockets {
-            let (waiter, waker) = Waiter::new(&socket)?;
+            let (waiter, waker) = if alone { Waiter::in_receive(&socket)? } else { Waiter::new(&socket)? };
             wakers.push(waker);
             let (filter, admission) = (
                 Filter { allow: config.allow.clone(), opener: opener.clone() },
@@ -656,6 +659,7 @@ impl RelayLoop {
         // `bufsize` counts payload bytes: in authenticated mode the trailer comes on top.
         let error_queue = !group.error_queues.is_empty();
         let recv_len = config.bufsize + if config.secret.is_some() { TRAILER_LEN } else { 0 };
+        let recv = RecvBatch::new(RECV_BATCH, recv_len).waking(&waiter);
         RelayLoop {
             bus: None,
             filter,
@@ -676,7 +680,7 @@ impl RelayLoop {
             socket,
             waiter,
             shared: group.shared,
-            recv: RecvBatch::new(RECV_BATCH, recv_len),
+            recv,
             live: Vec::new(),
             gone: Vec::new(),
             max_age: config.interval + config.expiry_grace,
@@ -781,11 +785,18 @@ impl RelayLoop {
 
     fn drain(&mut self, control: &Control) {
         let mut received = 0;
-        for _ in 0..BATCHES_PER_WAKE {
+        // Waiting in the receive, the first read is the wait (see `Waiter::in_receive`).
+        let waits_in_receive = self.waiter.wake_source().is_some();
+        for round in 0..BATCHES_PER_WAKE {
             if control.is_stopping() {
                 return;
             }
-            match self.recv.recv(&self.socket) {
+            let read = if round == 0 && waits_in_receive {
+                self.recv.recv_blocking(&self.socket)
+            } else {
+                self.recv.recv(&self.socket)
+            };
+            match read {
                 Ok(0) => break,
                 Ok(n) => {
                     received += n;
@@ -801,8 +812,9 @@ impl RelayLoop {
                 Err(_) => break,
             }
         }
-        // A wake-up with nothing to read is the poller reporting a queued ICMP error.
-        self.check_unreachable(received == 0);
+        // A wake-up of the poller with nothing to read reports a queued ICMP error (a blocking
+        // receive returns that error instead, which sets `icmp_seen`).
+        self.check_unreachable(received == 0 && !waits_in_receive);
     }
 
     /// Removes the clients the network reported unreachable, when the sends met any (or

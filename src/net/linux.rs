@@ -4,7 +4,7 @@
 
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,26 +24,57 @@ fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
     }
 }
 
-/// One epoll set holding the socket and an eventfd, and a plain `epoll_wait` with a millisecond
-/// timeout: two system calls per wake-up at most.
+/// How a socket thread waits: `Waiter::new` watches the socket and an eventfd in one epoll set
+/// (two system calls per wake-up at most); `Waiter::in_receive` lets the socket's own blocking
+/// `recvmmsg` wait (one system call per wake-up, as a bare relay), woken by empty datagrams from
+/// a loopback socket of the waker's.
 pub struct Waiter {
-    epoll: OwnedFd,
-    wake: Arc<OwnedFd>,
+    kind: WaitKind,
+}
+
+enum WaitKind {
+    Poll {
+        epoll: OwnedFd,
+        wake: Arc<OwnedFd>,
+    },
+    InReceive {
+        socket: Arc<Socket>,
+        wake_from: SocketAddr,
+        /// The socket's receive timeout as last set (`SO_RCVTIMEO`).
+        timeout: Duration,
+    },
 }
 
 #[derive(Clone)]
 pub struct Waker {
-    wake: Arc<OwnedFd>,
+    kind: WakeKind,
+}
+
+#[derive(Clone)]
+enum WakeKind {
+    EventFd(Arc<OwnedFd>),
+    Datagram(Arc<UdpSocket>),
 }
 
 impl Waker {
     pub fn wake(&self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to an eventfd. A full counter (EAGAIN) means a
-        // wake-up is pending already.
-        unsafe { libc::write(self.wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        match &self.kind {
+            WakeKind::EventFd(wake) => {
+                let one: u64 = 1;
+                // SAFETY: writes 8 bytes from a live u64 to an eventfd. A full counter (EAGAIN)
+                // means a wake-up is pending already.
+                unsafe { libc::write(wake.as_raw_fd(), (&one as *const u64).cast(), 8) };
+            }
+            // Dropped only when the socket's buffer is full, and then its thread is awake anyway;
+            // refused once the socket is closed, and then there is no thread to wake.
+            WakeKind::Datagram(wake) => drop(wake.send(&[])),
+        }
     }
 }
+
+/// The longest a blocking receive waits, so that a wake-up datagram a firewall dropped costs a
+/// stop at most this much.
+const LONGEST_RECEIVE_WAIT: Duration = Duration::from_millis(100);
 
 impl Waiter {
     pub fn new(socket: &Arc<Socket>) -> io::Result<(Waiter, Waker)> {
@@ -57,31 +88,91 @@ impl Waiter {
             cvt(unsafe { libc::epoll_ctl(epoll.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, &mut event) })?;
         }
         let wake = Arc::new(wake);
-        Ok((Waiter { epoll, wake: Arc::clone(&wake) }, Waker { wake }))
+        let waiter = Waiter { kind: WaitKind::Poll { epoll, wake: Arc::clone(&wake) } };
+        Ok((waiter, Waker { kind: WakeKind::EventFd(wake) }))
     }
 
-    pub fn wait(&mut self, timeout: Duration) -> io::Result<bool> {
-        // Rounded up, so a deadline a few microseconds away is not a busy loop.
-        let millis = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int;
-        let mut events = [libc::epoll_event { events: 0, u64: 0 }; 2];
-        // SAFETY: a live array of 2 events.
-        let n = unsafe { libc::epoll_wait(self.epoll.as_raw_fd(), events.as_mut_ptr(), 2, millis) };
-        if n < 0 {
-            let error = io::Error::last_os_error();
-            return if error.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(error) };
+    /// Puts `socket` in blocking mode, for [`RecvBatch::recv_blocking`](super::RecvBatch) to
+    /// wait in; the socket must not be read any other way. Falls back to [`Waiter::new`] where
+    /// no socket can reach it to wake it.
+    pub fn in_receive(socket: &Arc<Socket>) -> io::Result<(Waiter, Waker)> {
+        let Ok(wake) = wake_socket(socket) else { return Waiter::new(socket) };
+        let wake_from = wake.local_addr()?;
+        socket.set_read_timeout(Some(LONGEST_RECEIVE_WAIT))?;
+        socket.set_nonblocking(false)?;
+        let kind = WaitKind::InReceive { socket: Arc::clone(socket), wake_from, timeout: LONGEST_RECEIVE_WAIT };
+        Ok((Waiter { kind }, Waker { kind: WakeKind::Datagram(Arc::new(wake)) }))
+    }
+
+    /// Where the waker's datagrams come from, when it sends any: they are no one's messages.
+    pub fn wake_source(&self) -> Option<SocketAddr> {
+        match self.kind {
+            WaitKind::InReceive { wake_from, .. } => Some(wake_from),
+            WaitKind::Poll { .. } => None,
         }
-        let mut readable = false;
-        for event in &events[..n as usize] {
-            if event.u64 == WAKE_KEY {
-                let mut count: u64 = 0;
-                // SAFETY: reads 8 bytes into a live u64; resets the eventfd.
-                unsafe { libc::read(self.wake.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
-            } else {
-                readable = true;
+    }
+
+    /// Waits for the socket (true when readable) or a wake-up, at most `timeout`. A waiter in the
+    /// receive only sets the timeout of the blocking read to come, and says "read".
+    pub fn wait(&mut self, timeout: Duration) -> io::Result<bool> {
+        match &mut self.kind {
+            WaitKind::Poll { epoll, wake } => poll(epoll, wake, timeout),
+            WaitKind::InReceive { socket, timeout: set, .. } => {
+                let wanted = timeout.clamp(Duration::from_millis(1), LONGEST_RECEIVE_WAIT);
+                // Set again only when the read would sleep 1% (at least 1 ms) past the deadline,
+                // or wake before half of it: a system call per millisecond at worst, not per read.
+                let slack = (wanted / 100).max(Duration::from_millis(1));
+                if *set > wanted + slack || *set < wanted / 2 {
+                    socket.set_read_timeout(Some(wanted))?;
+                    *set = wanted;
+                }
+                Ok(true)
             }
         }
-        Ok(readable)
     }
+}
+
+/// A socket that can send to `socket`: to its own address, or to loopback when it is bound to
+/// every address.
+fn wake_socket(socket: &Socket) -> io::Result<UdpSocket> {
+    let mut target = super::local_addr(socket)?;
+    let any: IpAddr = match target {
+        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    if target.ip().is_unspecified() {
+        target.set_ip(match target {
+            SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+            SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let wake = UdpSocket::bind(SocketAddr::new(any, 0))?;
+    wake.connect(target)?;
+    wake.set_nonblocking(true)?;
+    Ok(wake)
+}
+
+fn poll(epoll: &OwnedFd, wake: &OwnedFd, timeout: Duration) -> io::Result<bool> {
+    // Rounded up, so a deadline a few microseconds away is not a busy loop.
+    let millis = timeout.as_nanos().div_ceil(1_000_000).min(i32::MAX as u128) as libc::c_int;
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 2];
+    // SAFETY: a live array of 2 events.
+    let n = unsafe { libc::epoll_wait(epoll.as_raw_fd(), events.as_mut_ptr(), 2, millis) };
+    if n < 0 {
+        let error = io::Error::last_os_error();
+        return if error.kind() == io::ErrorKind::Interrupted { Ok(false) } else { Err(error) };
+    }
+    let mut readable = false;
+    for event in &events[..n as usize] {
+        if event.u64 == WAKE_KEY {
+            let mut count: u64 = 0;
+            // SAFETY: reads 8 bytes into a live u64; resets the eventfd.
+            unsafe { libc::read(wake.as_raw_fd(), (&mut count as *mut u64).cast(), 8) };
+        } else {
+            readable = true;
+        }
+    }
+    Ok(readable)
 }
 
 /// Room for a timestamp and a drop counter, with headers and padding, per datagram.
@@ -112,7 +203,8 @@ impl RecvArrays {
         }
     }
 
-    /// One `recvmmsg` of up to `max` datagrams into the `bufsize`-byte slots of `storage`.
+    /// One `recvmmsg` of up to `max` datagrams (waiting for the first when `block` and the socket
+    /// blocks) into the `bufsize`-byte slots of `storage`.
     pub(super) fn recv(
         &mut self,
         socket: &Socket,
@@ -120,6 +212,7 @@ impl RecvArrays {
         bufsize: usize,
         max: usize,
         meta: &mut [Meta],
+        block: bool,
     ) -> io::Result<usize> {
         let slots = max.min(self.headers.len());
         for i in 0..slots {
@@ -140,7 +233,8 @@ impl RecvArrays {
                 socket.as_raw_fd(),
                 self.headers.as_mut_ptr(),
                 slots as libc::c_uint,
-                libc::MSG_DONTWAIT,
+                // Blocking until the first datagram, and no longer: then whatever else is queued.
+                if block { libc::MSG_WAITFORONE } else { libc::MSG_DONTWAIT },
                 std::ptr::null_mut(),
             )
         };

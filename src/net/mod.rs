@@ -131,6 +131,8 @@ pub struct RecvBatch {
     /// The kernel's count of datagrams dropped on this socket, as of the newest datagram that
     /// carried it (see [`enable_ancillary`]).
     pub kernel_drops: Option<u64>,
+    /// Datagrams from here are a [`Waker`]'s, not the peers': they are left out of the batch.
+    wake_source: Option<SocketAddr>,
     sys: imp::RecvArrays,
 }
 
@@ -147,8 +149,16 @@ impl RecvBatch {
             count: 0,
             read_at: 0.0,
             kernel_drops: None,
+            wake_source: None,
             sys: imp::RecvArrays::new(slots),
         }
+    }
+
+    /// Leaves the datagrams of the waker of `waiter` out of every batch read (see
+    /// [`Waiter::in_receive`]).
+    pub fn waking(mut self, waiter: &Waiter) -> RecvBatch {
+        self.wake_source = waiter.wake_source();
+        self
     }
 
     pub fn slots(&self) -> usize {
@@ -176,25 +186,57 @@ impl RecvBatch {
 
     /// Reads what is queued, up to a full batch, without blocking; `Ok(0)` when nothing is.
     pub fn recv(&mut self, socket: &Socket) -> io::Result<usize> {
-        self.recv_max(socket, self.slots())
+        self.read(socket, self.slots(), false)
     }
 
     /// Reads up to `max` queued datagrams without blocking; `Ok(0)` when none is queued.
     pub fn recv_max(&mut self, socket: &Socket, max: usize) -> io::Result<usize> {
+        self.read(socket, max, false)
+    }
+
+    /// Reads a batch, waiting for its first datagram when the socket blocks (a socket given to
+    /// [`Waiter::in_receive`]) until one comes, a wake-up, or the timeout the waiter set:
+    /// `Ok(0)` after a wake-up or the timeout.
+    pub fn recv_blocking(&mut self, socket: &Socket) -> io::Result<usize> {
+        self.read(socket, self.slots(), true)
+    }
+
+    fn read(&mut self, socket: &Socket, max: usize, block: bool) -> io::Result<usize> {
         self.count = 0;
         let max = max.clamp(1, self.slots());
-        match self.sys.recv(socket, &mut self.storage, self.bufsize, max, &mut self.meta) {
+        match self.sys.recv(socket, &mut self.storage, self.bufsize, max, &mut self.meta, block) {
             Ok(n) => {
-                self.count = n;
+                self.count = match self.wake_source {
+                    Some(wake) => self.leave_out(n, wake),
+                    None => n,
+                };
                 self.read_at = crate::worker::wall_clock();
                 if let Some(drops) = self.meta[..n].iter().rev().find_map(|m| m.drops) {
                     self.kernel_drops = Some(drops);
                 }
-                Ok(n)
+                Ok(self.count)
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => Ok(0),
             Err(e) => Err(e),
         }
+    }
+
+    /// Moves the datagrams not from `wake` to the front of the `n` read; returns how many.
+    fn leave_out(&mut self, n: usize, wake: SocketAddr) -> usize {
+        let mut kept = 0;
+        for index in 0..n {
+            let from = self.meta[index].from;
+            if from.ip() == wake.ip() && from.port() == wake.port() {
+                continue;
+            }
+            if kept != index {
+                let start = index * self.bufsize;
+                self.storage.copy_within(start..start + self.meta[index].len, kept * self.bufsize);
+                self.meta[kept] = self.meta[index];
+            }
+            kept += 1;
+        }
+        kept
     }
 }
 
@@ -498,6 +540,66 @@ mod tests {
             // The cmsg carries the count as of each datagram's queueing: here every datagram was
             // queued before the first drop, so only SO_MEMINFO knows.
             assert!(rx.kernel_drops.unwrap_or(0) <= 2000 - got as u64);
+        }
+    }
+
+    /// Reads `socket` until a batch comes or 5 s pass; the datagrams' payloads and sources.
+    fn read_some(waiter: &mut Waiter, batch: &mut RecvBatch, socket: &Socket) -> Vec<(Vec<u8>, SocketAddr)> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if waiter.wait(Duration::from_millis(100)).unwrap() && batch.recv_blocking(socket).unwrap() > 0 {
+                return (0..batch.len()).map(|i| (batch.get(i).data.to_vec(), batch.get(i).from)).collect();
+            }
+        }
+        Vec::new()
+    }
+
+    #[test]
+    fn a_blocking_receive_is_woken_by_a_datagram_it_leaves_out() {
+        let socket = loopback_socket();
+        let (mut waiter, waker) = Waiter::in_receive(&socket).unwrap();
+        assert_eq!(waiter.wake_source().is_some(), LINUX_IO);
+        let Some(wake_from) = waiter.wake_source() else { return };
+        // What wakes the blocking read: an empty datagram from the waker's own socket...
+        let mut plain = RecvBatch::new(8, 16);
+        waker.wake();
+        assert_eq!(read_some(&mut waiter, &mut plain, &socket), vec![(Vec::new(), wake_from)]);
+        // ...which a waking batch leaves out, on either side of a peer's datagram.
+        let mut batch = RecvBatch::new(8, 16).waking(&waiter);
+        let peer = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        waker.wake();
+        peer.send_to(b"hello", local_addr(&socket).unwrap()).unwrap();
+        waker.wake();
+        let seen = read_some(&mut waiter, &mut batch, &socket);
+        assert_eq!(seen, vec![(b"hello".to_vec(), peer.local_addr().unwrap())]);
+        assert_eq!(batch.recv(&socket).unwrap(), 0);
+    }
+
+    #[test]
+    fn a_blocking_receive_ends_at_its_timeout() {
+        let socket = loopback_socket();
+        let (mut waiter, _waker) = Waiter::in_receive(&socket).unwrap();
+        let mut batch = RecvBatch::new(8, 16).waking(&waiter);
+        let started = std::time::Instant::now();
+        waiter.wait(Duration::from_millis(20)).unwrap();
+        assert_eq!(batch.recv_blocking(&socket).unwrap(), 0);
+        // Never longer than the longest receive wait, whatever the deadline asked for.
+        waiter.wait(Duration::from_secs(3600)).unwrap();
+        assert_eq!(batch.recv_blocking(&socket).unwrap(), 0);
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    }
+
+    #[test]
+    fn a_socket_bound_to_every_address_is_woken_through_loopback() {
+        for any in ["0.0.0.0:0", "[::]:0"] {
+            let Ok(socket) = udp_socket(any.parse().unwrap(), true, SocketOptions::default()) else { continue };
+            let socket = Arc::new(socket);
+            let (mut waiter, waker) = Waiter::in_receive(&socket).unwrap();
+            let Some(wake_from) = waiter.wake_source() else { continue };
+            assert!(wake_from.ip().is_loopback(), "{wake_from}");
+            waker.wake();
+            let seen = read_some(&mut waiter, &mut RecvBatch::new(8, 16), &socket);
+            assert_eq!(seen, vec![(Vec::new(), wake_from)], "bound to {any}");
         }
     }
 

@@ -39,6 +39,16 @@ impl Waiter {
         Ok((Waiter { poller: Arc::clone(&poller), events: polling::Events::new() }, Waker { poller }))
     }
 
+    /// The portable build always waits in the poller: a blocking read could not be followed by
+    /// non-blocking ones where `MSG_DONTWAIT` does not exist.
+    pub fn in_receive(socket: &Arc<Socket>) -> io::Result<(Waiter, Waker)> {
+        Waiter::new(socket)
+    }
+
+    pub fn wake_source(&self) -> Option<SocketAddr> {
+        None
+    }
+
     pub fn wait(&mut self, timeout: Duration) -> io::Result<bool> {
         self.events.clear();
         match self.poller.wait(&mut self.events, Some(timeout)) {
@@ -66,6 +76,7 @@ impl RecvArrays {
         bufsize: usize,
         max: usize,
         meta: &mut [Meta],
+        _block: bool,
     ) -> io::Result<usize> {
         let mut n = 0;
         while n < max.min(meta.len()) {
