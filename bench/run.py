@@ -271,7 +271,7 @@ class Report:
         self.p(f"### Closed loop: deliveries per second (Acks received by all sockets), median [min-max] of {self.repeat}")
         self.p()
         head = ["scenario"] + [NAMES[c] for c in cols] + ["chatudp / model", "chatudp / ceiling", "+cb / chatudp",
-                                                          "minirelay / ceiling"]
+                                                          "chatudp / minirelay", "minirelay / ceiling"]
         self.p("| " + " | ".join(head) + " |")
         self.p("|" + "---|" * len(head))
         for s in scen:
@@ -279,6 +279,7 @@ class Report:
             row.append(spread(self.ratios(s, "chatudp", s, "model", "deliveries_per_s"), lambda v: f"{v:.2f}x"))
             row.append(spread(self.ratios(s, "chatudp", s, "ceiling", "deliveries_per_s"), pct))
             row.append(spread(self.ratios(s, "chatudp-cb", s, "chatudp", "deliveries_per_s"), pct))
+            row.append(spread(self.ratios(s, "chatudp", s, "minirelay", "deliveries_per_s"), lambda v: f"{v:.2f}x"))
             row.append(spread(self.ratios(s, "minirelay", s, "ceiling", "deliveries_per_s"), pct))
             self.p("| " + " | ".join(row) + " |")
         self.p()

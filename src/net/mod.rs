@@ -1,8 +1,9 @@
 //! Sockets, readiness and batched datagram I/O, with one interface over two platform modules
 //! (as quinn-udp does):
 //!
-//! - `linux.rs`: epoll and an eventfd, `recvmmsg`/`sendmmsg` batches, the error queue of ICMP
-//!   errors, receive timestamps and drop counts;
+//! - `linux.rs`: `recvmmsg`/`sendmmsg` batches, the error queue of ICMP errors, receive
+//!   timestamps and drop counts, and two ways to wait: epoll with an eventfd, or the socket's own
+//!   blocking receive woken by datagrams from a loopback socket (`Waiter::in_receive`);
 //! - `portable.rs`: the `polling` crate, loops of `recv_from`/`send_to`, none of the extras.
 //!   Every other platform builds it, and the cargo feature `portable` forces it on Linux, so the
 //!   code other platforms run is built and tested here.
@@ -25,7 +26,10 @@ mod imp;
 
 /// Waits for a socket to become readable (or to have an error queued), or for a wake-up from
 /// its [`Waker`]: `Waiter::new(&socket)` gives both, `waiter.wait(timeout)` is true when the
-/// socket is readable. The [`Waker`] is cheap to clone and usable from any thread.
+/// socket is readable. `Waiter::in_receive(&socket)` waits in the socket's own blocking read
+/// instead ([`RecvBatch::recv_blocking`], one system call per wake-up where epoll takes two),
+/// for a socket that nothing else reads; a [`RecvBatch`] made `waking(&waiter)` leaves the
+/// waker's datagrams out. The [`Waker`] is cheap to clone and usable from any thread.
 pub use imp::{Waiter, Waker};
 
 /// True where the Linux module is built: batched system calls, the error queue, ancillary data.
