@@ -232,13 +232,10 @@ impl ClientLoop {
             match self.recv.recv(&self.socket) {
                 Ok(0) => return,
                 Ok(count) => {
-                    Counters::add(&counters.received, count as u64);
+                    counters.count_reads(&self.recv);
                     let now = wall_clock();
                     for index in 0..count {
                         let datagram = self.recv.get(index);
-                        if datagram.truncated {
-                            Counters::add(&counters.truncated, 1);
-                        }
                         let payload = match &mut self.opener {
                             Some(opener) => match opener.open(datagram.data, now) {
                                 // Verified whole, then cut as plain mode cuts at `bufsize`.

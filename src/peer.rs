@@ -251,11 +251,8 @@ impl UdpPeer {
             match side.batch.recv(&side.socket) {
                 Ok(0) => self.note_reports(&side.socket),
                 Ok(_) => {
-                    Counters::add(&self.counters.received, 1);
+                    self.counters.count_reads(&side.batch);
                     let datagram = side.batch.get(0);
-                    if datagram.truncated {
-                        Counters::add(&self.counters.truncated, 1);
-                    }
                     if from.is_none_or(|want| replies_from(want, datagram.from)) {
                         return Ok(Some((datagram.data.to_vec(), datagram.from)));
                     }

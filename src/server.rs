@@ -846,16 +846,13 @@ impl RelayLoop {
     /// the batch's Acks and hands its events over.
     fn handle_batch(&mut self, count: usize) {
         let counters = &self.shared.counters;
-        Counters::add(&counters.received, count as u64);
+        counters.count_reads(&self.recv);
         let now = wall_clock();
         let mut relay = self.shared.relay.lock();
         self.handover.removed(&self.shared, counters);
         for index in 0..count {
             let datagram = self.recv.get(index);
             let from = datagram.from;
-            if datagram.truncated {
-                Counters::add(&counters.truncated, 1);
-            }
             // 1. filter
             let payload = match self.filter.pass(datagram.data, from, now) {
                 Ok(payload) => payload,

@@ -366,13 +366,10 @@ impl ServiceLoop {
     fn handle_batch(&mut self, count: usize) {
         let shared = &*self.shared;
         let counters = &shared.counters;
-        Counters::add(&counters.received, count as u64);
+        counters.count_reads(&self.recv);
         let now = wall_clock();
         for index in 0..count {
             let datagram = self.recv.get(index);
-            if datagram.truncated {
-                Counters::add(&counters.truncated, 1);
-            }
             if let Some(guard) = &mut self.guard {
                 match guard.check(datagram.data, datagram.from, now) {
                     Verdict::Serve => {}

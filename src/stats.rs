@@ -6,6 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use parking_lot::Mutex;
 
 use crate::auth::{RefusalCounters, Refused};
+use crate::net::RecvBatch;
 
 /// Why a datagram or an event was not delivered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -73,6 +74,16 @@ pub struct Counters {
 impl Counters {
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Relaxed);
+    }
+
+    /// What every receive loop counts of a batch it read: each datagram, and those cut to the
+    /// buffer.
+    pub fn count_reads(&self, batch: &RecvBatch) {
+        Counters::add(&self.received, batch.len() as u64);
+        let cut = (0..batch.len()).filter(|&index| batch.get(index).truncated).count();
+        if cut > 0 {
+            Counters::add(&self.truncated, cut as u64);
+        }
     }
 
     pub fn drop_one(&self, reason: DropReason) {
