@@ -647,6 +647,104 @@ fn run_group(
     });
 }
 
+/// What the stages after the filter work on, for one batch: the locked table and the loop's
+/// buffers.
+struct Stages<'a> {
+    relay: &'a mut Relay,
+    now: f64,
+    live: &'a mut Vec<SocketAddr>,
+    /// The clients the table found silent on the way, for the hand-over.
+    gone: &'a mut Vec<SocketAddr>,
+    fanout: &'a mut Fanout,
+    handover: &'a mut Handover,
+    counters: &'a Counters,
+}
+
+impl Stages<'_> {
+    /// Stage 2: the cookie, then the table and its limits; what passes is acted on. Then stage
+    /// 4, the hand-over: clients found silent on the way leave.
+    fn admit(&mut self, admission: &Admission, payload: &[u8], from: SocketAddr, received: usize) {
+        self.gone.clear();
+        match admission.check(self.relay, payload, from, self.now, received) {
+            Admitted::Pass => self.act(payload, from),
+            Admitted::Echo => self.validated(admission, from),
+            Admitted::Hold(challenge) => self.hold(admission, payload, from, challenge),
+            Admitted::Refused(challenge) => self.refuse_newcomer(from, challenge),
+            Admitted::NotChat => self.handover.refuse(from, DropReason::Auth, self.counters),
+        }
+        self.handover.expired(self.gone, self.counters);
+    }
+
+    /// Stage 3: what a datagram admitted to the table does. Each outcome is matched here once.
+    fn act(&mut self, payload: &[u8], from: SocketAddr) {
+        let (counters, handover) = (self.counters, &mut *self.handover);
+        let outcome = self.relay.on_datagram(payload, from, self.now, self.live, self.gone);
+        if outcome.joined() {
+            handover.join(from, counters);
+        }
+        match outcome {
+            Outcome::Heartbeat { .. } => Counters::add(&counters.heartbeats, 1),
+            Outcome::Quit { left: true } => handover.leave(from, LeaveReason::Quit, counters),
+            Outcome::Quit { left: false } => {}
+            Outcome::RateLimited { .. } => handover.refuse(from, DropReason::Rate, counters),
+            Outcome::TableFull => handover.refuse(from, DropReason::TableFull, counters),
+            Outcome::Chat { .. } => {
+                self.fanout.relay(payload, from, self.live, counters);
+                handover.message(payload, from, counters);
+            }
+        }
+    }
+
+    /// A valid cookie echo: its source joins like a heartbeat would make it, and the messages it
+    /// sent while its challenge was in flight go on, in order.
+    fn validated(&mut self, admission: &Admission, from: SocketAddr) {
+        let held = admission.held.lock().release(&from);
+        match self.relay.refresh(from, self.now, self.gone) {
+            relay::Admission::Joined => self.handover.join(from, self.counters),
+            relay::Admission::Known => {}
+            relay::Admission::TableFull => {
+                self.handover.refuse(from, DropReason::TableFull, self.counters);
+                self.counters.drop_many(DropReason::Unvalidated, held.len() as u64);
+                return;
+            }
+        }
+        for message in &held {
+            // Each message's table round finds its own silent clients.
+            self.handover.expired(self.gone, self.counters);
+            self.gone.clear();
+            self.act(message, from);
+        }
+    }
+
+    /// A chat message from a source not validated yet: held, and its challenge sent, if the
+    /// table has room for the source.
+    fn hold(&mut self, admission: &Admission, payload: &[u8], from: SocketAddr, challenge: Option<Vec<u8>>) {
+        if !self.relay.make_room(self.now, self.gone) {
+            self.handover.refuse(from, DropReason::TableFull, self.counters);
+            return;
+        }
+        if let Some(challenge) = challenge {
+            self.fanout.local.queue(&challenge, &[from]);
+        }
+        let dropped = admission.held.lock().hold(from, payload, self.now);
+        self.counters.drop_many(DropReason::Unvalidated, dropped as u64);
+    }
+
+    /// A newcomer the table has no room for is refused as such, unchallenged; one it has room
+    /// for is refused until it validates, and challenged.
+    fn refuse_newcomer(&mut self, from: SocketAddr, challenge: Option<Vec<u8>>) {
+        let reason = if self.relay.make_room(self.now, self.gone) {
+            if let Some(challenge) = challenge {
+                self.fanout.local.queue(&challenge, &[from]);
+            }
+            DropReason::Auth
+        } else {
+            DropReason::TableFull
+        };
+        self.handover.refuse(from, reason, self.counters);
+    }
+}
+
 impl RelayLoop {
     fn new(
         config: &ServerConfig,
@@ -842,119 +940,36 @@ impl RelayLoop {
         self.handover.flush(counters);
     }
 
-    /// Runs every datagram of the batch through the pipeline: filter, admit, act; then sends
-    /// the batch's Acks and hands its events over.
+    /// Runs every datagram of the batch through the pipeline: filter, admit, act, hand over;
+    /// then sends the batch's Acks and hands its events over.
     fn handle_batch(&mut self, count: usize) {
         let counters = &self.shared.counters;
         counters.count_reads(&self.recv);
         let now = wall_clock();
         let mut relay = self.shared.relay.lock();
         self.handover.removed(&self.shared, counters);
+        let mut stages = Stages {
+            relay: &mut relay,
+            now,
+            live: &mut self.live,
+            gone: &mut self.gone,
+            fanout: &mut self.fanout,
+            handover: &mut self.handover,
+            counters,
+        };
         for index in 0..count {
             let datagram = self.recv.get(index);
-            let from = datagram.from;
             // 1. filter
-            let payload = match self.filter.pass(datagram.data, from, now) {
-                Ok(payload) => payload,
-                Err(reason) => {
-                    self.handover.refuse(from, reason, counters);
-                    continue;
-                }
-            };
-            // 2. admit: the cookie, then the table and its limits
-            self.gone.clear();
-            let outcome = match self.admission.check(&relay, payload, from, now, datagram.data.len()) {
-                Admitted::Pass => relay.on_datagram(payload, from, now, &mut self.live, &mut self.gone),
-                Admitted::Echo => {
-                    let held = self.admission.held.lock().release(&from);
-                    match relay.refresh(from, now, &mut self.gone) {
-                        relay::Admission::Joined => self.handover.join(from, counters),
-                        relay::Admission::Known => {}
-                        relay::Admission::TableFull => {
-                            self.handover.refuse(from, DropReason::TableFull, counters);
-                            counters.drop_many(DropReason::Unvalidated, held.len() as u64);
-                            self.handover.expired(&self.gone, counters);
-                            continue;
-                        }
-                    }
-                    self.handover.expired(&self.gone, counters);
-                    // The messages it sent while its challenge was in flight, in order.
-                    for message in &held {
-                        self.gone.clear();
-                        let outcome = relay.on_datagram(message, from, now, &mut self.live, &mut self.gone);
-                        Self::act(outcome, message, from, &self.live, &mut self.fanout, &mut self.handover, counters);
-                        self.handover.expired(&self.gone, counters);
-                    }
-                    continue;
-                }
-                Admitted::NotChat => {
-                    self.handover.refuse(from, DropReason::Auth, counters);
-                    continue;
-                }
-                Admitted::Hold(challenge) => {
-                    if relay.make_room(now, &mut self.gone) {
-                        if let Some(challenge) = challenge {
-                            self.fanout.local.queue(&challenge, &[from]);
-                        }
-                        let dropped = self.admission.held.lock().hold(from, payload, now);
-                        counters.drop_many(DropReason::Unvalidated, dropped as u64);
-                    } else {
-                        self.handover.refuse(from, DropReason::TableFull, counters);
-                    }
-                    self.handover.expired(&self.gone, counters);
-                    continue;
-                }
-                Admitted::Refused(challenge) => {
-                    // A newcomer the table has no room for is refused as such, unchallenged.
-                    let reason = if relay.make_room(now, &mut self.gone) {
-                        if let Some(challenge) = challenge {
-                            self.fanout.local.queue(&challenge, &[from]);
-                        }
-                        DropReason::Auth
-                    } else {
-                        DropReason::TableFull
-                    };
-                    self.handover.refuse(from, reason, counters);
-                    self.handover.expired(&self.gone, counters);
-                    continue;
-                }
-            };
-            // 3. act
-            Self::act(outcome, payload, from, &self.live, &mut self.fanout, &mut self.handover, counters);
-            // 4. hand over: clients found silent on the way leave.
-            self.handover.expired(&self.gone, counters);
+            match self.filter.pass(datagram.data, datagram.from, now) {
+                Ok(payload) => stages.admit(&self.admission, payload, datagram.from, datagram.data.len()),
+                Err(reason) => stages.handover.refuse(datagram.from, reason, counters),
+            }
         }
         drop(relay);
         // The Acks of the whole batch go out first, in as few calls as possible; the events
         // cost the round trip nothing.
         self.fanout.flush(counters);
         self.handover.flush(counters);
-    }
-
-    /// Stage 3: what a datagram admitted to the table does. Each outcome is matched here once.
-    fn act(
-        outcome: Outcome,
-        payload: &[u8],
-        from: SocketAddr,
-        live: &[SocketAddr],
-        fanout: &mut Fanout,
-        handover: &mut Handover,
-        counters: &Counters,
-    ) {
-        if outcome.joined() {
-            handover.join(from, counters);
-        }
-        match outcome {
-            Outcome::Heartbeat { .. } => Counters::add(&counters.heartbeats, 1),
-            Outcome::Quit { left: true } => handover.leave(from, LeaveReason::Quit, counters),
-            Outcome::Quit { left: false } => {}
-            Outcome::RateLimited { .. } => handover.refuse(from, DropReason::Rate, counters),
-            Outcome::TableFull => handover.refuse(from, DropReason::TableFull, counters),
-            Outcome::Chat { .. } => {
-                fanout.relay(payload, from, live, counters);
-                handover.message(payload, from, counters);
-            }
-        }
     }
 
     /// Expires silent clients; returns when to look again.
