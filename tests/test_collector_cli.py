@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 import sqlite3
 import subprocess
@@ -81,3 +82,15 @@ def test_bad_options_are_usage_errors() -> None:
     for args in (["collect", "--seq", "0:3:big"], ["collect", "--out", "x.csv", "--seconds", "0.1"], ["sensor", "--rate", "0"]):
         result = subprocess.run([sys.executable, "-m", "chatudp", *args], capture_output=True, text=True, timeout=60)
         assert result.returncode == 2, (args, result.stderr)
+
+
+@pytest.mark.parametrize("name, verb", [("collect", "bind"), ("sensor", "send to")])
+@pytest.mark.parametrize("where, why", [(("--ip", "999.1.1.1"), ".+"), (("--port", "70000"), "port must be 0-65535")])
+def test_a_bad_address_is_one_line_and_status_2_as_for_every_program(
+    name: str, verb: str, where: tuple, why: str
+) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "chatudp", name, *where, "--seconds", "0.5"], capture_output=True, text=True, timeout=60
+    )
+    assert completed.returncode == 2, completed
+    assert re.fullmatch(rf"chatudp: cannot {verb} [0-9.]+:\d+: {why}\n", completed.stderr), completed.stderr

@@ -19,6 +19,8 @@ import time
 from typing import IO, Any, Callable, Dict, List, Optional, Tuple
 
 from ..collector import Collector
+from ._args import add_program, open_endpoint, resolve
+from ._args import started as started_endpoint
 
 READING = struct.Struct(">IHf")  # sequence, sensor number, value
 STATUS_EVERY = 1.0
@@ -46,16 +48,6 @@ def _positive(kind: Callable[[str], Any], what: str) -> Callable[[str], Any]:
         return value
 
     return parse
-
-
-def _port(text: str) -> int:
-    try:
-        port = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"port must be an integer, not {text!r}") from None
-    if not 0 <= port <= 65535:
-        raise argparse.ArgumentTypeError(f"port must be 0-65535, not {port}")
-    return port
 
 
 def _out_path(text: str) -> str:
@@ -145,10 +137,9 @@ def _status(collector: Collector, rate: float) -> str:
 
 def cmd_collect(args: argparse.Namespace) -> int:
     writer = _Writer(args.out, args.format) if args.out else None
-    collector = Collector(
+    collector = open_endpoint("bind", args.ip, args.port, lambda: started_endpoint(Collector(
         args.ip, args.port, batch=args.batch, flush=args.flush, workers=args.workers, seq=args.seq, format=args.format
-    )
-    collector.start()
+    )))
     tty = sys.stderr.isatty()
     print(f"collecting on {collector.addr[0]}:{collector.addr[1]} (Ctrl-C to stop)", file=sys.stderr, flush=True)
     started = last_shown = time.monotonic()
@@ -207,8 +198,8 @@ def cmd_sensor(args: argparse.Namespace) -> int:
     if args.size < 4:
         print("chatudp sensor: --size must be at least 4 bytes (the sequence number)", file=sys.stderr)
         return 2
-    family = socket.AF_INET6 if ":" in args.ip else socket.AF_INET
-    target = (args.ip, args.port)
+    target = resolve("send to", args.ip, args.port)
+    family = socket.AF_INET6 if ":" in target[0] else socket.AF_INET
     socks = []
     for _ in range(args.sources):
         s = socket.socket(family, socket.SOCK_DGRAM)
@@ -241,14 +232,11 @@ def cmd_sensor(args: argparse.Namespace) -> int:
 
 def register(sub: Any) -> None:
     """Adds the ``collect`` and ``sensor`` subcommands to the CLI's subparsers."""
-    p = sub.add_parser(
-        "collect",
-        help="receive sensor readings or metrics in batches and count every loss",
-        description="Receive datagrams with chatudp.Collector: a status line every second (rate, received, "
-        "lost, kernel drops) on stderr, a JSON summary at the end on stdout. Ctrl-C stops.",
+    p = add_program(
+        sub, "collect", "receive sensor readings or metrics in batches and count every loss",
+        "A status line every second (rate, received, lost, kernel drops) on stderr, a JSON summary at the end "
+        "on stdout. Ctrl-C stops.", cmd_collect, "127.0.0.1", 9001, "server",
     )
-    p.add_argument("--ip", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=_port, default=9001, help="port (default 9001, 0 picks a free one)")
     p.add_argument("--format", choices=["statsd", "influx"], help="parse the lines as statsd or InfluxDB line protocol")
     p.add_argument("--seq", type=_seq_spec, metavar="OFFSET:SIZE:ORDER", help="a sequence number per datagram, e.g. 0:4:big")
     p.add_argument("--seconds", type=_positive(float, "--seconds"), help="stop after this many seconds")
@@ -256,19 +244,15 @@ def register(sub: Any) -> None:
     p.add_argument("--batch", type=_positive(int, "--batch"), default=1000, help="datagrams per batch (default 1000)")
     p.add_argument("--flush", type=_positive(float, "--flush"), default=0.05, help="seconds a batch may wait (default 0.05)")
     p.add_argument("--workers", type=_positive(int, "--workers"), default=1, help="socket threads (default 1)")
-    p.set_defaults(func=cmd_collect)
 
-    p = sub.add_parser(
-        "sensor",
-        help="simulate a fleet of sensors sending numbered readings",
-        description="Send --rate readings per second in all, spread over --sources sockets, for --seconds: "
-        "each a 4-byte big-endian sequence number, the sensor number and a reading (--size bytes).",
+    p = add_program(
+        sub, "sensor", "simulate a fleet of sensors sending numbered readings",
+        "Send --rate readings per second in all, spread over --sources sockets, for --seconds: each a 4-byte "
+        "big-endian sequence number, the sensor number and a reading (--size bytes).", cmd_sensor,
+        "127.0.0.1", 9001, "client",
     )
-    p.add_argument("--ip", default="127.0.0.1", help="address of the collector (default 127.0.0.1)")
-    p.add_argument("--port", type=_port, default=9001, help="port of the collector (default 9001)")
     p.add_argument("--rate", type=_positive(float, "--rate"), default=1000.0, help="readings per second, all sensors (default 1000)")
     p.add_argument("--sources", type=_positive(int, "--sources"), default=4, help="sensors, one socket each (default 4)")
     p.add_argument("--seconds", type=_positive(float, "--seconds"), default=5.0, help="how long (default 5)")
     p.add_argument("--size", type=_positive(int, "--size"), default=16, help="bytes per reading, at least 4 (default 16)")
-    p.set_defaults(func=cmd_sensor)
 
