@@ -583,6 +583,10 @@ mod tests {
     fn a_blocking_receive_ends_at_its_timeout() {
         let socket = loopback_socket();
         let (mut waiter, _waker) = Waiter::in_receive(&socket).unwrap();
+        // Where the waiter polls instead (the portable build), `wait` itself would wait.
+        if waiter.wake_source().is_none() {
+            return;
+        }
         let mut batch = RecvBatch::new(8, 16).waking(&waiter);
         let started = std::time::Instant::now();
         waiter.wait(Duration::from_millis(20)).unwrap();
