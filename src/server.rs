@@ -719,12 +719,9 @@ impl Stages<'_> {
     /// A chat message from a source not validated yet: held, and its challenge sent, if the
     /// table has room for the source.
     fn hold(&mut self, admission: &Admission, payload: &[u8], from: SocketAddr, challenge: Option<Vec<u8>>) {
-        if !self.relay.make_room(self.now, self.gone) {
+        if !self.challenge_if_room(from, challenge) {
             self.handover.refuse(from, DropReason::TableFull, self.counters);
             return;
-        }
-        if let Some(challenge) = challenge {
-            self.fanout.local.queue(&challenge, &[from]);
         }
         let dropped = admission.held.lock().hold(from, payload, self.now);
         self.counters.drop_many(DropReason::Unvalidated, dropped as u64);
@@ -733,15 +730,19 @@ impl Stages<'_> {
     /// A newcomer the table has no room for is refused as such, unchallenged; one it has room
     /// for is refused until it validates, and challenged.
     fn refuse_newcomer(&mut self, from: SocketAddr, challenge: Option<Vec<u8>>) {
-        let reason = if self.relay.make_room(self.now, self.gone) {
-            if let Some(challenge) = challenge {
-                self.fanout.local.queue(&challenge, &[from]);
-            }
-            DropReason::Auth
-        } else {
-            DropReason::TableFull
-        };
+        let reason = if self.challenge_if_room(from, challenge) { DropReason::Auth } else { DropReason::TableFull };
         self.handover.refuse(from, reason, self.counters);
+    }
+
+    /// Sends a newcomer its challenge, if any, when the table has room for it; false when not.
+    fn challenge_if_room(&mut self, from: SocketAddr, challenge: Option<Vec<u8>>) -> bool {
+        if !self.relay.make_room(self.now, self.gone) {
+            return false;
+        }
+        if let Some(challenge) = challenge {
+            self.fanout.local.queue(&challenge, &[from]);
+        }
+        true
     }
 }
 

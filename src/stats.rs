@@ -80,7 +80,7 @@ impl Counters {
     /// buffer.
     pub fn count_reads(&self, batch: &RecvBatch) {
         Counters::add(&self.received, batch.len() as u64);
-        let cut = (0..batch.len()).filter(|&index| batch.get(index).truncated).count();
+        let cut = batch.truncated();
         if cut > 0 {
             Counters::add(&self.truncated, cut as u64);
         }

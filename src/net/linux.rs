@@ -136,15 +136,12 @@ impl Waiter {
 /// every address.
 fn wake_socket(socket: &Socket) -> io::Result<UdpSocket> {
     let mut target = super::local_addr(socket)?;
-    let any: IpAddr = match target {
-        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
-        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    let (any, loopback): (IpAddr, IpAddr) = match target {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED.into(), Ipv4Addr::LOCALHOST.into()),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED.into(), Ipv6Addr::LOCALHOST.into()),
     };
     if target.ip().is_unspecified() {
-        target.set_ip(match target {
-            SocketAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
-            SocketAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
-        });
+        target.set_ip(loopback);
     }
     let wake = UdpSocket::bind(SocketAddr::new(any, 0))?;
     wake.connect(target)?;

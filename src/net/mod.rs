@@ -177,6 +177,11 @@ impl RecvBatch {
         self.count == 0
     }
 
+    /// How many datagrams of the batch were longer than the buffer, and cut.
+    pub fn truncated(&self) -> usize {
+        self.meta[..self.count].iter().filter(|meta| meta.truncated).count()
+    }
+
     pub fn get(&self, index: usize) -> Datagram<'_> {
         let start = index * self.bufsize;
         let meta = &self.meta[index];
